@@ -1,0 +1,49 @@
+"""The one exception hierarchy of svdtrt.
+
+The CLI turns every :class:`SvdtrtError` into a one-line message on stderr and exit
+code 2; any other exception is a bug and keeps its traceback (see DESIGN.md, Errors).
+Messages say what is wrong and what to do about it.
+"""
+
+
+class SvdtrtError(Exception):
+    """Base class of every error svdtrt raises on purpose."""
+
+
+class InputError(SvdtrtError):
+    """Bad user input: a missing image, an impossible shape, an unknown model, an existing output."""
+
+
+class BundleError(SvdtrtError):
+    """A bundle directory that is missing, incomplete, corrupt or from an incompatible version."""
+
+
+class ExportError(SvdtrtError):
+    """A component could not be exported to ONNX."""
+
+
+class AccuracyError(SvdtrtError):
+    """An exported or converted graph misses its tolerance against the PyTorch module.
+
+    Attributes:
+        component: component name, e.g. ``"unet"``.
+        output: output tensor name, e.g. ``"noise_pred"``.
+        metric: metric name, e.g. ``"max_abs_error"``.
+        value: the measured value.
+        limit: the tolerance it missed.
+    """
+
+    def __init__(self, component: str, output: str, metric: str, value: float, limit: float):
+        self.component, self.output, self.metric, self.value, self.limit = component, output, metric, value, limit
+        super().__init__(
+            f"{component}: output '{output}' misses its tolerance: {metric} = {value:.3g} "
+            f"(limit {limit:.3g}); the exported graph does not match PyTorch"
+        )
+
+
+class BackendUnavailableError(SvdtrtError):
+    """A backend needs a package or a device this machine does not have."""
+
+
+class EngineError(SvdtrtError):
+    """A TensorRT engine is missing, stale or built for another graph, GPU or TensorRT version."""

@@ -1,0 +1,61 @@
+"""Validating an exported graph against its PyTorch module on ONNX Runtime (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from ..accuracy import tensor_metrics
+from ..errors import AccuracyError, ExportError
+from ..specs import ComponentSpec
+
+
+def cpu_session(path: Path):
+    """An ONNX Runtime CPU session of the graph at ``path`` (external data read beside it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def validate_graph(path: Path, spec: ComponentSpec, module: torch.nn.Module,
+                   inputs: Mapping[str, torch.Tensor], max_rel_error: float | None = None,
+                   min_cosine: float | None = None) -> dict[str, dict[str, float]]:
+    """Run the graph at ``path`` and ``module`` on ``inputs`` and compare every output.
+
+    The relative error is ``max|onnx - torch| / max(1, max|torch|)``, so that a tolerance
+    means the same for outputs of any magnitude. Tolerances default to the spec's.
+
+    Returns:
+        ``{output_name: {"max_abs_error", "mean_abs_error", "cosine", "rel_error"}}``.
+    Raises:
+        ExportError: an output's shape differs from PyTorch's.
+        AccuracyError: an output misses ``max_rel_error`` or ``min_cosine``; it names the
+            component, the output and the measured value.
+    """
+    max_rel_error = spec.max_rel_error if max_rel_error is None else max_rel_error
+    min_cosine = spec.min_cosine if min_cosine is None else min_cosine
+    session = cpu_session(path)
+    feeds = {n: inputs[n].detach().cpu().numpy() for n in spec.input_names}
+    got = session.run(spec.output_names, feeds)
+    with torch.no_grad():
+        expected = module(*(inputs[n] for n in spec.input_names))
+    expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+    report = {}
+    for name, actual, ref in zip(spec.output_names, got, expected):
+        ref = ref.detach().float().cpu().numpy()
+        if actual.shape != ref.shape:
+            raise ExportError(f"{spec.name}: output '{name}' has shape {list(actual.shape)} on ONNX Runtime "
+                              f"but {list(ref.shape)} in PyTorch; the exported graph is wrong")
+        m = tensor_metrics(actual, ref)
+        m["rel_error"] = m["max_abs_error"] / max(1.0, float(np.abs(ref).max()))
+        if not m["rel_error"] <= max_rel_error:  # written so that NaN fails too
+            raise AccuracyError(spec.name, name, "relative max abs error", m["rel_error"], max_rel_error)
+        if not m["cosine"] >= min_cosine:
+            raise AccuracyError(spec.name, name, "cosine similarity", m["cosine"], min_cosine)
+        report[name] = m
+    return report

@@ -1,0 +1,47 @@
+"""Input images: reading a user's file, and the built-in real photographs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import PIL.Image
+
+from .errors import InputError
+
+
+def load_image(path: str | os.PathLike) -> PIL.Image.Image:
+    """Read an image file as RGB (grayscale, palette and RGBA images are converted).
+
+    Raises:
+        InputError: the file is missing, unreadable, or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image '{path}' not found; give the path of a PNG or JPEG file")
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+            # RGBA and palette images with transparency go through RGBA so that alpha is dropped cleanly
+            return image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA", "LA") else image.convert("RGB")
+    except PermissionError:
+        raise InputError(f"image '{path}' cannot be read (permission denied)") from None
+    except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"'{path}' is not a readable image ({type(e).__name__}); give a PNG or JPEG file") from None
+
+
+#: Real photographs shipped by scikit-image (``skimage.data``), used by the demo and calibration.
+SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+
+
+def sample_image(name: str = "astronaut") -> PIL.Image.Image:
+    """A real photograph from scikit-image's sample data, as RGB.
+
+    Raises:
+        InputError: ``name`` is not in :data:`SAMPLE_IMAGES`.
+    """
+    from skimage import data
+
+    if name not in SAMPLE_IMAGES:
+        raise InputError(f"unknown sample image '{name}': choose from {', '.join(SAMPLE_IMAGES)}")
+    return PIL.Image.fromarray(getattr(data, name)()).convert("RGB")

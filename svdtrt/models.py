@@ -1,0 +1,191 @@
+"""Loading an SVD model: a diffusers directory, a hub id, or a built-in preset.
+
+A :class:`SvdModel` holds the three PyTorch modules and the two processing configs the
+pipeline needs; every size svdtrt uses is read from their configs (:class:`ModelDims`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .presets import PRESETS, SVD_FEATURE_EXTRACTOR, SVD_SCHEDULER
+from .specs import ModelDims
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: Subfolder and class of each module in a diffusers SVD directory.
+_MODULES = {
+    "image_encoder": "CLIPVisionModelWithProjection",
+    "vae": "AutoencoderKLTemporalDecoder",
+    "unet": "UNetSpatioTemporalConditionModel",
+}
+
+
+@dataclass
+class SvdModel:
+    """An SVD model in PyTorch (float32, eval mode, on the CPU).
+
+    Attributes:
+        image_encoder: ``transformers.CLIPVisionModelWithProjection``.
+        vae: ``diffusers.AutoencoderKLTemporalDecoder``.
+        unet: ``diffusers.UNetSpatioTemporalConditionModel``.
+        scheduler_config: EulerDiscreteScheduler config dict.
+        feature_extractor_config: CLIPImageProcessor config dict.
+        source: where it came from: ``{"kind": "preset"|"directory"|"hub", "name": ...}``.
+        default_shape: ``(frames, height, width)`` used when the user gives none.
+    """
+
+    image_encoder: torch.nn.Module
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    scheduler_config: dict
+    feature_extractor_config: dict
+    source: dict
+    default_shape: tuple[int, int, int]
+    dims: ModelDims = field(init=False)
+
+    def __post_init__(self):
+        self.dims = ModelDims.from_configs(self.unet.config, self.vae.config, self.image_encoder.config.to_dict())
+
+    def configs(self) -> dict[str, dict]:
+        """The JSON-serialisable config of each module, keyed as in a diffusers directory."""
+        return {
+            "unet": _plain(self.unet.config),
+            "vae": _plain(self.vae.config),
+            "image_encoder": self.image_encoder.config.to_dict(),
+            "scheduler": dict(self.scheduler_config),
+            "feature_extractor": dict(self.feature_extractor_config),
+        }
+
+    def config_hashes(self) -> dict[str, str]:
+        """sha256 of each module's canonical JSON config (records which model a bundle came from)."""
+        return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()
+                for k, v in self.configs().items()}
+
+    def pipeline(self):
+        """diffusers' own ``StableVideoDiffusionPipeline`` over these modules (the reference)."""
+        from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
+        from transformers import CLIPImageProcessor
+
+        pipe = StableVideoDiffusionPipeline(
+            vae=self.vae, image_encoder=self.image_encoder, unet=self.unet,
+            scheduler=EulerDiscreteScheduler.from_config(self.scheduler_config),
+            feature_extractor=CLIPImageProcessor(**self.feature_extractor_config),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def _plain(config) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def load_model(model: str, variant: str | None = None) -> SvdModel:
+    """Load ``model``: a preset name, a diffusers SVD directory, or a hub id.
+
+    Args:
+        model: ``"tiny"``/``"small"`` (see :mod:`svdtrt.presets`), a directory with
+            ``unet/``, ``vae/``, ``image_encoder/``, ``scheduler/``, ``feature_extractor/``,
+            or a hub id ``owner/name`` (downloaded by diffusers; needs the network).
+        variant: weights variant of a directory or hub model, e.g. ``"fp16"``.
+
+    Raises:
+        InputError: unknown preset, not a directory nor a hub id, a component missing or of
+            another architecture.
+    """
+    if model in PRESETS:
+        return build_preset(model)
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"model '{model}' is a file; give a diffusers SVD directory, a hub id or a preset ({', '.join(PRESETS)})")
+        return _load_pretrained(str(path), {"kind": "directory", "name": str(path.resolve())}, variant)
+    if _HUB_ID.match(model):
+        return _load_pretrained(model, {"kind": "hub", "name": model}, variant)
+    raise InputError(
+        f"unknown model '{model}': not a preset ({', '.join(PRESETS)}), not an existing directory, "
+        f"and not a hub id (owner/name)"
+    )
+
+
+def build_preset(name: str) -> SvdModel:
+    """Build preset ``name`` with its seeded random weights (the same weights every time).
+
+    Raises:
+        InputError: ``name`` is not a preset.
+    """
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if name not in PRESETS:
+        raise InputError(f"unknown preset '{name}': choose from {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    # fork_rng keeps the caller's global RNG state untouched by the seeded initialisation.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p["seed"])
+        unet = UNetSpatioTemporalConditionModel(**p["unet"])
+        vae = AutoencoderKLTemporalDecoder(**p["vae"])
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**p["image_encoder"]))
+    return SvdModel(
+        image_encoder=image_encoder.eval(), vae=vae.eval(), unet=unet.eval(),
+        scheduler_config=dict(SVD_SCHEDULER), feature_extractor_config=dict(SVD_FEATURE_EXTRACTOR),
+        source={"kind": "preset", "name": name, "seed": p["seed"]},
+        default_shape=(p["frames"], p["height"], p["width"]),
+    )
+
+
+def _load_pretrained(where: str, source: dict, variant: str | None) -> SvdModel:
+    import diffusers
+    import transformers
+
+    local = source["kind"] == "directory"
+    if local:
+        missing = [d for d in (*_MODULES, "scheduler", "feature_extractor") if not (Path(where) / d).is_dir()]
+        if missing:
+            raise InputError(f"model directory '{where}' is missing {', '.join(missing)}; "
+                             "give a complete diffusers Stable Video Diffusion directory")
+    modules = {}
+    for sub, cls_name in _MODULES.items():
+        declared = _declared_class(where, sub) if local else None
+        if declared and declared != cls_name:
+            raise InputError(f"model '{where}': {sub} is a {declared}, not a {cls_name}; "
+                             "svdtrt exports Stable Video Diffusion models only")
+        cls = getattr(diffusers, cls_name, None) or getattr(transformers, cls_name)
+        try:
+            modules[sub] = cls.from_pretrained(where, subfolder=sub, variant=variant,
+                                               torch_dtype=torch.float32).eval()
+        except (OSError, ValueError, EnvironmentError) as e:
+            raise InputError(f"cannot load {sub} of model '{where}': {str(e).splitlines()[0]}") from None
+    scheduler_config = dict(diffusers.EulerDiscreteScheduler.load_config(where, subfolder="scheduler"))
+    feature_config = transformers.CLIPImageProcessor.from_pretrained(where, subfolder="feature_extractor").to_dict()
+    unet = modules["unet"]
+    dims = ModelDims.from_configs(unet.config, modules["vae"].config, modules["image_encoder"].config.to_dict())
+    side = unet.config.sample_size * dims.latent_scale  # diffusers' pipeline falls back to this size
+    return SvdModel(
+        image_encoder=modules["image_encoder"], vae=modules["vae"], unet=unet,
+        scheduler_config=_plain(scheduler_config),
+        feature_extractor_config={k: v for k, v in feature_config.items() if not k.startswith("_")},
+        source=source, default_shape=(dims.default_frames, side, side),
+    )
+
+
+def _declared_class(directory: str, sub: str) -> str | None:
+    config = Path(directory) / sub / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"model directory '{directory}' has no readable {sub}/config.json") from None
+    if "_class_name" in data:
+        return data["_class_name"]
+    architectures = data.get("architectures") or [None]
+    return architectures[0]

@@ -1,0 +1,1 @@
+"""Runtime: SVD's sampling loop over backends (torch, onnxruntime), and clip writing."""

@@ -1,0 +1,184 @@
+"""Backends: each turns a component into a callable from named input tensors to named output
+tensors, so the sampling loop never knows which one it drives (DESIGN.md, "The runtime").
+
+- ``torch``: the reference, the source model's PyTorch modules.
+- ``onnxruntime``: the bundle's graphs on ONNX Runtime (CPU; CUDA/TensorRT providers where
+  onnxruntime-gpu is installed).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailableError, InputError
+from ..specs import COMPONENTS
+
+#: A component as the loop sees it: named input tensors -> named output tensors.
+ComponentFn = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+class Backend(Protocol):
+    name: str
+    device: torch.device
+
+    def component(self, name: str) -> ComponentFn:
+        """The callable for component ``name`` (one of :data:`svdtrt.specs.COMPONENTS`)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued device work, so that wall-clock stage timings are true."""
+
+
+class TorchBackend:
+    """The source model's PyTorch modules, on ``device`` in ``dtype``.
+
+    Args:
+        model: an :class:`svdtrt.models.SvdModel`.
+        device: ``"cpu"`` or ``"cuda"``; inputs are moved there, outputs come back there.
+        dtype: ``torch.float32`` (reference) or ``torch.float16`` (GPU).
+    """
+
+    name = "torch"
+
+    def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from ..components import torch_modules
+
+        self.device, self.dtype = torch.device(device), dtype
+        self._modules = {k: m.to(self.device, dtype) for k, m in torch_modules(model).items()}
+
+    def component(self, name: str) -> ComponentFn:
+        module, spec = self._modules[name], COMPONENTS[name]
+
+        @torch.no_grad()
+        def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            args = [inputs[n].to(self.device, self.dtype) for n in spec.input_names]
+            return {spec.output_names[0]: module(*args).float()}
+
+        return run
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+class OnnxRuntimeBackend:
+    """The bundle's graphs of one precision on ONNX Runtime; sessions are created on first use.
+
+    Args:
+        bundle: an opened :class:`svdtrt.bundle.Bundle`.
+        precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``).
+        providers: ONNX Runtime execution providers; default CPU.
+    Raises:
+        BackendUnavailableError: a requested provider is not in this ONNX Runtime build.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle, precision: str = "fp32", providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.bundle, self.precision = bundle, precision
+        self.providers = providers or ["CPUExecutionProvider"]
+        missing = set(self.providers) - set(ort.get_available_providers())
+        if missing:
+            raise BackendUnavailableError(
+                f"ONNX Runtime here lacks {', '.join(sorted(missing))}; install the GPU extra "
+                "('pip install svdtrt[gpu]') on a machine with CUDA")
+        self.device = torch.device("cpu")
+        self._sessions = {}
+
+    def session(self, name: str):
+        """The ONNX Runtime session of component ``name`` (created once)."""
+        if name not in self._sessions:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            path = self.bundle.graph_path(name, self.precision)
+            self._sessions[name] = ort.InferenceSession(str(path), options, providers=self.providers)
+        return self._sessions[name]
+
+    def component(self, name: str) -> ComponentFn:
+        session = self.session(name)
+        # Feed each input in the dtype the graph declares (an fp16 graph may take fp16 inputs).
+        types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        outputs = COMPONENTS[name].output_names
+
+        def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            feeds = {n: inputs[n].detach().cpu().numpy().astype(t, copy=False) for n, t in types.items()}
+            results = session.run(outputs, feeds)
+            return {n: torch.from_numpy(np.asarray(r, dtype=np.float32)) for n, r in zip(outputs, results)}
+
+        return run
+
+    def synchronize(self) -> None:
+        pass  # session.run returns only when its outputs are ready
+
+
+class Recorder:
+    """Wraps a backend and keeps a copy of every call's inputs and outputs, per component.
+
+    Used by ``svdtrt check`` (component inputs from a real sampling run) and by calibration.
+
+    Attributes:
+        calls: ``{component: [(inputs, outputs), ...]}`` with CPU tensors, in call order.
+    """
+
+    def __init__(self, backend: Backend, components: tuple[str, ...] = tuple(COMPONENTS)):
+        self.backend, self.components = backend, components
+        self.name, self.device = backend.name, backend.device
+        self.calls: dict[str, list] = {c: [] for c in components}
+
+    def component(self, name: str) -> ComponentFn:
+        fn = self.backend.component(name)
+        if name not in self.components:
+            return fn
+
+        def run(inputs):
+            outputs = fn(inputs)
+            self.calls[name].append(({k: v.detach().cpu().clone() for k, v in inputs.items()},
+                                     {k: v.detach().cpu().clone() for k, v in outputs.items()}))
+            return outputs
+
+        return run
+
+    def synchronize(self) -> None:
+        self.backend.synchronize()
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu") -> Backend:
+    """Create backend ``name`` for ``bundle``.
+
+    Args:
+        name: one of :data:`BACKENDS`.
+        bundle: the opened bundle.
+        precision: graph precision (``onnxruntime``) or ``fp32``/``fp16`` module dtype (``torch``).
+        model: the source :class:`SvdModel` for ``torch``; loaded from the bundle's manifest if None.
+        device: ``cpu`` or ``cuda`` for ``torch``.
+    Raises:
+        InputError: unknown backend name.
+    """
+    if name == "torch":
+        from ..models import load_model
+
+        model = model or load_model(source_reference(bundle))
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision)
+        if dtype is None:
+            raise InputError(f"the torch backend runs fp32 or fp16, not {precision}")
+        return TorchBackend(model, device, dtype)
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(bundle, precision)
+    raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
+
+
+def source_reference(bundle) -> str:
+    """The ``MODEL`` argument that rebuilds a bundle's source model (preset name, directory or hub id)."""
+    return bundle.manifest["source"]["name"]

@@ -1,0 +1,211 @@
+"""SVD's sampling loop over any backend, with diffusers' semantics and random-number order.
+
+The loop follows ``StableVideoDiffusionPipeline.__call__`` (diffusers 0.42) step by step and
+reuses diffusers' own scheduler (``EulerDiscreteScheduler``), ``VideoProcessor`` and
+``randn_tensor``, so with the same seed it produces the same clip as diffusers does with
+``generator=torch.Generator("cpu").manual_seed(seed)``; ``tests/runtime/test_pipeline.py``
+holds it to that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..errors import InputError
+from ..specs import CLIP_INPUT_SIZE, ModelDims
+from .backends import Backend
+from .preprocess import resize_with_antialiasing
+
+
+@dataclass
+class SamplingSettings:
+    """What one clip is made with; defaults are diffusers' pipeline defaults.
+
+    Attributes:
+        frames, height, width: clip size (frames; pixels).
+        steps: denoising steps (>= 1).
+        fps: frames per second the UNet is conditioned on (it sees fps - 1, as SVD was trained).
+        motion_bucket_id: motion conditioning, 0-255 in training; higher means more motion.
+        noise_aug_strength: std of the noise added to the conditioning image.
+        min_guidance_scale, max_guidance_scale: classifier-free guidance ramps linearly from the
+            first to the last frame; guidance is off when ``max_guidance_scale <= 1``.
+        decode_chunk_size: frames per VAE decode call; None decodes all frames at once.
+        seed: seed of the CPU ``torch.Generator`` all random numbers are drawn from.
+    """
+
+    frames: int
+    height: int
+    width: int
+    steps: int = 25
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+    decode_chunk_size: int | None = None
+    seed: int = 0
+
+    def check(self, dims: ModelDims) -> None:
+        """Raise :class:`InputError` for settings the model cannot run."""
+        dims.check_size(self.frames, self.height, self.width)
+        if self.steps < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
+            raise InputError(f"decode chunk size must be at least 1, got {self.decode_chunk_size}")
+
+    def pipeline_kwargs(self) -> dict:
+        """The same settings as keyword arguments of diffusers' ``StableVideoDiffusionPipeline``."""
+        s = asdict(self)
+        return {
+            "num_frames": s.pop("frames"), "num_inference_steps": s.pop("steps"),
+            "generator": torch.Generator("cpu").manual_seed(s.pop("seed")), **s,
+        }
+
+
+class StageTimer:
+    """Wall-clock seconds per stage, with the backend synchronised around each stage."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        self.backend.synchronize()
+        start = time.perf_counter()
+        yield
+        self.backend.synchronize()
+        self.seconds[name].append(time.perf_counter() - start)
+
+    def summary(self) -> dict[str, float]:
+        """Total seconds per stage, plus ``unet_per_step`` (mean seconds per UNet call)."""
+        out = {k: float(sum(v)) for k, v in self.seconds.items()}
+        if self.seconds.get("unet"):
+            out["unet_per_step"] = out["unet"] / len(self.seconds["unet"])
+        return out
+
+
+@dataclass
+class Clip:
+    """A generated clip: ``frames`` float32 [F, H, W, 3] in [0, 1], ``timings`` seconds per stage."""
+
+    frames: np.ndarray
+    timings: dict[str, float]
+
+
+class SvdPipeline:
+    """SVD image-to-video sampling over a backend.
+
+    Args:
+        backend: a :class:`svdtrt.runtime.backends.Backend`.
+        model_info: a :class:`svdtrt.bundle.Bundle` or :class:`svdtrt.models.SvdModel`: anything
+            with ``dims``, ``scheduler_config`` and ``feature_extractor_config``.
+    """
+
+    def __init__(self, backend: Backend, model_info):
+        from diffusers.video_processor import VideoProcessor
+        from transformers import CLIPImageProcessor
+
+        self.backend = backend
+        self.dims: ModelDims = model_info.dims
+        self.scheduler_config = model_info.scheduler_config
+        self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.dims.latent_scale)
+        self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
+
+    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool = False) -> Clip:
+        """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
+
+        Raises:
+            InputError: settings the model cannot run.
+        """
+        from diffusers import EulerDiscreteScheduler
+        from diffusers.utils.torch_utils import randn_tensor
+        from tqdm import tqdm
+
+        s = settings
+        s.check(self.dims)
+        device, timer = self.backend.device, StageTimer(self.backend)
+        generator = torch.Generator("cpu").manual_seed(s.seed)
+        guided = s.max_guidance_scale > 1
+        encode_image = self.backend.component("image_encoder")
+        encode_vae = self.backend.component("vae_encoder")
+        unet = self.backend.component("unet")
+        decode_vae = self.backend.component("vae_decoder")
+        start = time.perf_counter()
+
+        # 1. Encode the input image with CLIP; the unconditional embedding is zeros.
+        with timer.stage("clip"):
+            pixels = self.video_processor.numpy_to_pt(self.video_processor.pil_to_numpy(image))
+            # diffusers normalises to [-1, 1] before the anti-aliased resize and back after it
+            pixels = (resize_with_antialiasing(pixels * 2.0 - 1.0, (CLIP_INPUT_SIZE,) * 2) + 1.0) / 2.0
+            pixel_values = self.feature_extractor(
+                images=pixels, do_normalize=True, do_center_crop=False, do_resize=False,
+                do_rescale=False, return_tensors="pt").pixel_values
+            image_embeds = encode_image({"pixel_values": pixel_values.to(device)})["image_embeds"]
+            encoder_hidden_states = image_embeds.unsqueeze(1)
+            if guided:
+                encoder_hidden_states = torch.cat([torch.zeros_like(encoder_hidden_states), encoder_hidden_states])
+
+        # 2. Encode the noise-augmented image with the VAE (first random draw).
+        with timer.stage("vae_encode"):
+            vae_image = self.video_processor.preprocess(image, height=s.height, width=s.width).to(device)
+            noise = randn_tensor(vae_image.shape, generator=generator, device=device, dtype=vae_image.dtype)
+            vae_image = vae_image + s.noise_aug_strength * noise
+            image_latents = encode_vae({"image": vae_image})["latents"]
+            if guided:
+                image_latents = torch.cat([torch.zeros_like(image_latents), image_latents])
+            image_latents = image_latents.unsqueeze(1).repeat(1, s.frames, 1, 1, 1)
+
+        # 3. Micro-conditioning: SVD was trained on fps - 1.
+        added_time_ids = torch.tensor([[s.fps - 1, s.motion_bucket_id, s.noise_aug_strength]], dtype=torch.float32)
+        added_time_ids = torch.cat([added_time_ids] * (2 if guided else 1)).to(device)
+
+        # 4. Timesteps and initial latents (second random draw), scaled by the scheduler.
+        scheduler = EulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler.set_timesteps(s.steps, device=device)
+        latent_shape = (1, s.frames, self.dims.latent_channels,
+                        s.height // self.dims.latent_scale, s.width // self.dims.latent_scale)
+        latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=torch.float32)
+        latents = latents * scheduler.init_noise_sigma
+
+        # 5. Guidance scale ramps linearly over frames: [1, F, 1, 1, 1].
+        guidance_scale = torch.linspace(s.min_guidance_scale, s.max_guidance_scale, s.frames)
+        guidance_scale = guidance_scale.to(device)[None, :, None, None, None]
+
+        # 6. Denoising loop: both guidance branches in one UNet batch.
+        for t in tqdm(scheduler.timesteps, desc="denoise", unit="step", disable=not progress):
+            latent_model_input = torch.cat([latents] * 2) if guided else latents
+            latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+            latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+            with timer.stage("unet"):
+                noise_pred = unet({
+                    "sample": latent_model_input,
+                    "timestep": t.to(torch.float32).expand(latent_model_input.shape[0]),
+                    "encoder_hidden_states": encoder_hidden_states,
+                    "added_time_ids": added_time_ids,
+                })["noise_pred"]
+            if guided:
+                noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
+
+        # 7. Decode in chunks of frames; the temporal decoder mixes frames within a chunk.
+        with timer.stage("vae_decode"):
+            latents = 1 / self.dims.scaling_factor * latents.flatten(0, 1)
+            chunk = s.decode_chunk_size or s.frames
+            frames = torch.cat([decode_vae({"latents": latents[i:i + chunk]})["frames"]
+                                for i in range(0, latents.shape[0], chunk)])
+            # [F, 3, H, W] -> [1, 3, F, H, W], the layout diffusers' VideoProcessor takes
+            frames = frames.reshape(-1, s.frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
+            frames = self.video_processor.postprocess_video(video=frames, output_type="np")[0]
+
+        timings = timer.summary()
+        timings["total"] = time.perf_counter() - start
+        return Clip(frames=np.asarray(frames, dtype=np.float32), timings=timings)

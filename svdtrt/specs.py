@@ -1,0 +1,209 @@
+"""Component specs: the names, symbolic shapes and tolerances of the four SVD graphs.
+
+Every stage (export, validation, shape profiles, calibration, engine build, runtime
+binding, benchmarks) reads component I/O from here and nowhere else (DESIGN.md, "The
+four components, one source of truth").
+
+Shape symbols:
+    B  batch, including the classifier-free-guidance doubling (2 for one clip)
+    F  frames of the clip
+    N  frames in one VAE decode chunk
+    C  latent channels (``vae.config.latent_channels``)
+    D  image-embedding width (``image_encoder.config.projection_dim``)
+    S  CLIP input size (224: diffusers' SVD pipeline resizes to 224x224)
+    H, W  image size in pixels; h, w  latent size (H / latent_scale, W / latent_scale)
+A symbol may carry an integer factor (``2C``) and a plain integer is a fixed size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from .errors import InputError
+
+#: Symbols that stay dynamic in the exported graphs.
+DYNAMIC_SYMBOLS = frozenset({"B", "F", "N", "H", "W", "h", "w"})
+
+#: diffusers' SVD pipeline resizes the CLIP input to this size (``_resize_with_antialiasing(image, (224, 224))``).
+CLIP_INPUT_SIZE = 224
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named graph input or output: ``dims`` are shape symbols, ``dtype`` a numpy dtype name."""
+
+    name: str
+    dims: tuple[str, ...]
+    dtype: str = "float32"
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """Concrete shape for ``sizes`` (a symbol -> int mapping, see :func:`ModelDims.sizes`).
+
+        Raises:
+            KeyError: a symbol of this tensor is missing from ``sizes``.
+        """
+        return tuple(_resolve(d, sizes) for d in self.dims)
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """Axis index -> symbol name for the axes left dynamic in the graph."""
+        return {i: d for i, d in enumerate(self.dims) if d in DYNAMIC_SYMBOLS}
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A component's graph interface and its fp32 validation tolerances.
+
+    ``max_rel_error`` bounds ``max|onnx - torch| / max(1, max|torch|)`` and ``min_cosine``
+    the cosine similarity of each output, both measured on ONNX Runtime's CPU provider.
+    """
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_rel_error: float = 1e-4
+    min_cosine: float = 0.99999
+    #: (min, opt, max) of B: 2 for the UNet's classifier-free-guidance batch, 1 without guidance.
+    batch: tuple[int, int, int] = (1, 1, 1)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def _resolve(dim: str, sizes: Mapping[str, int]) -> int:
+    if dim.isdigit():
+        return int(dim)
+    factor, symbol = re.fullmatch(r"(\d*)([A-Za-z]+)", dim).groups()
+    return int(factor or 1) * sizes[symbol]
+
+
+IMAGE_ENCODER = ComponentSpec(
+    "image_encoder",
+    inputs=(TensorSpec("pixel_values", ("B", "3", "S", "S")),),
+    outputs=(TensorSpec("image_embeds", ("B", "D")),),
+)
+VAE_ENCODER = ComponentSpec(
+    "vae_encoder",
+    inputs=(TensorSpec("image", ("B", "3", "H", "W")),),
+    outputs=(TensorSpec("latents", ("B", "C", "h", "w")),),
+)
+UNET = ComponentSpec(
+    "unet",
+    inputs=(
+        TensorSpec("sample", ("B", "F", "2C", "h", "w")),
+        TensorSpec("timestep", ("B",)),
+        TensorSpec("encoder_hidden_states", ("B", "1", "D")),
+        TensorSpec("added_time_ids", ("B", "3")),
+    ),
+    outputs=(TensorSpec("noise_pred", ("B", "F", "C", "h", "w")),),
+    batch=(1, 2, 2),
+)
+VAE_DECODER = ComponentSpec(
+    "vae_decoder",
+    inputs=(TensorSpec("latents", ("N", "C", "h", "w")),),
+    outputs=(TensorSpec("frames", ("N", "3", "H", "W")),),
+)
+
+#: The four components in the order the sampling loop first calls them.
+COMPONENTS: dict[str, ComponentSpec] = {
+    s.name: s for s in (IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
+}
+
+
+def component(name: str) -> ComponentSpec:
+    """The spec called ``name``.
+
+    Raises:
+        InputError: ``name`` is not one of :data:`COMPONENTS`.
+    """
+    try:
+        return COMPONENTS[name]
+    except KeyError:
+        raise InputError(f"unknown component '{name}': choose from {', '.join(COMPONENTS)}") from None
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes a model's configs fix, read from them (nothing assumes the 576x1024 release).
+
+    Attributes:
+        latent_channels: C, ``vae.config.latent_channels`` (4 for SVD).
+        embed_dim: D, ``image_encoder.config.projection_dim`` (1024 for SVD).
+        latent_scale: pixels per latent cell, ``2 ** (len(vae.config.block_out_channels) - 1)``
+            as diffusers' pipeline computes ``vae_scale_factor`` (8 for SVD).
+        unet_downsamples: ``len(unet.config.block_out_channels) - 1``; the latent size must be a
+            multiple of ``2 ** unet_downsamples`` for the skip connections to line up.
+        scaling_factor: ``vae.config.scaling_factor`` (0.18215 for SVD).
+        default_frames: ``unet.config.num_frames`` (14 for SVD, 25 for SVD-XT).
+    """
+
+    latent_channels: int
+    embed_dim: int
+    latent_scale: int
+    unet_downsamples: int
+    scaling_factor: float
+    default_frames: int
+
+    @classmethod
+    def from_configs(cls, unet: Mapping, vae: Mapping, image_encoder: Mapping) -> "ModelDims":
+        """Read the sizes from the three config dicts (as saved in ``config.json`` files)."""
+        return cls(
+            latent_channels=int(vae["latent_channels"]),
+            embed_dim=int(image_encoder["projection_dim"]),
+            latent_scale=2 ** (len(vae["block_out_channels"]) - 1),
+            unet_downsamples=len(unet["block_out_channels"]) - 1,
+            scaling_factor=float(vae["scaling_factor"]),
+            default_frames=int(unet["num_frames"]),
+        )
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Height and width must be multiples of this many pixels."""
+        return self.latent_scale * 2**self.unet_downsamples
+
+    def check_size(self, frames: int, height: int, width: int) -> None:
+        """Raise :class:`InputError` unless the model can take this clip size."""
+        if frames < 1:
+            raise InputError(f"frames must be at least 1, got {frames}")
+        m = self.pixel_multiple
+        if height < m or width < m or height % m or width % m:
+            raise InputError(
+                f"height and width must be positive multiples of {m} pixels for this model "
+                f"(latent scale {self.latent_scale} x UNet downsampling {2**self.unet_downsamples}), "
+                f"got {height}x{width}"
+            )
+
+    def sizes(self, batch: int, frames: int, height: int, width: int, chunk: int | None = None) -> dict[str, int]:
+        """Symbol -> size for one clip shape; ``chunk`` (N) defaults to ``frames``."""
+        return {
+            "B": batch, "F": frames, "N": chunk or frames, "C": self.latent_channels,
+            "D": self.embed_dim, "S": CLIP_INPUT_SIZE, "H": height, "W": width,
+            "h": height // self.latent_scale, "w": width // self.latent_scale,
+        }
+
+
+#: (min, opt, max) of one size; a static size has min == opt == max.
+Range = tuple[int, int, int]
+
+
+def profile_shapes(spec: ComponentSpec, dims: ModelDims, frames: Range, height: Range,
+                   width: Range) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shape of every input of ``spec``: what a TensorRT optimization profile needs.
+
+    B follows ``spec.batch``; a VAE decode chunk N runs from 1 frame to the clip's frames.
+    Returns ``{input_name: {"min": [...], "opt": [...], "max": [...]}}``.
+    """
+    profile = {}
+    for t in spec.inputs:
+        profile[t.name] = {
+            key: list(t.shape(dims.sizes(spec.batch[i], frames[i], height[i], width[i],
+                                         chunk=1 if key == "min" else frames[i])))
+            for i, key in enumerate(("min", "opt", "max"))
+        }
+    return profile
