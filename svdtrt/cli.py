@@ -97,12 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given(value, default):
+    return default if value is None else value
+
+
 def _settings(args, bundle):
     from .runtime.pipeline import SamplingSettings
 
     frames, height, width = bundle.default_shape
     settings = SamplingSettings(
-        frames=args.frames or frames, height=args.height or height, width=args.width or width,
+        frames=_given(args.frames, frames), height=_given(args.height, height), width=_given(args.width, width),
         steps=args.steps, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
         noise_aug_strength=args.noise_aug_strength, min_guidance_scale=args.min_guidance_scale,
         max_guidance_scale=args.max_guidance_scale, decode_chunk_size=args.decode_chunk_size, seed=args.seed,
@@ -211,7 +215,10 @@ COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo":
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse exits on --help and on bad arguments; return its code instead
+        return e.code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)

@@ -1,0 +1,113 @@
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from svdtrt.bundle import Bundle
+from svdtrt.components import example_inputs, torch_modules
+from svdtrt.errors import AccuracyError, ExportError, InputError
+from svdtrt.export import export_bundle
+from svdtrt.export.validation import cpu_session, validate_graph
+from svdtrt.specs import COMPONENTS
+
+
+def test_bundle_holds_four_validated_graphs_with_one_data_file_each(tiny_bundle):
+    m = tiny_bundle.manifest
+    assert list(m["components"]) == ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
+    for name, entry in m["components"].items():
+        graph = onnx.load(str(tiny_bundle.graph_path(name)), load_external_data=False)
+        locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locations == {f"{name}.fp32.onnx.data"}
+        assert [i.name for i in graph.graph.input] == COMPONENTS[name].input_names
+        assert [o.name for o in graph.graph.output] == COMPONENTS[name].output_names
+        for metrics in entry["graphs"]["fp32"]["validation"]["outputs"].values():
+            assert metrics["rel_error"] < 1e-4 and metrics["cosine"] > 0.99999
+    assert m["exporter"] == {"name": "torch.onnx.export", "dynamo": False, "opset": 17}
+    assert m["source"] == {"kind": "preset", "name": "tiny", "seed": 0}
+    assert (tiny_bundle.path / "scheduler" / "scheduler_config.json").is_file()
+    assert (tiny_bundle.path / "feature_extractor" / "preprocessor_config.json").is_file()
+
+
+def _run_against_torch(bundle, model, name, sizes):
+    spec = COMPONENTS[name]
+    inputs = example_inputs(spec, sizes, seed=3)
+    got = cpu_session(bundle.graph_path(name)).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    with torch.no_grad():
+        expected = torch_modules(model)[name](*inputs.values()).numpy()
+    return got, expected
+
+
+@pytest.mark.parametrize("name,batch,frames,height,width", [
+    ("unet", 1, 3, 32, 96),        # other batch, frames and aspect than the export shape
+    ("vae_decoder", 1, 2, 48, 32),  # a decode chunk of 2 frames
+    ("vae_encoder", 1, 1, 96, 32),
+    ("image_encoder", 2, 1, 64, 64),
+])
+def test_graphs_stay_dynamic_and_match_torch_at_other_shapes(tiny_bundle, tiny_model, name, batch, frames, height, width):
+    sizes = tiny_model.dims.sizes(batch, frames, height, width)
+    got, expected = _run_against_torch(tiny_bundle, tiny_model, name, sizes)
+    assert got.shape == expected.shape == COMPONENTS[name].outputs[0].shape(sizes)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_validation_names_component_output_and_error(tiny_bundle, tiny_model):
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.unet.conv_out.bias += 0.5
+    spec = COMPONENTS["unet"]
+    inputs = example_inputs(spec, tiny_model.dims.sizes(2, 4, 64, 64))
+    with pytest.raises(AccuracyError, match=r"unet: output 'noise_pred' misses its tolerance") as e:
+        validate_graph(tiny_bundle.graph_path("unet"), spec, torch_modules(broken)["unet"], inputs)
+    assert e.value.component == "unet" and e.value.output == "noise_pred" and e.value.value > 1e-4
+
+
+def test_failed_export_leaves_no_bundle_and_keeps_an_existing_one(tiny_model, tmp_path, monkeypatch):
+    import svdtrt.export as export
+
+    def fail(module, spec, *args, **kwargs):
+        raise ExportError(f"{spec.name}: simulated failure")
+
+    monkeypatch.setattr(export, "export_graph", fail)
+    with pytest.raises(ExportError):
+        export_bundle(tiny_model, tmp_path / "new", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "manifest.json").write_text("{}")
+    with pytest.raises(ExportError):
+        export_bundle(tiny_model, existing, force=True, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["existing"]
+    assert (existing / "manifest.json").read_text() == "{}"
+
+
+def test_existing_output_needs_force(tiny_model, tmp_path):
+    (tmp_path / "b").mkdir()
+    with pytest.raises(InputError, match="already exists"):
+        export_bundle(tiny_model, tmp_path / "b", progress=False)
+
+
+def test_impossible_shape_is_refused_before_export(tiny_model, tmp_path):
+    with pytest.raises(InputError, match="multiples of 8 pixels"):
+        export_bundle(tiny_model, tmp_path / "b", height=(60, 60, 60), progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bundle_open_refuses_other_versions_and_missing_graphs(tiny_bundle, tmp_path):
+    import shutil
+
+    from svdtrt.errors import BundleError
+
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(tiny_bundle.path, copy_dir)
+    manifest = json.loads((copy_dir / "manifest.json").read_text())
+    (copy_dir / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(BundleError, match="format version 99"):
+        Bundle.open(copy_dir)
+    (copy_dir / "manifest.json").write_text(json.dumps(manifest))
+    (copy_dir / "unet.fp32.onnx.data").unlink()
+    with pytest.raises(BundleError, match="unet.fp32.onnx.data is missing"):
+        Bundle.open(copy_dir)

@@ -1,0 +1,154 @@
+"""The command line: round trips, and every bad input ending in one line and exit code 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from svdtrt.runtime.video import read_mp4
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory, photo):
+    path = tmp_path_factory.mktemp("img") / "photo.png"
+    photo.save(path)
+    return path
+
+
+def _one_line_error(code, err, needle):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("svdtrt: error:"), err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_run_writes_mp4_and_frames(run_cli, tiny_bundle, image_file, tmp_path):
+    code, out, _ = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4",
+                           "--steps", "2", "--frames", "3", "--save-frames", tmp_path / "f.npy")
+    assert code == 0
+    assert "UNet x steps" in out and "total" in out
+    frames = np.load(tmp_path / "f.npy")
+    assert frames.shape == (3, 64, 64, 3) and frames.dtype == np.float32
+    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    assert read_mp4(tmp_path / "c.mp4").shape == (3, 64, 64, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA"])
+def test_grayscale_palette_and_rgba_images_work(run_cli, tiny_bundle, photo, tmp_path, mode):
+    path = tmp_path / f"img-{mode}.png"
+    photo.convert(mode).save(path)
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", path, "--out", tmp_path / "c.mp4", "--steps", "1")
+    assert code == 0, err
+
+
+def test_check_writes_report(run_cli, tiny_bundle, image_file, tmp_path):
+    code, out, _ = run_cli("check", tiny_bundle.path, "--image", image_file, "--steps", "2",
+                           "--report", tmp_path / "r.json")
+    assert code == 0 and "PASSED" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["end_to_end"]["vs_diffusers"]["min_psnr_db"] >= 60
+
+
+def test_existing_outputs_are_not_overwritten_without_force(run_cli, tiny_bundle, image_file, tmp_path):
+    clip = tmp_path / "c.mp4"
+    clip.write_bytes(b"precious")
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", clip, "--steps", "1")
+    _one_line_error(code, err, "already exists")
+    assert clip.read_bytes() == b"precious"
+    code, _, _ = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", clip, "--steps", "1", "--force")
+    assert code == 0 and clip.read_bytes() != b"precious"
+    report = tmp_path / "r.json"
+    report.write_text("keep")
+    code, _, err = run_cli("check", tiny_bundle.path, "--image", image_file, "--report", report)
+    _one_line_error(code, err, "already exists")
+    assert report.read_text() == "keep"
+    code, _, err = run_cli("export", "tiny", "--out", tiny_bundle.path)
+    _one_line_error(code, err, "already exists")
+
+
+@pytest.fixture
+def bad_bundles(tiny_bundle, tmp_path):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_bundle.path, corrupt)
+    (corrupt / "manifest.json").write_text("{not json")
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format_version": 0}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    return {"corrupt": corrupt, "old": old, "empty": empty, "missing": tmp_path / "nowhere"}
+
+
+@pytest.mark.parametrize("which,needle", [
+    ("missing", "no bundle at"), ("empty", "is not a bundle"), ("corrupt", "corrupt manifest.json"),
+    ("old", "format version 0"),
+])
+def test_bad_bundles(run_cli, bad_bundles, image_file, tmp_path, which, needle):
+    code, _, err = run_cli("run", bad_bundles[which], "--image", image_file, "--out", tmp_path / "c.mp4")
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "c.mp4").exists()
+
+
+def test_bad_images(run_cli, tiny_bundle, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", tmp_path / "missing.png", "--out", tmp_path / "c.mp4")
+    _one_line_error(code, err, "not found")
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", text, "--out", tmp_path / "c.mp4")
+    _one_line_error(code, err, "is not a readable image")
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", tmp_path, "--out", tmp_path / "c.mp4")
+    _one_line_error(code, err, "not found")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--height", "60"], "multiples of 8"),
+    (["--width", "20"], "multiples of 8"),
+    (["--frames", "0"], "frames must be at least 1"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--decode-chunk-size", "0"], "decode chunk size"),
+    (["--steps", "many"], "invalid int value"),
+    (["--backend", "cuda-magic"], "invalid choice"),
+])
+def test_bad_settings(run_cli, tiny_bundle, image_file, tmp_path, args, needle):
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4", *args)
+    _one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["no-such-preset"], "unknown model 'no-such-preset'"),
+    (["tiny", "--frames", "4:2:8"], "MIN <= OPT <= MAX"),
+    (["tiny", "--height", "0"], "at least 1"),
+    (["tiny", "--height", "100"], "multiples of 8"),
+])
+def test_bad_export_arguments(run_cli, tmp_path, args, needle):
+    code, _, err = run_cli("export", *args, "--out", tmp_path / "b")
+    _one_line_error(code, err, needle)
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_cli_and_console_script(tmp_path):
+    """The installed entry point, as a user runs it: export works, bad input gives no traceback."""
+    cmd = [sys.executable, "-m", "svdtrt"]
+    done = subprocess.run(cmd + ["export", "tiny", "--out", str(tmp_path / "b")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "unet" in done.stdout and (tmp_path / "b" / "manifest.json").is_file()
+    bad = subprocess.run(cmd + ["run", str(tmp_path / "b"), "--image", "nope.png", "--out", str(tmp_path / "c.mp4")],
+                         capture_output=True, text=True)
+    _one_line_error(bad.returncode, bad.stderr, "not found")
+
+
+def test_demo_writes_clip_and_passing_report(run_cli, tmp_path):
+    code, out, _ = run_cli("demo", "--out", tmp_path / "demo")
+    assert code == 0 and "PASSED" in out
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["passed"] and report["end_to_end"]["vs_diffusers"]["min_psnr_db"] >= 60
+    assert read_mp4(tmp_path / "demo" / "clip.mp4").shape == (4, 64, 64, 3)
+    assert PIL.Image.open(tmp_path / "demo" / "input.png").size == (512, 512)
+    code, _, err = run_cli("demo", "--out", tmp_path / "demo")
+    _one_line_error(code, err, "already exists")
