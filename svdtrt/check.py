@@ -24,11 +24,8 @@ THRESHOLDS = {
     "fp32": {"clip_min_psnr_db": 60.0, "component_min_cosine": 0.9999},
 }
 
-#: UNet calls replayed per check: the first, middle and last denoising step.
-_UNET_STEPS = ("first", "middle", "last")
-
-
 def _pick_unet_calls(calls: list) -> list:
+    """The UNet calls replayed per check: the first, middle and last denoising step."""
     return [calls[0], calls[len(calls) // 2], calls[-1]]
 
 
