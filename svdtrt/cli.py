@@ -59,6 +59,8 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help="graph or engine precision to run (default fp32)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="tensorrt: replay a static-profile UNet engine from a CUDA graph")
+    p.add_argument("--one-engine-at-a-time", action="store_true",
+                   help="tensorrt: keep only the engine in use loaded (Jetson's unified memory)")
     p.add_argument("--model", help="source model for the torch backend and the reference "
                                    "(default: the one recorded in the bundle's manifest)")
 
@@ -164,7 +166,8 @@ def _open_backend(args, bundle):
     from .runtime.backends import create_backend
 
     model = load_model(args.model) if args.model else None
-    return create_backend(args.backend, bundle, args.precision, model=model, cuda_graph=args.cuda_graph), model
+    return create_backend(args.backend, bundle, args.precision, model=model, cuda_graph=args.cuda_graph,
+                          one_engine_at_a_time=args.one_engine_at_a_time), model
 
 
 def _cmd_run(args) -> int:

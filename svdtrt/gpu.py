@@ -78,3 +78,12 @@ def require_tensorrt(purpose: str = "the tensorrt backend"):
             f"{purpose} needs {' and '.join(missing)}, which this machine lacks; {'; '.join(remedies)}; "
             "'svdtrt doctor' shows what is here")
     return trt
+
+
+def quiet_polygraphy() -> None:
+    """Keep Polygraphy's own stdout logger to warnings unless svdtrt logs at INFO (``-v``)."""
+    import logging
+
+    logger = import_optional("polygraphy.logger")
+    if logger is not None and not logging.getLogger("svdtrt").isEnabledFor(logging.INFO):
+        logger.G_LOGGER.module_severity = logger.G_LOGGER.WARNING

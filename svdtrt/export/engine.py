@@ -166,9 +166,10 @@ def build_engines(bundle, plan: dict, force: bool = False, progress: bool = True
     """
     from tqdm import tqdm
 
-    from ..gpu import cuda_device, require_tensorrt
+    from ..gpu import cuda_device, quiet_polygraphy, require_tensorrt
 
     trt = require_tensorrt("svdtrt build")
+    quiet_polygraphy()
     gpu = cuda_device()
     check_precision_supported(plan["precision"], gpu)
     results = {}
@@ -208,6 +209,6 @@ def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
     try:
         data = EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.get("timing_cache"))()
     except PolygraphyException as e:
-        raise EngineError(f"TensorRT could not build an engine from {graph.name}: {str(e).strip().splitlines()[-1]}; "
+        raise EngineError(f"TensorRT could not build an engine from {graph.name}: {str(e).strip().splitlines()[0]}; "
                           "rerun with -v for TensorRT's log") from None
     return bytes(data)

@@ -182,8 +182,10 @@ def read_engine_bytes(engine: Path, sidecar: dict) -> bytes:
     data = engine.read_bytes()
     recorded = sidecar.get("engine", {})
     if len(data) != recorded.get("bytes") or hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
+        rebuild = rebuild_command(engine.parent.parent, sidecar.get("component", "?"), sidecar.get("precision", "?"),
+                                  sidecar.get("profile_kind"))
         raise EngineError(f"{engine} is not the engine its sidecar describes (size or sha256 differ: a partial "
-                          f"copy or a replaced file); rebuild it with '{rebuild_command(engine.parent.parent, sidecar.get('component', '?'), sidecar.get('precision', '?'), sidecar.get('profile_kind'))}'")
+                          f"copy or a replaced file); rebuild it with '{rebuild}'")
     return data
 
 

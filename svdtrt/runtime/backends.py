@@ -188,7 +188,7 @@ BACKENDS = ("torch", *ORT_PROVIDERS, "tensorrt")
 
 
 def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu",
-                   cuda_graph: bool = False) -> Backend:
+                   cuda_graph: bool = False, one_engine_at_a_time: bool = False) -> Backend:
     """Create backend ``name`` for ``bundle``.
 
     Args:
@@ -199,6 +199,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
         model: the source :class:`SvdModel` for ``torch``; loaded from the bundle's manifest if None.
         device: ``cpu`` or ``cuda`` for ``torch``.
         cuda_graph: ``tensorrt`` only: replay a static-profile UNet engine from a CUDA graph.
+        one_engine_at_a_time: ``tensorrt`` only: keep only the engine in use loaded.
     Raises:
         InputError: unknown backend name.
         BackendUnavailableError: the backend needs a package or GPU this machine lacks.
@@ -216,7 +217,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
 
-        return TensorRTBackend(bundle, precision, cuda_graph=cuda_graph)
+        return TensorRTBackend(bundle, precision, cuda_graph=cuda_graph, one_engine_at_a_time=one_engine_at_a_time)
     raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
 
 

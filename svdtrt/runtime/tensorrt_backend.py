@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 
 from ..export import engine_cache
-from ..gpu import cuda_device, require_tensorrt
+from ..gpu import cuda_device, quiet_polygraphy, require_tensorrt
 from ..specs import COMPONENTS
 from .backends import ComponentFn
 
@@ -149,6 +149,7 @@ class TensorRTBackend:
     def __init__(self, bundle, precision: str = "fp16", cuda_graph: bool = False,
                  one_engine_at_a_time: bool = False):
         self.trt = require_tensorrt("the tensorrt backend")
+        quiet_polygraphy()
         self.bundle, self.precision = bundle, precision
         self.cuda_graph, self.one_engine_at_a_time = cuda_graph, one_engine_at_a_time
         self.device = torch.device("cuda")
