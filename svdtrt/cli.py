@@ -240,6 +240,10 @@ def _cmd_build(args) -> int:
     bundle = Bundle.open(args.bundle)
     plan = plan_build(bundle, args.precision, args.profile, args.frames, args.height, args.width,
                       args.components, args.workspace, args.timing_cache)
+    if not args.dry_run:
+        from .gpu import require_tensorrt
+
+        require_tensorrt("svdtrt build")  # before announcing a build this machine cannot do
     path = save_plan(bundle, plan)
     print(f"{'plan' if args.dry_run else 'building'}: {plan['precision']} engines, {plan['profile']} profile, "
           f"strongly typed, workspace {_gib(plan['flags']['workspace_bytes'])}")
