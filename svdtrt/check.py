@@ -67,6 +67,8 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         ``failures`` (a list of strings) and ``passed``.
     Raises:
         BundleError: the source model's configs differ from those the bundle was exported from.
+        BackendUnavailableError: ``backend`` needs a package or GPU this machine lacks (raised
+            before any sampling).
     """
     from .models import load_model
 
@@ -75,10 +77,10 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
                           "(config hashes differ); pass the source model with --model")
     start = time.perf_counter()
+    tested = create_backend(backend, bundle, precision, model=model)  # first: a missing backend fails fast
     reference = model.pipeline()(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
     recorder = Recorder(TorchBackend(model))
     torch_clip = SvdPipeline(recorder, bundle)(image, settings)
-    tested = create_backend(backend, bundle, precision, model=model)
     clip = SvdPipeline(tested, bundle)(image, settings, progress=progress)
     components = compare_components(recorder.calls, tested)
 

@@ -52,9 +52,15 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"),
-                   help="what runs the components (default onnxruntime)")
-    p.add_argument("--precision", default="fp32", help="graph precision to run (default fp32)")
+    p.add_argument("--backend", default="onnxruntime",
+                   choices=("onnxruntime", "torch", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
+                   help="what runs the components (default onnxruntime, on CPU; onnxruntime-cuda and "
+                        "onnxruntime-trt need onnxruntime-gpu; tensorrt runs engines from 'svdtrt build')")
+    p.add_argument("--precision", default="fp32", help="graph or engine precision to run (default fp32)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="tensorrt: replay a static-profile UNet engine from a CUDA graph")
+    p.add_argument("--one-engine-at-a-time", action="store_true",
+                   help="tensorrt: keep only the engine in use loaded (Jetson's unified memory)")
     p.add_argument("--model", help="source model for the torch backend and the reference "
                                    "(default: the one recorded in the bundle's manifest)")
 
@@ -90,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an existing report")
     _backend_options(p)
     _sampling_options(p)
+
+    p = sub.add_parser("build", help="build TensorRT engines from a bundle's graphs of one precision")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8", "fp8"),
+                   help="which graphs to build from (engines are strongly typed: precision comes from the graph)")
+    p.add_argument("--profile", default="dynamic", choices=("static", "dynamic"),
+                   help="optimization profile: the manifest's min/opt/max (dynamic, default) or the optimal "
+                        "shape only (static, fastest)")
+    p.add_argument("--frames", type=_size_range, help="frames: N or MIN:OPT:MAX (default: the bundle's)")
+    p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
+    p.add_argument("--width", type=_size_range, help="width in pixels: N or MIN:OPT:MAX")
+    p.add_argument("--workspace", type=float, metavar="GB", help="TensorRT workspace limit in GiB (default: TensorRT's)")
+    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="tactic timing cache to read and update")
+    p.add_argument("--components", nargs="+", metavar="NAME",
+                   help="components to build (default all: image_encoder vae_encoder unet vae_decoder)")
+    p.add_argument("--dry-run", action="store_true", help="print and write the build plan; build nothing")
+    p.add_argument("--force", action="store_true", help="rebuild engines even when the cached ones are current")
+
+    sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime")
 
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
     p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
@@ -145,7 +170,8 @@ def _open_backend(args, bundle):
     from .runtime.backends import create_backend
 
     model = load_model(args.model) if args.model else None
-    return create_backend(args.backend, bundle, args.precision, model=model), model
+    return create_backend(args.backend, bundle, args.precision, model=model, cuda_graph=args.cuda_graph,
+                          one_engine_at_a_time=args.one_engine_at_a_time), model
 
 
 def _cmd_run(args) -> int:
@@ -211,7 +237,50 @@ def _cmd_demo(args) -> int:
     return 0 if report["passed"] else 1
 
 
-COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo}
+def _cmd_build(args) -> int:
+    from .bundle import Bundle
+    from .export.engine import build_engines, plan_build, save_plan
+
+    bundle = Bundle.open(args.bundle)
+    plan = plan_build(bundle, args.precision, args.profile, args.frames, args.height, args.width,
+                      args.components, args.workspace, args.timing_cache)
+    if not args.dry_run:
+        from .gpu import require_tensorrt
+
+        require_tensorrt("svdtrt build")  # before announcing a build this machine cannot do
+    path = save_plan(bundle, plan)
+    print(f"{'plan' if args.dry_run else 'building'}: {plan['precision']} engines, {plan['profile']} profile, "
+          f"strongly typed, workspace {_gib(plan['flags']['workspace_bytes'])}")
+    for name, item in plan["components"].items():
+        print(f"  {name:14s} {item['graph']} -> {item['engine']}")
+        for tensor, p in item["profile"].items():
+            print(f"    {tensor:22s} min {p['min']}  opt {p['opt']}  max {p['max']}")
+    print(f"build plan written to {path}")
+    if args.dry_run:
+        return 0
+    for name, r in build_engines(bundle, plan, force=args.force).items():
+        what = "reused (current)" if r["reused"] else f"built in {r['seconds']:.1f} s"
+        print(f"  {name:14s} {r['bytes'] / 2**20:9.1f} MiB  {what}")
+    return 0
+
+
+def _gib(n) -> str:
+    return "TensorRT's default" if n is None else f"{n / 2**30:g} GiB"
+
+
+def _cmd_doctor(args) -> int:
+    from .doctor import diagnose, format_report
+    from .gpu import INSTALL_HINT
+
+    report = diagnose()
+    print("\n".join(format_report(report)))
+    if report["backends"]["tensorrt"] != "ready":
+        print(f"to get TensorRT and Polygraphy: {INSTALL_HINT}")
+    return 0
+
+
+COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "build": _cmd_build,
+            "doctor": _cmd_doctor, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

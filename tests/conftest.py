@@ -39,3 +39,27 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+def _missing_for(marker: str) -> str | None:
+    """Why tests with ``marker`` cannot run here, or None when they can."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"needs a CUDA GPU; torch {torch.__version__} sees none"
+    if marker == "tensorrt":
+        from svdtrt.gpu import import_optional
+
+        missing = [m for m in ("tensorrt", "polygraphy") if import_optional(m) is None]
+        if missing:
+            return f"needs {' and '.join(missing)} (pip install 'svdtrt[gpu]'), not installed here"
+    return None
+
+
+def pytest_runtest_setup(item):
+    """Skip ``gpu`` and ``tensorrt`` tests, with the reason, where this machine lacks what they need."""
+    for marker in ("gpu", "tensorrt"):
+        if item.get_closest_marker(marker):
+            reason = _missing_for(marker)
+            if reason:
+                pytest.skip(reason)

@@ -2,8 +2,10 @@
 tensors, so the sampling loop never knows which one it drives (DESIGN.md, "The runtime").
 
 - ``torch``: the reference, the source model's PyTorch modules.
-- ``onnxruntime``: the bundle's graphs on ONNX Runtime (CPU; CUDA/TensorRT providers where
-  onnxruntime-gpu is installed).
+- ``onnxruntime``: the bundle's graphs on ONNX Runtime's CPU provider; ``onnxruntime-cuda`` and
+  ``onnxruntime-trt`` put them on its CUDA or TensorRT execution provider where onnxruntime-gpu
+  is installed.
+- ``tensorrt``: the bundle's TensorRT engines (:mod:`svdtrt.runtime.tensorrt_backend`).
 """
 
 from __future__ import annotations
@@ -72,23 +74,27 @@ class OnnxRuntimeBackend:
     Args:
         bundle: an opened :class:`svdtrt.bundle.Bundle`.
         precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``).
-        providers: ONNX Runtime execution providers; default CPU.
+        providers: ONNX Runtime execution providers, first choice first; default CPU. With
+            ``TensorrtExecutionProvider``, each session gets :func:`ort_tensorrt_options`.
+        name: the backend name reported (``onnxruntime``, ``onnxruntime-cuda``, ``onnxruntime-trt``).
     Raises:
         BackendUnavailableError: a requested provider is not in this ONNX Runtime build.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, precision: str = "fp32", providers: list[str] | None = None):
+    def __init__(self, bundle, precision: str = "fp32", providers: list[str] | None = None,
+                 name: str = "onnxruntime"):
         import onnxruntime as ort
 
-        self.bundle, self.precision = bundle, precision
+        self.bundle, self.precision, self.name = bundle, precision, name
         self.providers = providers or ["CPUExecutionProvider"]
         missing = set(self.providers) - set(ort.get_available_providers())
         if missing:
             raise BackendUnavailableError(
-                f"ONNX Runtime here lacks {', '.join(sorted(missing))}; install the GPU extra "
-                "('pip install svdtrt[gpu]') on a machine with CUDA")
+                f"ONNX Runtime here lacks {', '.join(sorted(missing))} (it has {', '.join(ort.get_available_providers())}); "
+                "install onnxruntime-gpu in place of onnxruntime ('pip uninstall onnxruntime && "
+                "pip install onnxruntime-gpu') on a machine with CUDA")
         self.device = torch.device("cpu")
         self._sessions = {}
 
@@ -100,7 +106,9 @@ class OnnxRuntimeBackend:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             path = self.bundle.graph_path(name, self.precision)
-            self._sessions[name] = ort.InferenceSession(str(path), options, providers=self.providers)
+            providers = [(p, ort_tensorrt_options(self.bundle, name, self.precision))
+                         if p == "TensorrtExecutionProvider" else p for p in self.providers]
+            self._sessions[name] = ort.InferenceSession(str(path), options, providers=providers)
         return self._sessions[name]
 
     def component(self, name: str) -> ComponentFn:
@@ -118,6 +126,25 @@ class OnnxRuntimeBackend:
 
     def synchronize(self) -> None:
         pass  # session.run returns only when its outputs are ready
+
+
+def ort_tensorrt_options(bundle, component: str, precision: str) -> dict:
+    """ONNX Runtime TensorRT execution-provider options for one component's session.
+
+    The explicit optimization profile is the manifest's per-input min/opt/max (the same one
+    ``svdtrt build --profile dynamic`` uses), in the provider's ``name:AxBxC,...`` format;
+    engines and timing caches go to ``BUNDLE/engines/onnxruntime-trt/``. The provider builds
+    weakly typed networks, so fp16 and int8 (Q/DQ) graphs also need its fp16/int8 switches
+    (onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html).
+    """
+    profile = bundle.manifest["components"][component]["profile"]
+    cache = bundle.path / "engines" / "onnxruntime-trt"
+    cache.mkdir(parents=True, exist_ok=True)
+    options = {f"trt_profile_{key}_shapes": ",".join(f"{n}:{'x'.join(map(str, p[key]))}" for n, p in profile.items())
+               for key in ("min", "opt", "max")}
+    return {**options, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+            "trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8"}
 
 
 class Recorder:
@@ -151,20 +178,31 @@ class Recorder:
         self.backend.synchronize()
 
 
-BACKENDS = ("torch", "onnxruntime")
+#: ONNX Runtime execution providers of each ``onnxruntime*`` backend, first choice first.
+ORT_PROVIDERS = {
+    "onnxruntime": ["CPUExecutionProvider"],
+    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "onnxruntime-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+BACKENDS = ("torch", *ORT_PROVIDERS, "tensorrt")
 
 
-def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu") -> Backend:
+def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu",
+                   cuda_graph: bool = False, one_engine_at_a_time: bool = False) -> Backend:
     """Create backend ``name`` for ``bundle``.
 
     Args:
         name: one of :data:`BACKENDS`.
         bundle: the opened bundle.
-        precision: graph precision (``onnxruntime``) or ``fp32``/``fp16`` module dtype (``torch``).
+        precision: graph or engine precision (``onnxruntime*``, ``tensorrt``) or ``fp32``/``fp16``
+            module dtype (``torch``).
         model: the source :class:`SvdModel` for ``torch``; loaded from the bundle's manifest if None.
         device: ``cpu`` or ``cuda`` for ``torch``.
+        cuda_graph: ``tensorrt`` only: replay a static-profile UNet engine from a CUDA graph.
+        one_engine_at_a_time: ``tensorrt`` only: keep only the engine in use loaded.
     Raises:
         InputError: unknown backend name.
+        BackendUnavailableError: the backend needs a package or GPU this machine lacks.
     """
     if name == "torch":
         from ..models import load_model
@@ -174,8 +212,12 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
         if dtype is None:
             raise InputError(f"the torch backend runs fp32 or fp16, not {precision}")
         return TorchBackend(model, device, dtype)
-    if name == "onnxruntime":
-        return OnnxRuntimeBackend(bundle, precision)
+    if name in ORT_PROVIDERS:
+        return OnnxRuntimeBackend(bundle, precision, ORT_PROVIDERS[name], name=name)
+    if name == "tensorrt":
+        from .tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(bundle, precision, cuda_graph=cuda_graph, one_engine_at_a_time=one_engine_at_a_time)
     raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
 
 

@@ -1,0 +1,70 @@
+"""``svdtrt doctor``: what this machine offers svdtrt, and which backends it can run."""
+
+from __future__ import annotations
+
+import platform
+
+from .gpu import cuda_device, import_optional, package_version, tensorrt_version
+
+
+def diagnose() -> dict:
+    """Versions and devices, as JSON-serialisable data; nothing here raises for a missing piece.
+
+    Returns:
+        ``{"python", "platform", "svdtrt", "torch": {"version", "cuda"}, "gpu": {"name",
+        "compute_capability", "memory_bytes"} | None, "tensorrt", "polygraphy", "onnxruntime":
+        {"version", "package", "providers"}, "backends": {name: "ready" | reason}}``; a
+        missing package's version is None.
+    """
+    import torch
+
+    from . import __version__
+
+    ort = import_optional("onnxruntime")
+    providers = list(ort.get_available_providers()) if ort is not None else []
+    ort_package = next((p for p in ("onnxruntime-gpu", "onnxruntime") if package_version(p)), None)
+    gpu = cuda_device()
+    trt = tensorrt_version()
+    polygraphy = package_version("polygraphy")
+    report = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "svdtrt": __version__,
+        "torch": {"version": torch.__version__, "cuda": torch.version.cuda},
+        "gpu": gpu,
+        "tensorrt": trt,
+        "polygraphy": polygraphy,
+        "onnxruntime": {"version": getattr(ort, "__version__", None), "package": ort_package,
+                        "providers": providers},
+    }
+    needs_trt = [what for what, ok in (("TensorRT", trt), ("Polygraphy", polygraphy), ("a CUDA GPU", gpu)) if not ok]
+    report["backends"] = {
+        "torch": "ready (cpu" + (", cuda)" if gpu else ")"),
+        "onnxruntime": "ready" if "CPUExecutionProvider" in providers else "needs onnxruntime",
+        "onnxruntime-cuda": "ready" if "CUDAExecutionProvider" in providers else "needs onnxruntime-gpu and CUDA",
+        "onnxruntime-trt": ("ready" if "TensorrtExecutionProvider" in providers
+                            else "needs onnxruntime-gpu, TensorRT and CUDA"),
+        "tensorrt": "ready" if not needs_trt else "needs " + ", ".join(needs_trt),
+    }
+    return report
+
+
+def format_report(report: dict) -> list[str]:
+    """The doctor's report as aligned text lines."""
+    gpu = report["gpu"]
+    ort = report["onnxruntime"]
+    lines = [
+        ("python", f"{report['python']} ({report['platform']})"),
+        ("svdtrt", report["svdtrt"]),
+        ("torch", f"{report['torch']['version']}, CUDA {report['torch']['cuda'] or 'none (CPU build)'}"),
+        ("GPU", f"{gpu['name']}, compute capability {gpu['compute_capability']}, "
+                f"{gpu['memory_bytes'] / 2**30:.1f} GiB" if gpu else "none"),
+        ("TensorRT", report["tensorrt"] or "not installed"),
+        ("Polygraphy", report["polygraphy"] or "not installed"),
+        ("ONNX Runtime", f"{ort['version']} ({ort['package']}), providers: {', '.join(ort['providers']) or 'none'}"
+                         if ort["version"] else "not installed"),
+    ]
+    out = [f"{k:13s} {v}" for k, v in lines]
+    out.append("backends:")
+    out += [f"  {k:17s} {v}" for k, v in report["backends"].items()]
+    return out

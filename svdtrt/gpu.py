@@ -1,0 +1,89 @@
+"""What this machine offers for the GPU stages: the CUDA device (through torch) and the
+optional TensorRT and Polygraphy packages, imported lazily so that the rest of svdtrt works
+without them (DESIGN.md, "Environment facts the design accepts").
+
+TensorRT's Python package comes from NVIDIA's index (``pypi.nvidia.com``) or, on Jetson,
+with JetPack; Polygraphy is on PyPI. Both are in the ``gpu`` extra of ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+from .errors import BackendUnavailableError
+
+#: How to get the optional GPU packages, quoted in every "missing" message.
+INSTALL_HINT = ("pip install 'svdtrt[gpu]' --extra-index-url https://pypi.nvidia.com "
+                "(on Jetson, TensorRT comes with JetPack)")
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of distribution ``name``, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def import_optional(module: str):
+    """``module`` imported, or None when it (or a library it loads) is missing."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError):  # OSError: the wheel is there but libnvinfer is not
+        return None
+
+
+def tensorrt_version() -> str | None:
+    """``tensorrt.__version__`` (e.g. ``"10.3.0"``), or None when TensorRT cannot be imported."""
+    trt = import_optional("tensorrt")
+    return getattr(trt, "__version__", None) if trt is not None else None
+
+
+def cuda_device(index: int = 0) -> dict | None:
+    """The CUDA GPU torch sees, or None when there is none (or torch is a CPU build).
+
+    Returns:
+        ``{"name": str, "compute_capability": "8.7", "memory_bytes": int}``; memory is the
+        device's total memory in bytes (on Jetson, the unified memory shared with the CPU).
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(index)
+    return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "memory_bytes": int(props.total_memory)}
+
+
+def require_tensorrt(purpose: str = "the tensorrt backend"):
+    """Import and return the ``tensorrt`` module, checking Polygraphy and a CUDA GPU too.
+
+    Args:
+        purpose: what needs them, for the message (e.g. ``"svdtrt build"``).
+    Raises:
+        BackendUnavailableError: one line naming every missing piece and how to get it.
+    """
+    import torch
+
+    trt = import_optional("tensorrt")
+    packages = [name for name, ok in (("TensorRT (the 'tensorrt' Python package)", trt is not None),
+                                      ("Polygraphy", import_optional("polygraphy") is not None)) if not ok]
+    gpu = torch.cuda.is_available()
+    if packages or not gpu:
+        missing = packages + ([] if gpu else [f"a CUDA GPU (torch {torch.__version__} sees none)"])
+        remedies = ([f"install with: {INSTALL_HINT}"] if packages else []) + \
+            ([] if gpu else ["run on a machine with an NVIDIA GPU and a CUDA build of torch"])
+        raise BackendUnavailableError(
+            f"{purpose} needs {' and '.join(missing)}, which this machine lacks; {'; '.join(remedies)}; "
+            "'svdtrt doctor' shows what is here")
+    return trt
+
+
+def quiet_polygraphy() -> None:
+    """Keep Polygraphy's own stdout logger to warnings unless svdtrt logs at INFO (``-v``)."""
+    import logging
+
+    logger = import_optional("polygraphy.logger")
+    if logger is not None and not logging.getLogger("svdtrt").isEnabledFor(logging.INFO):
+        logger.G_LOGGER.module_severity = logger.G_LOGGER.WARNING

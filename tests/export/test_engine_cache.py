@@ -1,0 +1,156 @@
+"""Engine sidecars, the cache and staleness, on CPU: sidecars and engine bytes are made here,
+and the TensorRT build itself is replaced by a recorder of what would have been built."""
+
+from __future__ import annotations
+
+import shutil
+import types
+
+import onnx
+import pytest
+
+import svdtrt.gpu
+from svdtrt.bundle import Bundle
+from svdtrt.errors import EngineError
+from svdtrt.export import engine as engine_module
+from svdtrt.export import engine_cache as cache
+from svdtrt.export.engine import build_engines, plan_build
+
+ORIN = {"name": "Orin", "compute_capability": "8.7"}
+H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+
+@pytest.fixture
+def bundle(tiny_bundle, tmp_path):
+    return Bundle.open(shutil.copytree(tiny_bundle.path, tmp_path / "tiny"))
+
+
+def _save_fake_engine(bundle, component="unet", precision="fp32", tensorrt="10.3.0", gpu=ORIN,
+                      data=b"not a real engine, but bytes all the same"):
+    engine = cache.engine_path(bundle.path, component, precision)
+    profile = bundle.manifest["components"][component]["profile"]
+    sidecar = cache.make_sidecar(component, precision, f"{component}.{precision}.onnx",
+                                 cache.graph_sha256(bundle, component, precision), data, profile, "dynamic",
+                                 {"strongly_typed": True}, tensorrt, gpu, 1.25)
+    cache.save_engine(engine, data, sidecar)
+    return engine, data
+
+
+def test_sidecar_records_what_the_engine_depends_on(bundle):
+    engine, data = _save_fake_engine(bundle)
+    path, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+    assert path == engine == bundle.path / "engines" / "unet.fp32.engine"
+    assert sidecar["graph"]["sha256"] == cache.graph_sha256(bundle, "unet", "fp32")
+    assert sidecar["precision"] == "fp32" and sidecar["tensorrt"] == "10.3.0"
+    assert sidecar["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
+    assert sidecar["profile"] == bundle.manifest["components"]["unet"]["profile"]
+    assert sidecar["build_seconds"] == 1.25 and sidecar["built"]
+    assert cache.read_engine_bytes(path, sidecar) == data
+
+
+def test_graph_hash_covers_the_weights(bundle):
+    before = cache.graph_sha256(bundle, "unet", "fp32")
+    data = bundle.path / bundle.manifest["components"]["unet"]["graphs"]["fp32"]["data"]
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 1
+    data.write_bytes(bytes(raw))
+    assert cache.graph_sha256(bundle, "unet", "fp32") != before
+
+
+def test_engine_from_another_graph_is_refused_with_rebuild_command(bundle):
+    _save_fake_engine(bundle)
+    graph = bundle.graph_path("unet", "fp32")
+    model = onnx.load(graph, load_external_data=False)
+    model.doc_string = "re-exported"
+    onnx.save(model, graph)
+    with pytest.raises(EngineError) as e:
+        cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+    message = str(e.value)
+    assert "stale" in message and "another graph" in message
+    assert f"svdtrt build {bundle.path} --precision fp32 --profile dynamic --components unet" in message
+    assert "\n" not in message
+
+
+def test_engine_for_another_gpu_is_refused(bundle):
+    _save_fake_engine(bundle, gpu=H100)
+    with pytest.raises(EngineError, match=r"built on a NVIDIA H100 80GB HBM3 \(compute capability 9.0\), "
+                                          r"this is a Orin \(compute capability 8.7\).*rebuild it with 'svdtrt build"):
+        cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+
+
+def test_engine_from_another_tensorrt_version_is_refused(bundle):
+    _save_fake_engine(bundle, tensorrt="10.3.0")
+    with pytest.raises(EngineError, match=r"built with TensorRT 10.3.0, this is 10.13.0.*rebuild it with"):
+        cache.usable_engine(bundle, "unet", "fp32", "10.13.0", ORIN)
+
+
+def test_missing_engine_or_sidecar_says_how_to_build(bundle):
+    with pytest.raises(EngineError, match=r"no fp32 engine for unet.*svdtrt build .* --precision fp32 --components unet"):
+        cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+    engine, _ = _save_fake_engine(bundle)
+    cache.sidecar_path(engine).unlink()
+    with pytest.raises(EngineError, match="sidecar is missing"):
+        cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+
+
+def test_engine_bytes_that_differ_from_the_sidecar_are_refused(bundle):
+    engine, data = _save_fake_engine(bundle)
+    engine.write_bytes(data[:-3])  # e.g. a partial copy to the device
+    _, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+    with pytest.raises(EngineError, match="not the engine its sidecar describes"):
+        cache.read_engine_bytes(engine, sidecar)
+
+
+def test_shapes_outside_the_profile_are_refused():
+    profile = {"latents": {"min": [1, 4, 16, 16], "opt": [4, 4, 16, 16], "max": [4, 4, 16, 16]}}
+    cache.check_shapes("vae_decoder", profile, {"latents": (3, 4, 16, 16)}, "svdtrt build B")
+    with pytest.raises(EngineError, match=r"shape \[5, 4, 16, 16\], outside .*max \[4, 4, 16, 16\]"):
+        cache.check_shapes("vae_decoder", profile, {"latents": (5, 4, 16, 16)}, "svdtrt build B")
+    with pytest.raises(EngineError, match="outside"):
+        cache.check_shapes("vae_decoder", profile, {"latents": (4, 4, 16)}, "svdtrt build B")
+
+
+@pytest.fixture
+def fake_builder(monkeypatch):
+    """TensorRT and the GPU replaced by stand-ins; returns the list of graphs 'built'."""
+    built = []
+    machine = types.SimpleNamespace(trt=types.SimpleNamespace(__version__="10.3.0"), gpu=dict(ORIN, memory_bytes=2**36))
+    monkeypatch.setattr(svdtrt.gpu, "require_tensorrt", lambda purpose="": machine.trt)
+    monkeypatch.setattr(svdtrt.gpu, "cuda_device", lambda index=0: machine.gpu)
+
+    def build(trt, graph, profile, flags):
+        built.append(graph.name)
+        return f"engine of {graph.name} for {profile}".encode()
+
+    monkeypatch.setattr(engine_module, "_build_serialized", build)
+    machine.built = built
+    return machine
+
+
+def test_rebuild_with_the_same_inputs_reuses_the_cached_engine(bundle, fake_builder):
+    plan = plan_build(bundle, "fp32", components=["unet", "vae_decoder"])
+    first = build_engines(bundle, plan, progress=False)
+    assert fake_builder.built == ["unet.fp32.onnx", "vae_decoder.fp32.onnx"]
+    assert not any(r["reused"] for r in first.values())
+    second = build_engines(bundle, plan, progress=False)
+    assert fake_builder.built == ["unet.fp32.onnx", "vae_decoder.fp32.onnx"]  # nothing built again
+    assert all(r["reused"] for r in second.values())
+    # the engines written are usable by the runtime on this machine
+    path, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+    assert cache.read_engine_bytes(path, sidecar).startswith(b"engine of unet.fp32.onnx")
+
+
+def test_changed_inputs_rebuild_the_engine(bundle, fake_builder):
+    build_engines(bundle, plan_build(bundle, "fp32", components=["unet"]), progress=False)
+    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
+    assert len(fake_builder.built) == 2  # another profile
+    fake_builder.trt.__version__ = "10.13.0"
+    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
+    assert len(fake_builder.built) == 3  # another TensorRT
+    fake_builder.gpu = dict(H100, memory_bytes=2**36)
+    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
+    assert len(fake_builder.built) == 4  # another GPU
+    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), force=True, progress=False)
+    assert len(fake_builder.built) == 5  # --force
+    _, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.13.0", H100)
+    assert sidecar["profile_kind"] == "static"

@@ -1,0 +1,134 @@
+"""``svdtrt build``: the build plan (no TensorRT needed) and the refusals before any build."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from svdtrt.bundle import Bundle
+from svdtrt.errors import InputError
+from svdtrt.export.engine import check_precision_supported, plan_build
+from svdtrt.specs import COMPONENTS
+
+# The tiny preset: 4 latent channels (2C = 8), embedding width 32, latent scale 4, exported at 4 frames, 64x64.
+RANGES = ["--frames", "2:4:6", "--height", "64:64:128", "--width", "64"]
+
+
+@pytest.fixture
+def bundle(tiny_bundle, tmp_path):
+    """A writable copy of the tiny bundle, with a stand-in fp16 graph entry (the fp32 files)."""
+    path = shutil.copytree(tiny_bundle.path, tmp_path / "tiny")
+    b = Bundle.open(path)
+    for entry in b.manifest["components"].values():
+        entry["graphs"]["fp16"] = dict(entry["graphs"]["fp32"])
+    b.save_manifest()
+    return Bundle.open(path)
+
+
+def _plan_file(bundle, precision):
+    return json.loads((bundle.path / "engines" / f"build-plan.{precision}.json").read_text())
+
+
+def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_cli):
+    code, out, err = run_cli("build", bundle.path, "--precision", "fp16", "--dry-run", *RANGES)
+    assert code == 0, err
+    plan = _plan_file(bundle, "fp16")
+    assert list(plan["components"]) == list(COMPONENTS)
+    assert plan["profile"] == "dynamic" and plan["precision"] == "fp16"
+    assert plan["shapes"] == {"frames": {"min": 2, "opt": 4, "max": 6}, "height": {"min": 64, "opt": 64, "max": 128},
+                              "width": {"min": 64, "opt": 64, "max": 64}}
+    c = plan["components"]
+    assert c["image_encoder"]["profile"] == {"pixel_values": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224],
+                                                              "max": [1, 3, 224, 224]}}
+    assert c["vae_encoder"]["profile"] == {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64],
+                                                     "max": [1, 3, 128, 64]}}
+    # the UNet's batch is the classifier-free-guidance batch: 1 without guidance, 2 with it
+    assert c["unet"]["profile"] == {
+        "sample": {"min": [1, 2, 8, 16, 16], "opt": [2, 4, 8, 16, 16], "max": [2, 6, 8, 32, 16]},
+        "timestep": {"min": [1], "opt": [2], "max": [2]},
+        "encoder_hidden_states": {"min": [1, 1, 32], "opt": [2, 1, 32], "max": [2, 1, 32]},
+        "added_time_ids": {"min": [1, 3], "opt": [2, 3], "max": [2, 3]},
+    }
+    # a decode chunk runs from 1 frame to the clip's frames
+    assert c["vae_decoder"]["profile"] == {"latents": {"min": [1, 4, 16, 16], "opt": [4, 4, 16, 16],
+                                                       "max": [6, 4, 32, 16]}}
+    for name, item in c.items():
+        assert item["graph"] == bundle.manifest["components"][name]["graphs"]["fp16"]["file"]
+        assert item["engine"] == f"engines/{name}.fp16.engine"
+        assert item["sidecar"] == f"engines/{name}.fp16.engine.json"
+    assert plan["flags"] == {"strongly_typed": True, "builder_precision_flags": [], "tf32": False,
+                             "workspace_bytes": None, "timing_cache": None}
+    assert "max [2, 6, 8, 32, 16]" in out and "build plan written to" in out
+    assert not list((bundle.path / "engines").glob("*.engine"))  # a dry run builds nothing
+
+
+def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli):
+    code, _, err = run_cli("build", bundle.path, "--precision", "fp16", "--profile", "static", "--dry-run", *RANGES)
+    assert code == 0, err
+    plan = _plan_file(bundle, "fp16")
+    assert plan["profile"] == "static"
+    expected_opt = {"pixel_values": [1, 3, 224, 224], "image": [1, 3, 64, 64], "sample": [2, 4, 8, 16, 16],
+                    "timestep": [2], "encoder_hidden_states": [2, 1, 32], "added_time_ids": [2, 3],
+                    "latents": [4, 4, 16, 16]}
+    seen = set()
+    for item in plan["components"].values():
+        for name, p in item["profile"].items():
+            assert p["min"] == p["opt"] == p["max"] == expected_opt[name], name
+            seen.add(name)
+    assert seen == set(expected_opt)
+
+
+def test_dynamic_plan_without_overrides_is_the_manifests_profile(bundle):
+    plan = plan_build(bundle, "fp32")
+    for name, item in plan["components"].items():
+        assert item["profile"] == bundle.manifest["components"][name]["profile"]
+
+
+def test_plan_flags_components_and_written_file(bundle, tmp_path):
+    plan = plan_build(bundle, "fp32", "dynamic", components=["unet", "vae_decoder"], workspace_gb=1.5,
+                      timing_cache=tmp_path / "timing.cache")
+    assert list(plan["components"]) == ["unet", "vae_decoder"]
+    assert plan["flags"]["workspace_bytes"] == 1536 * 2**20
+    assert plan["flags"]["timing_cache"] == str(tmp_path / "timing.cache")
+
+
+@pytest.mark.parametrize("precision, hint", [("int8", "svdtrt quantize"), ("fp8", "svdtrt quantize")])
+def test_missing_precision_graph_says_how_to_make_it(bundle, run_cli, precision, hint):
+    code, out, err = run_cli("build", bundle.path, "--precision", precision, "--dry-run")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and f"no {precision} graph" in err and hint in err
+
+
+def test_missing_fp16_graph_points_at_export(tiny_bundle, run_cli):
+    code, _, err = run_cli("build", tiny_bundle.path, "--precision", "fp16", "--dry-run")
+    assert code == 2 and err.count("\n") == 1 and "svdtrt export --precision fp16" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--height", "60"], "multiples of"),
+    (["--components", "unet", "text_encoder"], "unknown component 'text_encoder'"),
+    (["--workspace", "0"], "positive number of GiB"),
+])
+def test_bad_build_options_are_one_line_errors(bundle, run_cli, args, message):
+    code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--dry-run", *args)
+    assert code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_build_without_tensorrt_is_one_line_exit_2(bundle, run_cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, also on a TensorRT machine
+    code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--components", "unet")
+    assert code == 2 and err.count("\n") == 1
+    assert "svdtrt build needs TensorRT" in err and "pip install 'svdtrt[gpu]'" in err
+    assert not list((bundle.path / "engines").glob("*.engine"))
+
+
+def test_fp8_refused_below_compute_capability_8_9():
+    orin = {"name": "Orin", "compute_capability": "8.7"}
+    with pytest.raises(InputError, match="fp8 needs compute capability 8.9.*8.7"):
+        check_precision_supported("fp8", orin)
+    check_precision_supported("int8", orin)
+    check_precision_supported("fp8", {"name": "NVIDIA L4", "compute_capability": "8.9"})
+    check_precision_supported("fp8", {"name": "NVIDIA H100", "compute_capability": "9.0"})
