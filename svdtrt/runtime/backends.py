@@ -71,7 +71,8 @@ class OnnxRuntimeBackend:
 
     Args:
         bundle: an opened :class:`svdtrt.bundle.Bundle`.
-        precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``).
+        precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``, ``"fp8"``; fp8 on the CPU
+            provider is simulated quantization, see :meth:`session`).
         providers: ONNX Runtime execution providers; default CPU.
     Raises:
         BackendUnavailableError: a requested provider is not in this ONNX Runtime build.
@@ -99,6 +100,11 @@ class OnnxRuntimeBackend:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if self.precision == "fp8" and self.providers == ["CPUExecutionProvider"]:
+                # The CPU provider has no fp8 kernels: its optimizer would fuse Q/DQ into fp8 QGemm and
+                # fail. Unfused, each QuantizeLinear/DequantizeLinear runs on its own and the float
+                # ops between them run in fp32: simulated (fake) fp8 quantization with the graph's scales.
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             path = self.bundle.graph_path(name, self.precision)
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=self.providers)
         return self._sessions[name]
@@ -177,6 +183,22 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
     if name == "onnxruntime":
         return OnnxRuntimeBackend(bundle, precision)
     raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
+
+
+def reference_model(bundle, model=None):
+    """The bundle's source :class:`SvdModel` (``model`` if given, else rebuilt from the manifest).
+
+    Raises:
+        BundleError: the model's configs differ from those the bundle was exported from.
+    """
+    from ..errors import BundleError
+    from ..models import load_model
+
+    model = model or load_model(source_reference(bundle))
+    if model.config_hashes() != bundle.manifest["config_hashes"]:
+        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
+                          "(config hashes differ); pass the source model with --model")
+    return model
 
 
 def source_reference(bundle) -> str:
