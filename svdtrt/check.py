@@ -21,8 +21,11 @@ from .runtime.pipeline import SamplingSettings, SvdPipeline
 
 #: Pass/fail limits per graph precision: the clip's worst-frame PSNR against diffusers (dB)
 #: and each component output's worst cosine similarity against PyTorch.
+#: Quantized precisions are held to looser limits, set from measurements with margin
+#: (docs/quantization.md): int8 on the tiny preset gave a 33.7 dB clip and UNet cosine 0.9946.
 THRESHOLDS = {
     "fp32": {"clip_min_psnr_db": 60.0, "component_min_cosine": 0.9999},
+    "int8": {"clip_min_psnr_db": 28.0, "component_min_cosine": 0.98},
 }
 
 #: UNet calls replayed per check: the first, middle and last denoising step.

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="node-name regular expressions kept in fp32, replacing the default recipe "
                         "(time/added-time embeddings, conv_in, conv_out, conv_shortcut); '--exclude' "
                         "followed by '' keeps nothing out")
+    p.add_argument("--quantize-bias", action="store_true",
+                   help="also quantize biases to int32: faster on ONNX Runtime's CPU provider, but "
+                        "TensorRT cannot load such graphs")
     p.add_argument("--model", help="source model for the held-out comparison (default: the bundle's)")
     p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
 
@@ -252,7 +255,8 @@ def _cmd_quantize(args) -> int:
     bundle = Bundle.open(args.bundle)
     exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
     model = load_model(args.model) if args.model else None
-    entries = quantize_bundle(bundle, args.precision, args.calibration, exclude, args.force, model=model)
+    entries = quantize_bundle(bundle, args.precision, args.calibration, exclude, args.force, model=model,
+                              quantize_bias=args.quantize_bias)
     print(f"{args.precision} graphs written to {bundle.path} (calibration set '{args.calibration}')")
     for name, e in entries.items():
         ops = ", ".join(f"{n} {k}" for k, n in e["qdq"]["quantized_ops"].items())

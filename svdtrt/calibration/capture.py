@@ -129,8 +129,7 @@ def calibrate_bundle(bundle, images: list[tuple[str, PIL.Image.Image]], name: st
     backend = TorchBackend(reference_model(bundle, model))
 
     start = time.perf_counter()
-    final.parent.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=bundle.path, prefix=f".calibration-{name}.", suffix=".tmp"))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the set is an ordinary part of the bundle
     try:
         components = {c: {"calibration": [], "held_out": [], "per_timestep": Counter()} for c in QUANTIZED_COMPONENTS}
@@ -161,6 +160,7 @@ def calibrate_bundle(bundle, images: list[tuple[str, PIL.Image.Image]], name: st
                            for c, e in components.items()},
             "seconds": round(time.perf_counter() - start, 3),
         }
+        final.parent.mkdir(exist_ok=True)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -66,13 +66,16 @@ def _data_reader(samples: Iterator[dict[str, np.ndarray]]):
 
 
 def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.ndarray]], precision: str,
-                   exclude: Iterable[str]) -> dict:
+                   exclude: Iterable[str], quantize_bias: bool = False) -> dict:
     """Quantize the fp32 graph at ``source`` into a Q/DQ graph at ``target`` (+ ``target.data``).
 
     Args:
         samples: calibration inputs, one call's ``{input_name: array}`` at a time.
         precision: ``"int8"`` or ``"fp8"``.
         exclude: node-name regular expressions kept in fp32 (:mod:`svdtrt.calibration.recipe`).
+        quantize_bias: also quantize Conv/Gemm biases to int32 (DequantizeLinear from int32). Off by
+            default because TensorRT's DequantizeLinear does not take int32; on, ONNX Runtime's CPU
+            provider can fuse each Conv into QLinearConv (faster on a CPU, see docs/quantization.md).
     Returns:
         What was done: quantizer, settings, excluded node names.
     """
@@ -82,22 +85,35 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
     settings = check_precision(precision)
     excluded = excluded_nodes(onnx.load(source, load_external_data=False).graph, exclude)
     quant_type = getattr(QuantType, settings["quant_type"])
-    quantize_static(
-        str(source), str(target), _data_reader(samples), quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=settings["per_channel"],
-        activation_type=quant_type, weight_type=quant_type, nodes_to_exclude=excluded,
-        calibrate_method=getattr(CalibrationMethod, settings["calibrate_method"]),
-        use_external_data_format=True, calibration_providers=["CPUExecutionProvider"],
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-    )
+    advice = _DropAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_static(
+            str(source), str(target), _data_reader(samples), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=settings["per_channel"],
+            activation_type=quant_type, weight_type=quant_type, nodes_to_exclude=excluded,
+            calibrate_method=getattr(CalibrationMethod, settings["calibrate_method"]),
+            use_external_data_format=True, calibration_providers=["CPUExecutionProvider"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias},
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
     for path in (target, _data_path(target)):
         os.chmod(path, 0o644)  # ORT writes the data file private; a bundle is an ordinary directory
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
         "onnxruntime": importlib.metadata.version("onnxruntime"),
-        **settings, "symmetric": True, "op_types": list(QUANTIZED_OP_TYPES),
+        **settings, "symmetric": True, "quantize_bias": quantize_bias, "op_types": list(QUANTIZED_OP_TYPES),
         "exclude_patterns": list(exclude), "excluded_nodes": excluded,
     }
+
+
+class _DropAdvice(logging.Filter):
+    """Drops ORT's advice to run its pre-processing (shape inference and fusions), logged on the root
+    logger for every graph; the exported graphs already carry shapes and need no fusing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 def _data_path(graph: Path) -> Path:
@@ -160,7 +176,7 @@ def validate_qdq_graph(path: Path) -> dict:
 
 def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default",
                     exclude: Iterable[str] = DEFAULT_EXCLUDE, force: bool = False, model=None,
-                    progress: bool = True) -> dict[str, dict]:
+                    progress: bool = True, quantize_bias: bool = False) -> dict[str, dict]:
     """Write ``<component>.<precision>.onnx`` for the quantized components and register them.
 
     For each of :data:`~svdtrt.calibration.recipe.QUANTIZED_COMPONENTS`: quantize the fp32 graph
@@ -177,6 +193,7 @@ def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default"
         exclude: node-name regular expressions kept in fp32; default the recipe's.
         force: replace existing graphs of this precision.
         model: the source :class:`SvdModel` for the held-out comparison; rebuilt if None.
+        quantize_bias: int32 biases for ONNX Runtime CPU deployment (see :func:`quantize_graph`).
     Returns:
         ``{component: manifest graph entry}`` of the quantized components.
     Raises:
@@ -197,12 +214,10 @@ def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default"
     if existing and not force:
         raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
                          "pass --force to replace them")
-    for name in QUANTIZED_COMPONENTS:  # fail on missing data before any long work
+    for name in QUANTIZED_COMPONENTS:  # fail on missing, corrupt or mismatched data before any long work
         for split in ("calibration", "held_out"):
-            if not calib.files(name, split):
-                raise QuantizationError(
-                    f"calibration set '{calibration}' has no {split.replace('_', '-')} samples for {name}; "
-                    f"record them with 'svdtrt calibrate {bundle.path} --name {calibration} --force'")
+            for _ in calib.samples(name, split):
+                pass
     model = reference_model(bundle, model)
 
     entries = {}
@@ -211,7 +226,8 @@ def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default"
         for name in tqdm(QUANTIZED_COMPONENTS, desc=f"quantize {precision}", unit="graph", disable=not progress):
             target = tmp / graph_filename(name, precision)
             start = time.perf_counter()
-            done = quantize_graph(bundle.graph_path(name, "fp32"), target, calib.samples(name), precision, exclude)
+            done = quantize_graph(bundle.graph_path(name, "fp32"), target, calib.samples(name), precision, exclude,
+                                  quantize_bias)
             seconds = time.perf_counter() - start
             qdq = validate_qdq_graph(target)
             accuracy = held_out_accuracy(target, name, precision, calib, model)
