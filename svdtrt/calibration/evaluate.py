@@ -17,7 +17,7 @@ from ..runtime.backends import OnnxRuntimeBackend, TorchBackend
 
 #: How each precision's numbers are produced on this machine (reported with them).
 MEASURED_BY = {
-    "int8": "onnxruntime CPU (int8 kernels)",
+    "int8": "onnxruntime CPU running the int8 Q/DQ graph (int8 kernels where it fuses Q/DQ, else dequantize + fp32)",
     "fp8": "simulated: onnxruntime CPU running the fp8 Q/DQ nodes unfused, other ops in fp32",
 }
 
