@@ -14,14 +14,20 @@ import numpy as np
 import PIL.Image
 
 from .accuracy import clip_metrics, psnr, tensor_metrics
-from .errors import BundleError
-from .runtime.backends import Recorder, TorchBackend, create_backend, source_reference
+from .calibration.quantize import PRECISIONS as QUANTIZED_PRECISIONS, validate_qdq_graph
+from .calibration.recipe import QUANTIZED_COMPONENTS
+from .runtime.backends import Recorder, TorchBackend, create_backend, reference_model
 from .runtime.pipeline import SamplingSettings, SvdPipeline
 
 #: Pass/fail limits per graph precision: the clip's worst-frame PSNR against diffusers (dB)
 #: and each component output's worst cosine similarity against PyTorch.
+#: Quantized precisions are held to looser limits, set from measurements with margin
+#: (docs/quantization.md): int8 gave clips of 33.7-36.8 dB (tiny) and 30.9 dB (mid) and UNet cosine
+#: 0.994-0.995; fp8, simulated with ORT's Distribution-calibrated scales, 23.3 dB and 0.91 (tiny).
 THRESHOLDS = {
     "fp32": {"clip_min_psnr_db": 60.0, "component_min_cosine": 0.9999},
+    "int8": {"clip_min_psnr_db": 28.0, "component_min_cosine": 0.98},
+    "fp8": {"clip_min_psnr_db": 20.0, "component_min_cosine": 0.88},
 }
 
 def _pick_unet_calls(calls: list) -> list:
@@ -29,8 +35,10 @@ def _pick_unet_calls(calls: list) -> list:
     return [calls[0], calls[len(calls) // 2], calls[-1]]
 
 
-def compare_components(recorded: dict[str, list], backend) -> dict[str, dict]:
+def compare_components(recorded: dict[str, list], backend, every_call: bool = False) -> dict[str, dict]:
     """Replay recorded PyTorch calls on ``backend`` and measure each output's error.
+
+    UNet calls are sampled (first, middle and last step) unless ``every_call``.
 
     Returns ``{component: {output: {"max_abs_error", "mean_abs_error", "cosine"[, "psnr_db"]}}}``,
     the worst value over the replayed calls; ``psnr_db`` for decoded frames (range [-1, 1]).
@@ -39,7 +47,7 @@ def compare_components(recorded: dict[str, list], backend) -> dict[str, dict]:
     for name, calls in recorded.items():
         fn = backend.component(name)
         worst: dict[str, dict] = {}
-        for inputs, expected in (_pick_unet_calls(calls) if name == "unet" else calls):
+        for inputs, expected in (_pick_unet_calls(calls) if name == "unet" and not every_call else calls):
             actual = fn(inputs)
             for out, ref in expected.items():
                 m = tensor_metrics(actual[out], ref)
@@ -65,17 +73,21 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     Returns:
         A JSON-serialisable report with ``components``, ``end_to_end``, ``thresholds``,
         ``failures`` (a list of strings) and ``passed``.
+
+    For a quantized precision (:data:`QUANTIZED_PRECISIONS`) the quantized graphs are first
+    checked to be symmetric Q/DQ graphs, and the clip is also compared with the clip of the
+    bundle's fp32 graphs (``end_to_end["vs_fp32_graphs"]``); every reference is fp32.
+
     Raises:
         BundleError: the source model's configs differ from those the bundle was exported from.
         BackendUnavailableError: ``backend`` needs a package or GPU this machine lacks (raised
             before any sampling).
+        QuantizationError: a quantized graph has no Q/DQ node or a non-zero zero point.
     """
-    from .models import load_model
-
-    model = model or load_model(source_reference(bundle))
-    if model.config_hashes() != bundle.manifest["config_hashes"]:
-        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
-                          "(config hashes differ); pass the source model with --model")
+    quantized = precision in QUANTIZED_PRECISIONS and backend == "onnxruntime"
+    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision))
+           for name in QUANTIZED_COMPONENTS} if quantized else None
+    model = reference_model(bundle, model)
     start = time.perf_counter()
     tested = create_backend(backend, bundle, precision, model=model)  # first: a missing backend fails fast
     reference = model.pipeline()(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
@@ -83,12 +95,16 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     torch_clip = SvdPipeline(recorder, bundle)(image, settings)
     clip = SvdPipeline(tested, bundle)(image, settings, progress=progress)
     components = compare_components(recorder.calls, tested)
+    end_to_end = {"reference": "fp32"}
+    if quantized:
+        fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32"), bundle)(image, settings)
+        end_to_end["vs_fp32_graphs"] = clip_metrics(clip.frames, fp32_clip.frames)
 
     limits = THRESHOLDS.get(precision, THRESHOLDS["fp32"])
-    end_to_end = clip_metrics(clip.frames, reference)
+    vs_diffusers = clip_metrics(clip.frames, reference)
     failures = []
-    if end_to_end["min_psnr_db"] < limits["clip_min_psnr_db"]:
-        failures.append(f"clip PSNR {end_to_end['min_psnr_db']:.1f} dB < {limits['clip_min_psnr_db']} dB")
+    if vs_diffusers["min_psnr_db"] < limits["clip_min_psnr_db"]:
+        failures.append(f"clip PSNR {vs_diffusers['min_psnr_db']:.1f} dB < {limits['clip_min_psnr_db']} dB")
     for name, outputs in components.items():
         for out, m in outputs.items():
             if not m["cosine"] >= limits["component_min_cosine"]:
@@ -97,10 +113,11 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         "bundle": str(bundle.path), "backend": backend, "precision": precision,
         "settings": {k: v for k, v in vars(settings).items()},
         "components": components,
-        "end_to_end": {"vs_diffusers": end_to_end,
+        "end_to_end": {**end_to_end, "vs_diffusers": vs_diffusers,
                        "torch_loop_vs_diffusers": clip_metrics(torch_clip.frames, reference),
                        "identical_to_diffusers": bool(np.array_equal(clip.frames, reference))},
         "timings": clip.timings,
         "check_seconds": time.perf_counter() - start,
+        **({"qdq": qdq} if qdq else {}),
         "thresholds": limits, "failures": failures, "passed": not failures,
     }

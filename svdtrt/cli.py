@@ -97,6 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(p)
     _sampling_options(p)
 
+    p = sub.add_parser("calibrate", help="record a calibration set from real sampling runs into a bundle")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--images", type=Path, help="folder of calibration photographs "
+                                               "(default: scikit-image's sample photographs)")
+    p.add_argument("--count", type=int, help="use the first N images (at least 2; the last is held out)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps per clip (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--name", default="default", help="calibration set name (default 'default')")
+    p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
+    p.add_argument("--force", action="store_true", help="replace an existing set of that name")
+
+    p = sub.add_parser("quantize", help="write int8 / fp8 Q/DQ graphs from a calibration set")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--precision", required=True, choices=("int8", "fp8"), help="int8, or fp8 (E4M3)")
+    p.add_argument("--calibration", default="default", help="calibration set name (default 'default')")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN",
+                   help="node-name regular expressions kept in fp32, replacing the default recipe "
+                        "(time/added-time embeddings, conv_in, conv_out, conv_shortcut); '--exclude' "
+                        "followed by '' keeps nothing out")
+    p.add_argument("--quantize-bias", action="store_true",
+                   help="also quantize biases to int32: faster on ONNX Runtime's CPU provider, but "
+                        "TensorRT cannot load such graphs")
+    p.add_argument("--model", help="source model for the held-out comparison (default: the bundle's)")
+    p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
+
     p = sub.add_parser("build", help="build TensorRT engines from a bundle's graphs of one precision")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
     p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8", "fp8"),
@@ -225,7 +250,55 @@ def _print_report(report: dict) -> None:
     e2e = report["end_to_end"]["vs_diffusers"]
     print(f"  clip vs diffusers: PSNR min {e2e['min_psnr_db']:.1f} dB, mean {e2e['mean_psnr_db']:.1f} dB; "
           f"SSIM min {e2e['min_ssim']:.6f}")
+    if "vs_fp32_graphs" in report["end_to_end"]:
+        e = report["end_to_end"]["vs_fp32_graphs"]
+        print(f"  clip vs fp32 graphs: PSNR min {e['min_psnr_db']:.1f} dB, mean {e['mean_psnr_db']:.1f} dB; "
+              f"SSIM min {e['min_ssim']:.6f}")
     print("PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"]))
+
+
+def _cmd_calibrate(args) -> int:
+    from .bundle import Bundle
+    from .calibration.capture import calibrate_bundle, calibration_images
+    from .models import load_model
+
+    bundle = Bundle.open(args.bundle)
+    if args.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {args.steps}")
+    images = calibration_images(args.images, args.count)
+    model = load_model(args.model) if args.model else None
+    entry = calibrate_bundle(bundle, images, args.name, args.steps, args.seed, args.force, model=model)
+    print(f"calibration set '{args.name}' written to {bundle.path / entry['directory']} "
+          f"in {entry['seconds']:.1f} s ({len(images)} images, {args.steps} steps; "
+          f"held out: {entry['images'][-1]['name']})")
+    for name, c in entry["components"].items():
+        print(f"  {name:12s} {len(c['calibration']):4d} calibration + {len(c['held_out']):3d} held-out samples")
+    return 0
+
+
+def _cmd_quantize(args) -> int:
+    from .bundle import Bundle
+    from .calibration.quantize import quantize_bundle
+    from .calibration.recipe import DEFAULT_EXCLUDE
+    from .models import load_model
+
+    bundle = Bundle.open(args.bundle)
+    exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
+    model = load_model(args.model) if args.model else None
+    entries = quantize_bundle(bundle, args.precision, args.calibration, exclude, args.force, model=model,
+                              quantize_bias=args.quantize_bias)
+    print(f"{args.precision} graphs written to {bundle.path} (calibration set '{args.calibration}')")
+    for name, e in entries.items():
+        ops = ", ".join(f"{n} {k}" for k, n in e["qdq"]["quantized_ops"].items())
+        acc = e["held_out_accuracy"]
+        print(f"  {name:12s} quantized in {e['quantize_seconds']:6.1f} s: {ops} quantized, "
+              f"{len(e['excluded_nodes'])} kept fp32, zero points all 0")
+        for out, m in acc["outputs"].items():
+            extra = f"  PSNR {m['psnr_db']:.1f} dB" if "psnr_db" in m else ""
+            print(f"    {out:12s} vs fp32 PyTorch on {acc['samples']} held-out samples: cosine {m['cosine']:.6f}  "
+                  f"max abs {m['max_abs_error']:.3g}  mean abs {m['mean_abs_error']:.3g}{extra}  "
+                  f"[{acc['measured_by']}]")
+    return 0
 
 
 def _cmd_demo(args) -> int:
@@ -279,8 +352,8 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
-COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "build": _cmd_build,
-            "doctor": _cmd_doctor, "demo": _cmd_demo}
+COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo,
+            "calibrate": _cmd_calibrate, "quantize": _cmd_quantize, "build": _cmd_build, "doctor": _cmd_doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,3 +47,8 @@ class BackendUnavailableError(SvdtrtError):
 
 class EngineError(SvdtrtError):
     """A TensorRT engine is missing, stale or built for another graph, GPU or TensorRT version."""
+
+
+class QuantizationError(SvdtrtError):
+    """A calibration set or a quantized graph that cannot be used: a corrupt or mismatched shard,
+    missing calibration data, or a Q/DQ graph that is not symmetric or has no Q/DQ node."""

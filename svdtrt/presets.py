@@ -90,4 +90,32 @@ PRESETS: dict[str, dict] = {
             "num_attention_heads": 4, "image_size": 224, "patch_size": 28, "projection_dim": 48,
         },
     },
+    "mid": {
+        "description": "3-level UNet, 64/128/192 channels, 1 layer per block, 8 frames at 128x128 "
+                       "(latent 16x16): large enough for int8 to pay off on a CPU, small enough to "
+                       "calibrate and benchmark in minutes",
+        "seed": 2,
+        "frames": 8, "height": 128, "width": 128,
+        "unet": {
+            "sample_size": 16, "in_channels": 8, "out_channels": 4,
+            "down_block_types": [
+                "CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal",
+            ],
+            "up_block_types": [
+                "UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal",
+            ],
+            "block_out_channels": [64, 128, 192], "addition_time_embed_dim": 32,
+            "projection_class_embeddings_input_dim": 96, "layers_per_block": 1,
+            "cross_attention_dim": 128, "num_attention_heads": [2, 4, 6], "num_frames": 8,
+        },
+        "vae": {
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "block_out_channels": [32, 64, 64, 64],
+            "layers_per_block": 1, "sample_size": 128, "scaling_factor": 0.18215,
+        },
+        "image_encoder": {
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "image_size": 224, "patch_size": 32, "projection_dim": 128,
+        },
+    },
 }

@@ -73,7 +73,8 @@ class OnnxRuntimeBackend:
 
     Args:
         bundle: an opened :class:`svdtrt.bundle.Bundle`.
-        precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``).
+        precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``, ``"fp8"``; fp8 on the CPU
+            provider is simulated quantization, see :meth:`session`).
         providers: ONNX Runtime execution providers, first choice first; default CPU. With
             ``TensorrtExecutionProvider``, each session gets :func:`ort_tensorrt_options`.
         name: the backend name reported (``onnxruntime``, ``onnxruntime-cuda``, ``onnxruntime-trt``).
@@ -105,6 +106,11 @@ class OnnxRuntimeBackend:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if self.precision == "fp8" and self.providers == ["CPUExecutionProvider"]:
+                # The CPU provider has no fp8 kernels: its optimizer would fuse Q/DQ into fp8 QGemm and
+                # fail. Unfused, each QuantizeLinear/DequantizeLinear runs on its own and the float
+                # ops between them run in fp32: simulated (fake) fp8 quantization with the graph's scales.
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
             path = self.bundle.graph_path(name, self.precision)
             providers = [(p, ort_tensorrt_options(self.bundle, name, self.precision))
                          if p == "TensorrtExecutionProvider" else p for p in self.providers]
@@ -219,6 +225,22 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
 
         return TensorRTBackend(bundle, precision, cuda_graph=cuda_graph, one_engine_at_a_time=one_engine_at_a_time)
     raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
+
+
+def reference_model(bundle, model=None):
+    """The bundle's source :class:`SvdModel` (``model`` if given, else rebuilt from the manifest).
+
+    Raises:
+        BundleError: the model's configs differ from those the bundle was exported from.
+    """
+    from ..errors import BundleError
+    from ..models import load_model
+
+    model = model or load_model(source_reference(bundle))
+    if model.config_hashes() != bundle.manifest["config_hashes"]:
+        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
+                          "(config hashes differ); pass the source model with --model")
+    return model
 
 
 def source_reference(bundle) -> str:

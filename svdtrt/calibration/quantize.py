@@ -1,0 +1,251 @@
+"""int8 / fp8 post-training quantization of a bundle's graphs into explicit, symmetric Q/DQ graphs.
+
+The quantizer is ONNX Runtime's (``onnxruntime.quantization.quantize_static`` in QDQ format):
+it runs the fp32 graph over the calibration shards, picks a scale per activation tensor
+(int8: min/max; fp8 E4M3: ORT's ``Distribution`` method, the only one it offers for float8) and
+per output channel of each weight, and writes ``QuantizeLinear``/``DequantizeLinear`` pairs on
+the inputs of the convolutions and matmuls (:data:`~svdtrt.calibration.recipe.QUANTIZED_OP_TYPES`).
+Activations and weights are symmetric (every zero point is 0), as TensorRT requires for
+explicit quantization; :func:`validate_qdq_graph` holds each written graph to that.
+
+Why not NVIDIA Model Optimizer (``modelopt.onnx.quantization``): its ``[onnx]`` extra pulls
+``onnxruntime-gpu`` (the same module as the CPU ``onnxruntime`` this project depends on) and
+``cupy-cuda12x`` and pins an older ``onnx``; installed without those it ran, but took 198 s for
+the tiny UNet (mostly its fp16 post-processing) against 21 s here. See docs/quantization.md.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..bundle import Bundle, graph_filename
+from ..errors import InputError, QuantizationError
+from .recipe import DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
+from .shards import CalibrationSet
+
+log = logging.getLogger(__name__)
+
+#: Quantized precisions and how ORT's quantizer makes them. fp8 is E4M3 (Ada and Hopper GPUs).
+PRECISIONS = {
+    "int8": {"quant_type": "QInt8", "calibrate_method": "MinMax", "per_channel": True},
+    "fp8": {"quant_type": "QFLOAT8E4M3FN", "calibrate_method": "Distribution", "per_channel": True},
+}
+
+
+def check_precision(precision: str) -> dict:
+    """The quantizer settings of ``precision``.
+
+    Raises:
+        InputError: not one of :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"cannot quantize to '{precision}': choose from {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def _data_reader(samples: Iterator[dict[str, np.ndarray]]):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class ShardReader(CalibrationDataReader):
+        """Feeds ORT's calibrator one recorded call at a time (the shards stay on disk until read)."""
+
+        def get_next(self):
+            return next(samples, None)
+
+    return ShardReader()
+
+
+def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.ndarray]], precision: str,
+                   exclude: Iterable[str], quantize_bias: bool = False) -> dict:
+    """Quantize the fp32 graph at ``source`` into a Q/DQ graph at ``target`` (+ ``target.data``).
+
+    Args:
+        samples: calibration inputs, one call's ``{input_name: array}`` at a time.
+        precision: ``"int8"`` or ``"fp8"``.
+        exclude: node-name regular expressions kept in fp32 (:mod:`svdtrt.calibration.recipe`).
+        quantize_bias: also quantize Conv/Gemm biases to int32 (DequantizeLinear from int32). Off by
+            default because TensorRT's DequantizeLinear does not take int32; on, ONNX Runtime's CPU
+            provider can fuse each Conv into QLinearConv (faster on a CPU, see docs/quantization.md).
+    Returns:
+        What was done: quantizer, settings, excluded node names.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    settings = check_precision(precision)
+    excluded = excluded_nodes(onnx.load(source, load_external_data=False).graph, exclude)
+    quant_type = getattr(QuantType, settings["quant_type"])
+    advice = _DropAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_static(
+            str(source), str(target), _data_reader(samples), quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=settings["per_channel"],
+            activation_type=quant_type, weight_type=quant_type, nodes_to_exclude=excluded,
+            calibrate_method=getattr(CalibrationMethod, settings["calibrate_method"]),
+            use_external_data_format=True, calibration_providers=["CPUExecutionProvider"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": quantize_bias},
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+    for path in (target, _data_path(target)):
+        os.chmod(path, 0o644)  # ORT writes the data file private; a bundle is an ordinary directory
+    return {
+        "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
+        "onnxruntime": importlib.metadata.version("onnxruntime"),
+        **settings, "symmetric": True, "quantize_bias": quantize_bias, "op_types": list(QUANTIZED_OP_TYPES),
+        "exclude_patterns": list(exclude), "excluded_nodes": excluded,
+    }
+
+
+class _DropAdvice(logging.Filter):
+    """Drops ORT's advice to run its pre-processing (shape inference and fusions), logged on the root
+    logger for every graph; the exported graphs already carry shapes and need no fusing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def _data_path(graph: Path) -> Path:
+    """ORT's quantizer writes the weights beside the graph as ``<graph>.data``."""
+    return graph.with_name(graph.name + ".data")
+
+
+def validate_qdq_graph(path: Path) -> dict:
+    """Check that the graph at ``path`` is an explicit, symmetric Q/DQ graph.
+
+    Returns:
+        ``{"quantize_linear": n, "dequantize_linear": n, "quantized_ops": {"Conv": n, "MatMul": n, ...},
+        "zero_points": n}``; an op counts as quantized when one of its inputs comes from a
+        ``DequantizeLinear``.
+    Raises:
+        QuantizationError: the graph is unreadable, has no Q/DQ node or no quantized op, or a
+            zero point is not all zeros (or not a constant that can be checked).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # OSError, or protobuf's DecodeError (which has no stable import path)
+        raise QuantizationError(f"quantized graph '{path}' is unreadable ({type(e).__name__}); "
+                                "run 'svdtrt quantize --force' again") from None
+    graph = model.graph
+    ops = Counter(n.op_type for n in graph.node)
+    if not ops["QuantizeLinear"] or not ops["DequantizeLinear"]:
+        raise QuantizationError(f"'{path.name}' has no Q/DQ node (QuantizeLinear {ops['QuantizeLinear']}, "
+                                f"DequantizeLinear {ops['DequantizeLinear']}); it is not a quantized graph, "
+                                "run 'svdtrt quantize' again")
+    initializers = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n.attribute[0].t for n in graph.node
+                 if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    checked = 0
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
+            continue  # no zero-point input: ONNX defines it as 0
+        zp = node.input[2]
+        tensor = initializers.get(zp) or constants.get(zp)
+        if tensor is None:
+            raise QuantizationError(f"'{path.name}': zero point '{zp}' of {node.name} is computed in the graph, "
+                                    "so it cannot be checked to be 0; TensorRT needs constant zero points")
+        values = numpy_helper.to_array(tensor, base_dir=str(path.parent))
+        if np.any(values.astype(np.float32) != 0):
+            raise QuantizationError(f"'{path.name}': {node.name} has non-zero zero point(s) in '{zp}' "
+                                    f"(e.g. {values.ravel()[np.flatnonzero(values.astype(np.float32))[0]]}); "
+                                    "TensorRT needs symmetric quantization, quantize again with 'svdtrt quantize'")
+        checked += 1
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    quantized = Counter(n.op_type for n in graph.node
+                        if n.op_type in QUANTIZED_OP_TYPES and any(i in dq_outputs for i in n.input))
+    if not quantized:
+        raise QuantizationError(f"'{path.name}' has Q/DQ nodes but no quantized convolution or matmul; "
+                                "check the --exclude patterns")
+    return {"quantize_linear": ops["QuantizeLinear"], "dequantize_linear": ops["DequantizeLinear"],
+            "quantized_ops": dict(quantized), "zero_points": checked}
+
+
+def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default",
+                    exclude: Iterable[str] = DEFAULT_EXCLUDE, force: bool = False, model=None,
+                    progress: bool = True, quantize_bias: bool = False) -> dict[str, dict]:
+    """Write ``<component>.<precision>.onnx`` for the quantized components and register them.
+
+    For each of :data:`~svdtrt.calibration.recipe.QUANTIZED_COMPONENTS`: quantize the fp32 graph
+    over the set's calibration split, validate it (:func:`validate_qdq_graph`), and measure it
+    against the fp32 PyTorch module on the held-out split (:func:`~svdtrt.calibration.evaluate.
+    held_out_accuracy`). The other components' ``precision`` entries point at their fp32 graphs
+    (they run once per clip). Graphs are written into a temporary folder and moved into the
+    bundle, then the manifest is rewritten atomically, only when every component succeeded.
+
+    Args:
+        bundle: the opened bundle (its manifest is updated and saved).
+        precision: ``"int8"`` or ``"fp8"``.
+        calibration: name of the calibration set.
+        exclude: node-name regular expressions kept in fp32; default the recipe's.
+        force: replace existing graphs of this precision.
+        model: the source :class:`SvdModel` for the held-out comparison; rebuilt if None.
+        quantize_bias: int32 biases for ONNX Runtime CPU deployment (see :func:`quantize_graph`).
+    Returns:
+        ``{component: manifest graph entry}`` of the quantized components.
+    Raises:
+        InputError: unknown precision, bad pattern, no such calibration set, existing graphs
+            without ``force``.
+        QuantizationError: missing, corrupt or mismatched calibration data; an invalid Q/DQ graph.
+    """
+    from tqdm import tqdm
+
+    from ..runtime.backends import reference_model
+    from .evaluate import held_out_accuracy
+
+    check_precision(precision)
+    exclude = list(exclude)
+    calib = CalibrationSet(bundle, calibration)
+    components = bundle.manifest["components"]
+    existing = [c for c in components if precision in components[c].get("graphs", {})]
+    if existing and not force:
+        raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
+                         "pass --force to replace them")
+    for name in QUANTIZED_COMPONENTS:  # fail on missing, corrupt or mismatched data before any long work
+        for split in ("calibration", "held_out"):
+            for _ in calib.samples(name, split):
+                pass
+    model = reference_model(bundle, model)
+
+    entries = {}
+    tmp = Path(tempfile.mkdtemp(dir=bundle.path, prefix=f".quantize-{precision}.", suffix=".tmp"))
+    try:
+        for name in tqdm(QUANTIZED_COMPONENTS, desc=f"quantize {precision}", unit="graph", disable=not progress):
+            target = tmp / graph_filename(name, precision)
+            start = time.perf_counter()
+            done = quantize_graph(bundle.graph_path(name, "fp32"), target, calib.samples(name), precision, exclude,
+                                  quantize_bias)
+            seconds = time.perf_counter() - start
+            qdq = validate_qdq_graph(target)
+            accuracy = held_out_accuracy(target, name, precision, calib, model)
+            log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)
+            entries[name] = {
+                "file": target.name, "data": _data_path(target).name,
+                "bytes": target.stat().st_size + _data_path(target).stat().st_size,
+                "quantize_seconds": round(seconds, 3), "calibration": calibration,
+                "calibration_samples": len(calib.files(name)), **done, "qdq": qdq, "held_out_accuracy": accuracy,
+            }
+        for entry in entries.values():
+            for key in ("file", "data"):
+                os.replace(tmp / entry[key], bundle.path / entry[key])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for name, component in components.items():
+        fp32 = component["graphs"]["fp32"]
+        component["graphs"][precision] = entries.get(name) or {
+            "file": fp32["file"], "data": fp32["data"], "bytes": fp32["bytes"], "kept_precision": "fp32"}
+    bundle.save_manifest()
+    return entries
