@@ -20,8 +20,13 @@ from .runtime.pipeline import SamplingSettings, SvdPipeline
 
 #: Pass/fail limits per graph precision: the clip's worst-frame PSNR against diffusers (dB)
 #: and each component output's worst cosine similarity against PyTorch.
+#: fp16: the tiny preset measured clip 74.1 dB and worst component cosine 0.9999988 (svdtrt check
+#: --precision fp16, docs/export.md); svd-xt's full-size fp16 graphs measured >= 0.9999 cosine per
+#: component. The limits leave room for real weights and 25 steps of accumulated fp16 rounding
+#: while still failing an overflow (inf/NaN) or a broken conversion; 40 dB is about 1 % RMS error.
 THRESHOLDS = {
     "fp32": {"clip_min_psnr_db": 60.0, "component_min_cosine": 0.9999},
+    "fp16": {"clip_min_psnr_db": 40.0, "component_min_cosine": 0.999},
 }
 
 #: UNet calls replayed per check: the first, middle and last denoising step.

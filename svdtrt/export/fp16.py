@@ -4,8 +4,8 @@ part of the onnxruntime wheel: no extra dependency and no torch).
 
 The conversion runs on the weightless graph structure; the converter only retypes external
 initializers, and their bytes are then re-encoded one tensor at a time while streaming into the
-new data file (:func:`svdtrt.export.external_data.save_graph`), with the converter's own
-clamping to the fp16 range (``convert_np_to_float16``). Graph inputs and outputs stay float32
+new data file (:func:`svdtrt.export.external_data.save_graph`), clamped to the fp16 range as
+the converter does (:func:`to_float16`). Graph inputs and outputs stay float32
 (``keep_io_types``): the runtime feeds and reads every precision alike.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 from unittest import mock
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -69,7 +70,7 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = ()) -> 
                if t.data_location == TensorProto.EXTERNAL and types.get(t.name) == TensorProto.FLOAT
                and t.data_type == TensorProto.FLOAT16}
     save_graph(model, src.parent, dst,
-               transforms={n: lambda _, a: float16.convert_np_to_float16(a) for n in retyped},
+               transforms={n: lambda _, a: to_float16(a) for n in retyped},
                original_types={n: TensorProto.FLOAT for n in retyped})
     check_graph_file(dst)
     present = {n.op_type for n in model.graph.node}
@@ -78,6 +79,27 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = ()) -> 
              len(retyped), fp32_ops, len(blocked_nodes))
     return {"io_dtype": "float32", "converter": "onnxruntime.transformers.float16",
             "fp32_ops": fp32_ops, "fp32_nodes": len(blocked_nodes)}
+
+
+#: fp16's largest finite value and smallest positive (subnormal) value.
+FP16_MAX, FP16_MIN_POSITIVE = 65504.0, 5.96e-08
+
+
+def to_float16(array: np.ndarray) -> np.ndarray:
+    """float32 -> float16 with the semantics of the converter's ``convert_np_to_float16``: finite
+    values beyond fp16's range clamp to +-65504 and nonzero values below its smallest subnormal
+    to +-5.96e-8 (so no weight turns into inf or 0); NaN, inf and 0 are unchanged. The
+    converter's own function makes a dozen masked copies per tensor for its debug log, about
+    5 minutes for SVD's UNet; this one makes two passes."""
+    with np.errstate(over="ignore"):  # overflowing values are clamped just below
+        out = array.astype(np.float16)
+    magnitude = np.abs(array)
+    big = np.isfinite(array) & (magnitude > FP16_MAX)
+    tiny = (magnitude < FP16_MIN_POSITIVE) & (array != 0)
+    if big.any() or tiny.any():
+        out[big] = np.copysign(FP16_MAX, array[big])
+        out[tiny] = np.copysign(FP16_MIN_POSITIVE, array[tiny])
+    return out
 
 
 def _drop_duplicate_casts(graph: onnx.GraphProto) -> None:
