@@ -21,11 +21,16 @@ from .runtime.pipeline import SamplingSettings, SvdPipeline
 
 #: Pass/fail limits per graph precision: the clip's worst-frame PSNR against diffusers (dB)
 #: and each component output's worst cosine similarity against PyTorch.
+#: fp16: the tiny preset measured clip 74.1 dB and worst component cosine 0.9999988 (svdtrt check
+#: --precision fp16, docs/export.md); svd-xt's full-size fp16 graphs measured >= 0.9999 cosine per
+#: component. The limits leave room for real weights and 25 steps of accumulated fp16 rounding
+#: while still failing an overflow (inf/NaN) or a broken conversion; 40 dB is about 1 % RMS error.
 #: Quantized precisions are held to looser limits, set from measurements with margin
 #: (docs/quantization.md): int8 gave clips of 33.7-36.8 dB (tiny) and 30.9 dB (mid) and UNet cosine
 #: 0.994-0.995; fp8, simulated with ORT's Distribution-calibrated scales, 23.3 dB and 0.91 (tiny).
 THRESHOLDS = {
     "fp32": {"clip_min_psnr_db": 60.0, "component_min_cosine": 0.9999},
+    "fp16": {"clip_min_psnr_db": 40.0, "component_min_cosine": 0.999},
     "int8": {"clip_min_psnr_db": 28.0, "component_min_cosine": 0.98},
     "fp8": {"clip_min_psnr_db": 20.0, "component_min_cosine": 0.88},
 }

@@ -36,6 +36,17 @@ def _size_range(text: str) -> tuple[int, int, int]:
     return tuple(parts)
 
 
+def _component_list(text: str) -> list[str]:
+    from .specs import COMPONENTS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown component(s) '{','.join(unknown) or text}': choose from "
+                                         f"{', '.join(COMPONENTS)}")
+    return names
+
+
 def _sampling_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults: the bundle's shape and diffusers' pipeline defaults)")
     g.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator (default 0)")
@@ -71,13 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("export", help="export a model's four components to a bundle of ONNX graphs")
-    p.add_argument("model", metavar="MODEL", help="diffusers SVD directory, hub id, or preset (tiny, small)")
+    p.add_argument("model", metavar="MODEL",
+                   help="diffusers SVD directory, hub id, or preset (tiny, small, svd, svd-xt)")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to create")
     p.add_argument("--frames", type=_size_range, help="frames: N or MIN:OPT:MAX (default: the model's)")
     p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
     p.add_argument("--width", type=_size_range, help="width in pixels: N or MIN:OPT:MAX")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--variant", help="weights variant of a directory or hub model, e.g. fp16")
+    p.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights (what every preset has; refused for a real model)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                   help="fp16 also writes fp16 graphs converted from the fp32 ones (default fp32)")
+    p.add_argument("--components", type=_component_list,
+                   help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
 
     p = sub.add_parser("run", help="make a clip from an image with a bundle")
@@ -170,15 +188,23 @@ def _cmd_export(args) -> int:
     from .export import export_bundle
     from .models import load_model
 
-    check_writable(args.out, args.force)  # before the (possibly long) model load
-    model = load_model(args.model, variant=args.variant)
-    bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force)
+    if not args.components:
+        check_writable(args.out, args.force)  # before the (possibly long) model load
+    model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
+    precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
+    bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force,
+                           components=args.components, precisions=precisions)
     print(f"bundle written to {bundle.path}")
     for name, entry in bundle.manifest["components"].items():
-        g = entry["graphs"]["fp32"]
-        worst = max(m["rel_error"] for m in g["validation"]["outputs"].values())
-        print(f"  {name:14s} {g['bytes'] / 2**20:9.1f} MiB  exported in {g['export_seconds']:6.1f} s  "
-              f"max rel error vs PyTorch {worst:.2e}")
+        if args.components and name not in args.components:
+            continue
+        for precision, g in entry["graphs"].items():
+            outputs = g["validation"]["outputs"].values()
+            print(f"  {name:14s} {precision}  {g['bytes'] / 2**20:9.1f} MiB  "
+                  f"{g.get('export_seconds', g.get('convert_seconds', 0.0)):6.1f} s  vs PyTorch fp32: "
+                  f"cosine {min(m['cosine'] for m in outputs):.6f}, PSNR {min(m['psnr_db'] for m in outputs):.1f} dB")
+        if entry["fixed_axes"]:
+            print(f"  {name:14s} axes fixed in the graph: {', '.join(entry['fixed_axes'])}")
     return 0
 
 

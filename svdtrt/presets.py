@@ -2,6 +2,14 @@
 
 ``tiny`` is the demo and test model; ``small`` differs from it in depth, widths, frame
 count and aspect ratio, so that nothing passes by accident of one configuration.
+``svd`` and ``svd-xt`` are the released architectures (1.52 B-parameter UNet, 632 M-parameter
+CLIP ViT-H/14 vision tower, 98 M-parameter temporal VAE) with seeded random weights, for export,
+memory and numerics work at production scale; their module configs are those of
+``stabilityai/stable-video-diffusion-img2vid{,-xt}`` (``unet/``, ``vae/``, ``image_encoder/config.json``),
+they differ only in ``num_frames`` (14 and 25), and the default clip is the pipeline's 576x1024.
+A preset with ``"init": "fast"`` skips the modules' own initialisation and fills every weight
+with a seeded normal draw (:func:`svdtrt.models.fast_seeded_init`): the default init of a 1.5 B
+UNet takes about 50 s on 2 cores, and weight values do not change export behaviour.
 The scheduler and feature-extractor configs are those of the released SVD checkpoints
 (``stabilityai/stable-video-diffusion-img2vid{,-xt}``: ``scheduler/scheduler_config.json``,
 ``feature_extractor/preprocessor_config.json``).
@@ -119,3 +127,36 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
+
+
+def _released(frames: int, seed: int) -> dict:
+    """The released SVD / SVD-XT module configs (they differ only in ``num_frames``)."""
+    return {
+        "description": f"the released SVD{'-XT' if frames == 25 else ''} architecture, {frames} frames at "
+                       "576x1024, seeded random weights",
+        "seed": seed, "init": "fast",
+        "frames": frames, "height": 576, "width": 1024,
+        "unet": {
+            "sample_size": 96, "in_channels": 8, "out_channels": 4,
+            "down_block_types": ["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"],
+            "up_block_types": ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3,
+            "block_out_channels": [320, 640, 1280, 1280], "addition_time_embed_dim": 256,
+            "projection_class_embeddings_input_dim": 768, "layers_per_block": 2,
+            "cross_attention_dim": 1024, "transformer_layers_per_block": 1,
+            "num_attention_heads": [5, 10, 20, 20], "num_frames": frames,
+        },
+        "vae": {
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+            "down_block_types": ["DownEncoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+            "layers_per_block": 2, "sample_size": 768, "scaling_factor": 0.18215, "force_upcast": True,
+        },
+        "image_encoder": {
+            "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+            "num_attention_heads": 16, "num_channels": 3, "image_size": 224, "patch_size": 14,
+            "projection_dim": 1024, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+        },
+    }
+
+
+PRESETS["svd"] = _released(14, seed=14)
+PRESETS["svd-xt"] = _released(25, seed=25)

@@ -52,11 +52,29 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Fp16Tolerance:
+    """What an fp16 graph must reach against the fp32 PyTorch module, per output, on ONNX
+    Runtime's CPU provider: cosine similarity and PSNR in dB over the reference's peak-to-peak
+    range (see :func:`svdtrt.export.validation.validate_graph`).
+
+    The defaults come from measurement (docs/export.md): every component of the tiny, small and
+    svd-xt presets measured at least cosine 0.99996 and 56 dB (the small UNet; svd-xt's worst is
+    73.7 dB); the limits leave a margin for other weights while still failing on an fp16
+    overflow (inf/NaN) or a wrong conversion.
+    """
+
+    min_cosine: float = 0.999
+    min_psnr_db: float = 35.0
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     """A component's graph interface and its fp32 validation tolerances.
 
     ``max_rel_error`` bounds ``max|onnx - torch| / max(1, max|torch|)`` and ``min_cosine``
-    the cosine similarity of each output, both measured on ONNX Runtime's CPU provider.
+    the cosine similarity of each output, both measured on ONNX Runtime's CPU provider;
+    ``fp16`` holds the fp16 graph's tolerances and ``fp16_fp32_ops`` the op types its fp16
+    conversion keeps in float32 (measured need only; see :mod:`svdtrt.export.fp16`).
     """
 
     name: str
@@ -66,6 +84,8 @@ class ComponentSpec:
     min_cosine: float = 0.99999
     #: (min, opt, max) of B: 2 for the UNet's classifier-free-guidance batch, 1 without guidance.
     batch: tuple[int, int, int] = (1, 1, 1)
+    fp16: Fp16Tolerance = Fp16Tolerance()
+    fp16_fp32_ops: tuple[str, ...] = ()
 
     @property
     def input_names(self) -> list[str]:
@@ -190,6 +210,31 @@ class ModelDims:
 
 #: (min, opt, max) of one size; a static size has min == opt == max.
 Range = tuple[int, int, int]
+
+
+#: Validation runs every graph on ONNX Runtime's CPU provider, whose attention materialises
+#: [B * F * heads, h * w, h * w] scores (85 GB at 576x1024); above this many latent cells
+#: (F * h * w, 4 frames of 16x16) a graph is traced and validated at :func:`validation_shape`.
+VALIDATION_MAX_CELLS = 4 * 16 * 16
+
+
+def validation_shape(dims: ModelDims, frames: Range, height: Range, width: Range) -> tuple[int, int, int]:
+    """(frames, height, width) at which graphs are traced and validated: the optimal shape, or
+    when that exceeds :data:`VALIDATION_MAX_CELLS`, 2 frames at the smallest size the model takes
+    (e.g. 64x64 for SVD). The traced graph keeps its dynamic axes either way."""
+    f, h, w = frames[1], height[1], width[1]
+    if f * (h // dims.latent_scale) * (w // dims.latent_scale) <= VALIDATION_MAX_CELLS:
+        return f, h, w
+    return min(f, 2), dims.pixel_multiple, dims.pixel_multiple
+
+
+def check_ranges(dims: ModelDims, frames: Range, height: Range, width: Range) -> None:
+    """Raise :class:`InputError` unless each range is min <= opt <= max and every size fits the model."""
+    for name, r in (("frames", frames), ("height", height), ("width", width)):
+        if len(r) != 3 or not r[0] <= r[1] <= r[2]:
+            raise InputError(f"{name} range {':'.join(map(str, r))} is not MIN:OPT:MAX with MIN <= OPT <= MAX")
+    for i in range(3):
+        dims.check_size(frames[i], height[i], width[i])
 
 
 def profile_shapes(spec: ComponentSpec, dims: ModelDims, frames: Range, height: Range,

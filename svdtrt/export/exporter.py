@@ -20,6 +20,8 @@ import torch
 
 from ..errors import ExportError
 from ..specs import ComponentSpec
+from .cleanup import slim_graph
+from .external_data import check_graph_file, save_graph
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,12 @@ def export_graph(module: torch.nn.Module, spec: ComponentSpec, inputs: Mapping[s
     """Trace ``module`` at ``inputs`` into ``path``, weights in ``path`` + ``.data``.
 
     Inputs and outputs get the spec's names; the spec's dynamic symbols become named
-    dynamic axes.
+    dynamic axes. The traced graph is cleaned by onnxslim (:func:`slim_graph`) and its
+    weights are streamed into one data file (:func:`save_graph`), so that no step holds a
+    second copy of a graph over 2 GB; onnx's checker then reads it by path.
 
     Raises:
-        ExportError: tracing or saving failed.
+        ExportError: tracing, cleaning, saving or checking failed (ENOSPC included).
     """
     dynamic_axes = {t.name: t.dynamic_axes() for t in (*spec.inputs, *spec.outputs)}
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".trace-") as tmp:
@@ -54,7 +58,8 @@ def export_graph(module: torch.nn.Module, spec: ComponentSpec, inputs: Mapping[s
                 )
         except Exception as e:  # the exporter raises many unrelated types; keep the cause chained
             raise ExportError(f"{spec.name}: torch.onnx.export failed: {str(e).splitlines()[0]}") from e
-        model = onnx.load(str(raw))
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=0)
+        # Weightless load: torch writes graphs over 2 GB as one external file per tensor.
+        model = slim_graph(onnx.load(str(raw), load_external_data=False), Path(tmp))
+        save_graph(model, Path(tmp), path)
+    check_graph_file(path)
     log.info("exported %s to %s", spec.name, path)

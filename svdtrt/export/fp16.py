@@ -1,0 +1,138 @@
+"""fp16 graphs: an ONNX-level conversion of the validated fp32 graph (DESIGN.md, "Precision
+lives in the graph"), by ONNX Runtime's float16 converter (``onnxruntime.transformers.float16``,
+part of the onnxruntime wheel: no extra dependency and no torch).
+
+The conversion runs on the weightless graph structure; the converter only retypes external
+initializers, and their bytes are then re-encoded one tensor at a time while streaming into the
+new data file (:func:`svdtrt.export.external_data.save_graph`), clamped to the fp16 range as
+the converter does (:func:`to_float16`). Graph inputs and outputs stay float32
+(``keep_io_types``): the runtime feeds and reads every precision alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Iterable
+from unittest import mock
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .external_data import check_graph_file, infer_shapes_file, save_graph
+
+log = logging.getLogger(__name__)
+
+#: Ops whose arguments must stay float32, with the ops that compute those arguments: the
+#: sinusoidal embeddings of ``timestep`` and ``added_time_ids``. diffusers computes them in
+#: float32 even in an fp16 pipeline (``get_timestep_embedding``); in fp16 the argument of
+#: sin(127 * freq) (motion bucket 127) is only resolved to 0.06 rad.
+KEEP_FP32_WITH_INPUTS = ("Sin", "Cos")
+
+
+def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = ()) -> dict:
+    """Convert the float32 graph at ``src`` to float16 at ``dst`` (+ ``dst.data``).
+
+    Args:
+        src: a float32 graph whose external data lies beside it.
+        dst: the fp16 graph to write.
+        op_block_list: op types kept in float32, in addition to the converter's default block
+            list and the time embeddings (:data:`KEEP_FP32_WITH_INPUTS`).
+    Returns:
+        What the manifest records: ``{"io_dtype": "float32", "fp32_ops": [...], "fp32_nodes": N}``.
+    Raises:
+        ExportError: writing (e.g. ENOSPC) or onnx's checker failed.
+    """
+    from onnxruntime.transformers import float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".fp16-") as tmp:
+        inferred = Path(tmp) / "inferred.onnx"
+        infer_shapes_file(src, inferred)  # by path: the converter needs value types, and the graph may be >2 GB
+        model = onnx.load(str(inferred), load_external_data=False)
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for i, node in enumerate(model.graph.node):  # the block list names nodes
+        node.name = node.name or f"{node.op_type}_{i}"
+    blocked_nodes = _time_embedding_nodes(model.graph)
+    blocked_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
+    # The converter makes a value_info from each retyped initializer through numpy_helper.to_array,
+    # which would load external data; the shape is all it needs, and the dims have it.
+    with mock.patch.object(float16, "make_value_info_from_tensor", _value_info_from_dims):
+        model = float16.convert_float_to_float16(
+            model, keep_io_types=True, disable_shape_infer=True,
+            op_block_list=blocked_ops, node_block_list=blocked_nodes)
+    _drop_duplicate_casts(model.graph)
+    # The converter appends its Cast nodes at the end; onnx requires topological order.
+    OnnxModel(model).topological_sort()
+    retyped = {t.name for t in model.graph.initializer
+               if t.data_location == TensorProto.EXTERNAL and types.get(t.name) == TensorProto.FLOAT
+               and t.data_type == TensorProto.FLOAT16}
+    save_graph(model, src.parent, dst,
+               transforms={n: lambda _, a: to_float16(a) for n in retyped},
+               original_types={n: TensorProto.FLOAT for n in retyped})
+    check_graph_file(dst)
+    present = {n.op_type for n in model.graph.node}
+    fp32_ops = sorted((set(blocked_ops) & present) | set(KEEP_FP32_WITH_INPUTS) & present)
+    log.info("fp16: %d initializers converted, kept fp32: ops %s and %d time-embedding nodes",
+             len(retyped), fp32_ops, len(blocked_nodes))
+    return {"io_dtype": "float32", "converter": "onnxruntime.transformers.float16",
+            "fp32_ops": fp32_ops, "fp32_nodes": len(blocked_nodes)}
+
+
+#: fp16's largest finite value and smallest positive (subnormal) value.
+FP16_MAX, FP16_MIN_POSITIVE = 65504.0, 5.96e-08
+
+
+def to_float16(array: np.ndarray) -> np.ndarray:
+    """float32 -> float16 with the semantics of the converter's ``convert_np_to_float16``: finite
+    values beyond fp16's range clamp to +-65504 and nonzero values below its smallest subnormal
+    to +-5.96e-8 (so no weight turns into inf or 0); NaN, inf and 0 are unchanged. The
+    converter's own function makes a dozen masked copies per tensor for its debug log, about
+    5 minutes for SVD's UNet; this one makes two passes."""
+    with np.errstate(over="ignore"):  # overflowing values are clamped just below
+        out = array.astype(np.float16)
+    magnitude = np.abs(array)
+    big = np.isfinite(array) & (magnitude > FP16_MAX)
+    tiny = (magnitude < FP16_MIN_POSITIVE) & (array != 0)
+    if big.any() or tiny.any():
+        out[big] = np.copysign(FP16_MAX, array[big])
+        out[tiny] = np.copysign(FP16_MIN_POSITIVE, array[tiny])
+    return out
+
+
+def _drop_duplicate_casts(graph: onnx.GraphProto) -> None:
+    """The converter inserts one identical Cast per blocked consumer of an fp16 tensor, all with
+    the same output name (not SSA); keep the first of each."""
+    seen, keep = set(), []
+    for node in graph.node:
+        key = node.SerializeToString() if node.op_type == "Cast" else None
+        if key is not None and key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    if len(keep) < len(graph.node):
+        del graph.node[:]
+        graph.node.extend(keep)
+
+
+def _value_info_from_dims(tensor: TensorProto):
+    return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+
+def _time_embedding_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the Sin/Cos nodes and of every node upstream of them up to graph inputs or Shape
+    nodes: the small subgraphs from ``timestep`` / ``added_time_ids`` / a frame-index ``Range``
+    to the sinusoidal embeddings."""
+    producer = {out: node for node in graph.node for out in node.output}
+    todo = [n for n in graph.node if n.op_type in KEEP_FP32_WITH_INPUTS]
+    seen: dict[str, onnx.NodeProto] = {}
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen[node.name] = node
+        if node.op_type not in ("Shape", "Size"):  # their outputs do not depend on values upstream
+            todo.extend(producer[i] for i in node.input if i in producer)
+    return sorted(seen)
