@@ -55,6 +55,22 @@ def compare_components(recorded: dict[str, list], backend) -> dict[str, dict]:
     return report
 
 
+def source_model(bundle, model=None):
+    """The PyTorch model ``bundle`` was exported from: ``model`` if given, else rebuilt from the
+    manifest's source (a preset, directory or hub id).
+
+    Raises:
+        BundleError: the model's configs differ from those the bundle was exported from.
+    """
+    from .models import load_model
+
+    model = model or load_model(source_reference(bundle))
+    if model.config_hashes() != bundle.manifest["config_hashes"]:
+        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
+                          "(config hashes differ); pass the source model with --model")
+    return model
+
+
 def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, backend: str = "onnxruntime",
                  precision: str = "fp32", model=None, progress: bool = False) -> dict:
     """Measure the accuracy of ``backend`` over ``bundle`` against PyTorch and diffusers.
@@ -71,12 +87,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     Raises:
         BundleError: the source model's configs differ from those the bundle was exported from.
     """
-    from .models import load_model
-
-    model = model or load_model(source_reference(bundle))
-    if model.config_hashes() != bundle.manifest["config_hashes"]:
-        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
-                          "(config hashes differ); pass the source model with --model")
+    model = source_model(bundle, model)
     start = time.perf_counter()
     reference = model.pipeline()(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
     recorder = Recorder(TorchBackend(model))
