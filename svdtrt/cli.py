@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3, help="clips measured per row (default 3)")
     p.add_argument("--device", choices=("cpu", "cuda"),
                    help="where diffusers' reference and the torch backend run (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and of each ONNX Runtime session "
+                                               "(default: each library's own)")
     p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
     p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
     p.add_argument("--out", type=Path, default=Path("svdtrt-bench"),
@@ -244,7 +246,7 @@ def _cmd_bench(args) -> int:
     model = source_model(bundle, load_model(args.model) if args.model else None)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
-                            device, command=shlex.join(["svdtrt", *args.argv]), progress=True)
+                            device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True)
     write_results(results, args.out, args.force)
     print(markdown(results), end="")
     print(f"results written to {args.out}/ in {results['seconds']:.1f} s")

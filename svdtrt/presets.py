@@ -1,7 +1,9 @@
 """Built-in SVD-architecture models, as configs (data), built with seeded random weights.
 
 ``tiny`` is the demo and test model; ``small`` differs from it in depth, widths, frame
-count and aspect ratio, so that nothing passes by accident of one configuration.
+count and aspect ratio, so that nothing passes by accident of one configuration. ``mid``
+is the benchmark model: large enough that the components' compute, not Python and
+framework overhead, dominates a clip, yet a clip runs in seconds on a 2-core CPU.
 The scheduler and feature-extractor configs are those of the released SVD checkpoints
 (``stabilityai/stable-video-diffusion-img2vid{,-xt}``: ``scheduler/scheduler_config.json``,
 ``feature_extractor/preprocessor_config.json``).
@@ -88,6 +90,33 @@ PRESETS: dict[str, dict] = {
         "image_encoder": {
             "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3,
             "num_attention_heads": 4, "image_size": 224, "patch_size": 28, "projection_dim": 48,
+        },
+    },
+    "mid": {
+        "description": "3-level UNet, 64/128/192 channels, 2 layers per block, 8 frames at 64x96 "
+                       "(benchmarks: compute dominates, a clip takes seconds on a 2-core CPU)",
+        "seed": 2,
+        "frames": 8, "height": 64, "width": 96,
+        "unet": {
+            "sample_size": 16, "in_channels": 8, "out_channels": 4,
+            "down_block_types": [
+                "CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal",
+            ],
+            "up_block_types": [
+                "UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal",
+            ],
+            "block_out_channels": [64, 128, 192], "addition_time_embed_dim": 32,
+            "projection_class_embeddings_input_dim": 96, "layers_per_block": 2,
+            "cross_attention_dim": 128, "num_attention_heads": [2, 4, 6], "num_frames": 8,
+        },
+        "vae": {
+            "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+            "down_block_types": ["DownEncoderBlock2D"] * 3, "block_out_channels": [32, 64, 128],
+            "layers_per_block": 2, "sample_size": 64, "scaling_factor": 0.18215,
+        },
+        "image_encoder": {
+            "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "image_size": 224, "patch_size": 16, "projection_dim": 128,
         },
     },
 }

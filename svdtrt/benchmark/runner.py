@@ -67,8 +67,8 @@ def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str
 
 def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, model,
                   backends: list[str] | None = None, precisions: list[str] | None = None,
-                  warmup: int = 1, repeat: int = 3, device: str = "cpu", command: str | None = None,
-                  progress: bool = False) -> dict:
+                  warmup: int = 1, repeat: int = 3, device: str = "cpu", threads: int | None = None,
+                  command: str | None = None, progress: bool = False) -> dict:
     """Benchmark ``bundle`` on this machine; see :data:`RESULT_SCHEMA` results in ``docs/benchmarks.md``.
 
     Args:
@@ -80,6 +80,8 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
         precisions: names from :data:`PRECISIONS`; default those the bundle holds.
         warmup, repeat: clips run before measuring (>= 0) and measured (>= 1) per row.
         device: ``cpu`` or ``cuda``: where the reference and the ``torch`` backend run.
+        threads: CPU threads for every row: PyTorch's (``torch.set_num_threads``, restored
+            afterwards) and ONNX Runtime's intra-op threads; None keeps each library's default.
         command: the command line, recorded in the results.
     Returns:
         The results (JSON-serialisable): ``schema``, ``created``, ``command``, ``machine``,
@@ -89,6 +91,20 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
     Raises:
         InputError: bad counts, an unknown name, or ``cuda`` without a CUDA device.
     """
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    torch_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads,
+                    command, progress)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads, command,
+         progress) -> dict:
     from tqdm import tqdm
 
     if warmup < 0 or repeat < 1:
@@ -111,7 +127,7 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
                    "precisions": bundle_precisions(bundle)},
         "settings": dict(vars(settings)),
         "image": {"size": list(image.size), "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
-        "warmup": warmup, "repeat": repeat, "device": device,
+        "warmup": warmup, "repeat": repeat, "device": device, "threads": threads,
         "rows": [],
     }
     plan = [(b, p) for b in backends for p in precisions]
@@ -121,7 +137,8 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
     results["rows"].append(reference_row)
     for name, precision in plan:
         bar.set_postfix_str(f"{name} {precision}")
-        row = _backend_row(bundle, model, name, precision, device, image, settings, warmup, repeat, bar, reference)
+        row = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
+                           reference)
         if row["status"] == "skipped":
             bar.update(warmup + repeat)
             log.info("skipped %s %s: %s", name, precision, row["reason"])
@@ -157,7 +174,8 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
     return row, np.asarray(frames, dtype=np.float32)
 
 
-def _backend_row(bundle, model, name, precision, device, image, settings, warmup, repeat, bar, reference) -> dict:
+def _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
+                 reference) -> dict:
     memory = PeakMemory()
     memory.reset()
     skipped = {"backend": name, "precision": precision, "status": "skipped"}
@@ -169,7 +187,8 @@ def _backend_row(bundle, model, name, precision, device, image, settings, warmup
         return {**skipped, "device": None,
                 "reason": f"this svdtrt has no {name} backend (it has {', '.join(runtime_backends.BACKENDS)})"}
     try:
-        backend = runtime_backends.create_backend(name, bundle, precision, model=model, device=device)
+        backend = runtime_backends.create_backend(name, bundle, precision, model=model, device=device,
+                                                  threads=threads)
         pipeline = SvdPipeline(backend, bundle)
         runs, frames = [], None
         for i in range(warmup + repeat):

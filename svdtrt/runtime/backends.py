@@ -73,16 +73,20 @@ class OnnxRuntimeBackend:
         bundle: an opened :class:`svdtrt.bundle.Bundle`.
         precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``).
         providers: ONNX Runtime execution providers; default CPU.
+        threads: intra-op threads of each session; None keeps ONNX Runtime's default (one per
+            physical core). On a CPU shared with other processes, fewer threads than cores is
+            faster: a thread pool stalls whenever one of its threads is descheduled.
     Raises:
         BackendUnavailableError: a requested provider is not in this ONNX Runtime build.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, bundle, precision: str = "fp32", providers: list[str] | None = None):
+    def __init__(self, bundle, precision: str = "fp32", providers: list[str] | None = None,
+                 threads: int | None = None):
         import onnxruntime as ort
 
-        self.bundle, self.precision = bundle, precision
+        self.bundle, self.precision, self.threads = bundle, precision, threads
         self.providers = providers or ["CPUExecutionProvider"]
         missing = set(self.providers) - set(ort.get_available_providers())
         if missing:
@@ -99,6 +103,8 @@ class OnnxRuntimeBackend:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if self.threads:
+                options.intra_op_num_threads = self.threads
             path = self.bundle.graph_path(name, self.precision)
             self._sessions[name] = ort.InferenceSession(str(path), options, providers=self.providers)
         return self._sessions[name]
@@ -154,7 +160,8 @@ class Recorder:
 BACKENDS = ("torch", "onnxruntime")
 
 
-def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu") -> Backend:
+def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu",
+                   threads: int | None = None) -> Backend:
     """Create backend ``name`` for ``bundle``.
 
     Args:
@@ -163,6 +170,8 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
         precision: graph precision (``onnxruntime``) or ``fp32``/``fp16`` module dtype (``torch``).
         model: the source :class:`SvdModel` for ``torch``; loaded from the bundle's manifest if None.
         device: ``cpu`` or ``cuda`` for ``torch``.
+        threads: intra-op threads of ``onnxruntime`` sessions (None: its default). PyTorch's are
+            process-wide: set them with ``torch.set_num_threads``.
     Raises:
         InputError: unknown backend name.
     """
@@ -175,7 +184,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
             raise InputError(f"the torch backend runs fp32 or fp16, not {precision}")
         return TorchBackend(model, device, dtype)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(bundle, precision)
+        return OnnxRuntimeBackend(bundle, precision, threads=threads)
     raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
 
 

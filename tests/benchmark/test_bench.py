@@ -29,9 +29,12 @@ def bench_out(tiny_bundle, tmp_path_factory):
     from svdtrt.cli import main
 
     out = tmp_path_factory.mktemp("bench") / "results"
+    threads = torch.get_num_threads()
     code = main(["bench", str(tiny_bundle.path), "--steps", "1", "--warmup", "0", "--repeat", "1",
-                 "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32,int8", "--out", str(out)])
+                 "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32,int8", "--threads", "1",
+                 "--out", str(out)])
     assert code == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the benchmark only
     return out
 
 
@@ -54,7 +57,7 @@ def test_bench_json_schema(bench_out, tiny_bundle):
     assert results["versions"]["torch"] == importlib.metadata.version("torch")
     assert results["settings"]["steps"] == 1 and results["settings"]["frames"] == 4
     assert results["bundle"]["precisions"] == ["fp32"]
-    assert (results["warmup"], results["repeat"], results["device"]) == (0, 1, "cpu")
+    assert (results["warmup"], results["repeat"], results["device"], results["threads"]) == (0, 1, "cpu", 1)
 
     rows = _rows(results)
     assert list(rows)[0] == ("diffusers", "fp32")  # the reference comes first
@@ -105,6 +108,7 @@ def test_bench_markdown_has_a_row_per_result(bench_out):
     (["--precisions", "fp64"], "unknown precision 'fp64'"),
     (["--backends", ","], "no backend given"),
     (["--repeat", "0"], "--repeat >= 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
     (["--height", "60"], "multiples of 8"),
     (["--image", "missing.png"], "not found"),
 ])
