@@ -98,7 +98,7 @@ def plot_stages(results: dict, path: Path) -> None:
     """Horizontal stacked bars: median seconds per stage for each measured row."""
     plt = _pyplot()
     rows = _measured(results)
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(rows)))
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.5 * len(rows)))
     labels = [row_label(r) for r in rows]
     left = [0.0] * len(rows)
     for stage in (*STAGES, "other"):
@@ -109,7 +109,7 @@ def plot_stages(results: dict, path: Path) -> None:
     ax.set_xlabel("seconds per clip (median)")
     s = results["settings"]
     ax.set_title(f"per-stage time: {s['frames']} frames {s['width']}x{s['height']}, {s['steps']} steps")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -115,7 +115,9 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
         raise InputError("--device cuda, but PyTorch sees no CUDA device here; use --device cpu")
     settings.check(bundle.dims)
     backends = backends or list(BACKENDS)
-    precisions = precisions or bundle_precisions(bundle)
+    # fp32 first: TorchBackend casts the shared source modules in place, so an fp16 row before
+    # the fp32 one would leave the fp32 row with fp16-rounded weights.
+    precisions = sorted(precisions, key=PRECISIONS.index) if precisions else bundle_precisions(bundle)
     start = time.perf_counter()
     results = {
         "schema": RESULT_SCHEMA,
