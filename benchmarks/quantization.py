@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def _unet_latency(graphs: dict[str, Path], sample: dict, calls: int, threads: int) -> dict[str, dict]:

@@ -159,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime")
 
+    p = sub.add_parser("bench", help="latency, memory and accuracy of every backend and precision vs diffusers")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--backends", help="comma-separated: torch,onnxruntime,tensorrt (default: all; "
+                                      "those this machine cannot run are reported as skipped)")
+    p.add_argument("--precisions", help="comma-separated: fp32,fp16,int8,fp8 (default: those in the bundle)")
+    p.add_argument("--warmup", type=int, default=1, help="clips run before measuring, per row (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="clips measured per row (default 3)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="where diffusers' reference and the torch backend run (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and of each ONNX Runtime session "
+                                               "(default: each library's own)")
+    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
+    p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
+    p.add_argument("--out", type=Path, default=Path("svdtrt-bench"),
+                   help="directory to create: results.json, results.md, stages.png, tradeoff.png "
+                        "(default svdtrt-bench)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    _sampling_options(p)
+
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
     p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
     p.add_argument("--force", action="store_true", help="replace an existing directory")
@@ -378,8 +397,36 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    import shlex
+
+    import torch
+
+    from .benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
+    from .bundle import Bundle, check_writable
+    from .runtime.backends import reference_model
+    from .images import load_image, sample_image
+    from .models import load_model
+
+    backends = parse_names(args.backends, BACKENDS, "backend")
+    precisions = parse_names(args.precisions, PRECISIONS, "precision")
+    check_writable(args.out, args.force)  # before minutes of measuring
+    bundle = Bundle.open(args.bundle)
+    image = load_image(args.image) if args.image else sample_image()
+    settings = _settings(args, bundle)
+    model = reference_model(bundle, load_model(args.model) if args.model else None)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
+                            device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True)
+    write_results(results, args.out, args.force)
+    print(markdown(results), end="")
+    print(f"results written to {args.out}/ in {results['seconds']:.1f} s")
+    return 0
+
+
 COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo,
-            "calibrate": _cmd_calibrate, "quantize": _cmd_quantize, "build": _cmd_build, "doctor": _cmd_doctor}
+            "calibrate": _cmd_calibrate, "quantize": _cmd_quantize, "build": _cmd_build, "doctor": _cmd_doctor,
+            "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse exits on --help and on bad arguments; return its code instead
         return e.code
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by bench
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     _quiet_libraries(args.verbose)

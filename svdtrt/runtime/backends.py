@@ -78,6 +78,9 @@ class OnnxRuntimeBackend:
         providers: ONNX Runtime execution providers, first choice first; default CPU. With
             ``TensorrtExecutionProvider``, each session gets :func:`ort_tensorrt_options`.
         name: the backend name reported (``onnxruntime``, ``onnxruntime-cuda``, ``onnxruntime-trt``).
+        threads: intra-op threads of each session; None keeps ONNX Runtime's default (one per
+            physical core). On a CPU shared with other processes, fewer threads than cores is
+            faster: a thread pool stalls whenever one of its threads is descheduled.
     Raises:
         BackendUnavailableError: a requested provider is not in this ONNX Runtime build.
     """
@@ -85,10 +88,10 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, bundle, precision: str = "fp32", providers: list[str] | None = None,
-                 name: str = "onnxruntime"):
+                 name: str = "onnxruntime", threads: int | None = None):
         import onnxruntime as ort
 
-        self.bundle, self.precision, self.name = bundle, precision, name
+        self.bundle, self.precision, self.name, self.threads = bundle, precision, name, threads
         self.providers = providers or ["CPUExecutionProvider"]
         missing = set(self.providers) - set(ort.get_available_providers())
         if missing:
@@ -111,6 +114,8 @@ class OnnxRuntimeBackend:
                 # fail. Unfused, each QuantizeLinear/DequantizeLinear runs on its own and the float
                 # ops between them run in fp32: simulated (fake) fp8 quantization with the graph's scales.
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            if self.threads:
+                options.intra_op_num_threads = self.threads
             path = self.bundle.graph_path(name, self.precision)
             providers = [(p, ort_tensorrt_options(self.bundle, name, self.precision))
                          if p == "TensorrtExecutionProvider" else p for p in self.providers]
@@ -194,7 +199,8 @@ BACKENDS = ("torch", *ORT_PROVIDERS, "tensorrt")
 
 
 def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu",
-                   cuda_graph: bool = False, one_engine_at_a_time: bool = False) -> Backend:
+                   cuda_graph: bool = False, one_engine_at_a_time: bool = False,
+                   threads: int | None = None) -> Backend:
     """Create backend ``name`` for ``bundle``.
 
     Args:
@@ -206,6 +212,8 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
         device: ``cpu`` or ``cuda`` for ``torch``.
         cuda_graph: ``tensorrt`` only: replay a static-profile UNet engine from a CUDA graph.
         one_engine_at_a_time: ``tensorrt`` only: keep only the engine in use loaded.
+        threads: intra-op threads of ``onnxruntime`` sessions (None: its default). PyTorch's are
+            process-wide: set them with ``torch.set_num_threads``.
     Raises:
         InputError: unknown backend name.
         BackendUnavailableError: the backend needs a package or GPU this machine lacks.
@@ -219,7 +227,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
             raise InputError(f"the torch backend runs fp32 or fp16, not {precision}")
         return TorchBackend(model, device, dtype)
     if name in ORT_PROVIDERS:
-        return OnnxRuntimeBackend(bundle, precision, ORT_PROVIDERS[name], name=name)
+        return OnnxRuntimeBackend(bundle, precision, ORT_PROVIDERS[name], name=name, threads=threads)
     if name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend
 

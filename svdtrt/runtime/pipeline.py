@@ -70,31 +70,55 @@ class SamplingSettings:
 
 
 class StageTimer:
-    """Wall-clock seconds per stage, with the backend synchronised around each stage."""
+    """Seconds per stage, with the backend synchronised around each stage.
+
+    On a CUDA device a stage is timed with CUDA events recorded on torch's current stream; the
+    end event is recorded after the backend has synchronised, so work a backend queues on its
+    own stream is counted too. Elsewhere it is wall-clock time (``time.perf_counter``).
+    Stages may nest (a denoising ``step`` holds its ``unet`` call).
+    """
 
     def __init__(self, backend: Backend):
         self.backend = backend
         self.seconds: dict[str, list[float]] = defaultdict(list)
+        self._cuda = backend.device.type == "cuda"
 
     @contextlib.contextmanager
     def stage(self, name: str):
         self.backend.synchronize()
+        if self._cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
         start = time.perf_counter()
         yield
         self.backend.synchronize()
-        self.seconds[name].append(time.perf_counter() - start)
+        if self._cuda:
+            end.record()
+            end.synchronize()
+            self.seconds[name].append(begin.elapsed_time(end) / 1000.0)  # elapsed_time is in ms
+        else:
+            self.seconds[name].append(time.perf_counter() - start)
 
     def summary(self) -> dict[str, float]:
-        """Total seconds per stage, plus ``unet_per_step`` (mean seconds per UNet call)."""
+        """Total seconds per stage, plus, when the loop ran:
+
+        - ``unet_per_step``: mean seconds per UNet call;
+        - ``overhead_per_step``: mean seconds per denoising step spent outside the UNet call
+          (scheduler, guidance, concatenation, copies): (sum of ``step`` - sum of ``unet``) / steps.
+        """
         out = {k: float(sum(v)) for k, v in self.seconds.items()}
         if self.seconds.get("unet"):
             out["unet_per_step"] = out["unet"] / len(self.seconds["unet"])
+        if self.seconds.get("step"):
+            out["overhead_per_step"] = (out["step"] - out.get("unet", 0.0)) / len(self.seconds["step"])
         return out
 
 
 @dataclass
 class Clip:
-    """A generated clip: ``frames`` float32 [F, H, W, 3] in [0, 1], ``timings`` seconds per stage."""
+    """A generated clip: ``frames`` float32 [F, H, W, 3] in [0, 1], ``timings`` seconds per stage
+    (``clip``, ``vae_encode``, ``step`` and ``unet`` summed over the steps, ``vae_decode``, ``total``,
+    and the per-step figures of :meth:`StageTimer.summary`)."""
 
     frames: np.ndarray
     timings: dict[str, float]
@@ -180,21 +204,23 @@ class SvdPipeline:
         guidance_scale = guidance_scale.to(device)[None, :, None, None, None]
 
         # 6. Denoising loop: both guidance branches in one UNet batch.
+        #    Each step is timed as a whole too, so that the loop's own cost is known.
         for t in tqdm(scheduler.timesteps, desc="denoise", unit="step", disable=not progress):
-            latent_model_input = torch.cat([latents] * 2) if guided else latents
-            latent_model_input = scheduler.scale_model_input(latent_model_input, t)
-            latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
-            with timer.stage("unet"):
-                noise_pred = unet({
-                    "sample": latent_model_input,
-                    "timestep": t.to(torch.float32).expand(latent_model_input.shape[0]),
-                    "encoder_hidden_states": encoder_hidden_states,
-                    "added_time_ids": added_time_ids,
-                })["noise_pred"]
-            if guided:
-                noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
-            latents = scheduler.step(noise_pred, t, latents).prev_sample
+            with timer.stage("step"):
+                latent_model_input = torch.cat([latents] * 2) if guided else latents
+                latent_model_input = scheduler.scale_model_input(latent_model_input, t)
+                latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+                with timer.stage("unet"):
+                    noise_pred = unet({
+                        "sample": latent_model_input,
+                        "timestep": t.to(torch.float32).expand(latent_model_input.shape[0]),
+                        "encoder_hidden_states": encoder_hidden_states,
+                        "added_time_ids": added_time_ids,
+                    })["noise_pred"]
+                if guided:
+                    noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+                latents = scheduler.step(noise_pred, t, latents).prev_sample
 
         # 7. Decode in chunks of frames; the temporal decoder mixes frames within a chunk.
         with timer.stage("vae_decode"):

@@ -1,0 +1,11 @@
+"""Benchmarks: per-stage and per-clip latency, peak memory and accuracy of every backend and
+precision, side by side with diffusers' own pipeline (``svdtrt bench``; ``benchmarks/``).
+
+:func:`run_benchmark` measures; :func:`write_results` writes JSON, Markdown and PNG plots.
+"""
+
+from .report import FILES, markdown, write_results
+from .runner import BACKENDS, PRECISIONS, REFERENCE, RESULT_SCHEMA, bundle_precisions, parse_names, run_benchmark
+
+__all__ = ["BACKENDS", "FILES", "PRECISIONS", "REFERENCE", "RESULT_SCHEMA", "bundle_precisions", "markdown",
+           "parse_names", "run_benchmark", "write_results"]

@@ -1,0 +1,146 @@
+"""Benchmark results on disk: ``results.json``, ``results.md`` (the tables) and two PNG plots,
+``stages.png`` (per-stage breakdown per row) and ``tradeoff.png`` (latency versus accuracy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..bundle import write_json_atomic, writing
+from .runner import STAGES
+
+FILES = ("results.json", "results.md", "stages.png", "tradeoff.png")
+
+_STAGE_LABELS = {"clip": "CLIP", "vae_encode": "VAE encode", "unet": "UNet x steps",
+                 "vae_decode": "VAE decode", "other": "other"}
+
+
+def write_results(results: dict, out: str | Path, force: bool = False) -> Path:
+    """Write :data:`FILES` into directory ``out`` (created whole, or left as it was on error).
+
+    Raises:
+        InputError: ``out`` exists and ``force`` is false.
+    """
+    out = Path(out)
+    with writing(out, force) as tmp:
+        write_json_atomic(tmp / "results.json", results)
+        (tmp / "results.md").write_text(markdown(results))
+        plot_stages(results, tmp / "stages.png")
+        plot_tradeoff(results, tmp / "tradeoff.png")
+    return out
+
+
+def row_label(row: dict) -> str:
+    return f"{row['backend']} {row['precision']}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def _mib(n: int | None) -> str:
+    return "" if n is None else f"{n / 2**20:.0f}"
+
+
+def markdown(results: dict) -> str:
+    """The results as Markdown: settings, the measured table, the loop overhead, the skipped rows."""
+    s, m = results["settings"], results["machine"]
+    lines = [
+        f"# svdtrt bench: {results['bundle']['source'].get('name', results['bundle']['path'])}",
+        "",
+        f"- command: `{results['command']}`" if results.get("command") else "- command: (API call)",
+        f"- machine: {m['cpu']}, {m['cpus_usable']} usable cores, {_mib(m['memory_bytes'])} MiB RAM, "
+        f"GPUs: {', '.join(m['gpus']) or 'none'}; load average {m['load_average']} at start, "
+        f"{m.get('load_average_end')} at end",
+        f"- clip: {s['frames']} frames, {s['width']}x{s['height']}, {s['steps']} steps, seed {s['seed']}, "
+        f"guidance {s['min_guidance_scale']}-{s['max_guidance_scale']}; {results['warmup']} warm-up and "
+        f"{results['repeat']} measured clips per row",
+        f"- reference: diffusers StableVideoDiffusionPipeline, fp32, on {results['device']}",
+        "",
+        "Times are medians over the measured clips in milliseconds (p90 in brackets for the clip); "
+        "'x ref' is the reference's clip time over the row's; PSNR and SSIM are the worst frame against "
+        "the reference clip.",
+        "",
+        "| backend | precision | device | clip ms (p90) | x ref | CLIP ms | VAE enc ms | UNet/step ms "
+        "| VAE dec ms | loop overhead/step ms (% of UNet) | peak RSS MiB | peak GPU MiB | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        if r["status"] != "measured":
+            continue
+        st, acc, ov = r["stages"], r["accuracy"], r["overhead"]
+        med = {k: v["median"] for k, v in st.items()}
+        overhead = f"{_ms(ov['per_step_seconds'])} ({100 * ov['share_of_unet_call']:.2f}%)" if ov else ""
+        lines.append(
+            f"| {r['backend']} | {r['precision']} | {r['device']} "
+            f"| {_ms(med['total'])} ({_ms(st['total']['p90'])}) | {r['speedup_vs_reference']:.2f} "
+            f"| {_ms(med.get('clip'))} | {_ms(med.get('vae_encode'))} | {_ms(med.get('unet_per_step'))} "
+            f"| {_ms(med.get('vae_decode'))} | {overhead} | {_mib(r['memory']['peak_rss_bytes'])} "
+            f"| {_mib(r['memory']['peak_gpu_bytes'])} "
+            f"| {'reference' if acc is None else format(acc['min_psnr_db'], '.1f')} "
+            f"| {'' if acc is None else format(acc['min_ssim'], '.6f')} |")
+    quantized = [r for r in results["rows"] if r["status"] == "measured" and r.get("unet_speedup_vs_fp32")
+                 and r["precision"] != "fp32"]
+    if quantized:
+        lines += ["", "UNet call versus the same backend's fp32 graph:", ""]
+        lines += [f"- {row_label(r)}: {r['unet_speedup_vs_fp32']:.2f}x" for r in quantized]
+    skipped = [r for r in results["rows"] if r["status"] == "skipped"]
+    if skipped:
+        lines += ["", "Skipped:", "", "| backend | precision | reason |", "|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['precision']} | {r['reason'].replace('|', '/')} |" for r in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _measured(results: dict) -> list[dict]:
+    return [r for r in results["rows"] if r["status"] == "measured"]
+
+
+def plot_stages(results: dict, path: Path) -> None:
+    """Horizontal stacked bars: median seconds per stage for each measured row."""
+    plt = _pyplot()
+    rows = _measured(results)
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.5 * len(rows)))
+    labels = [row_label(r) for r in rows]
+    left = [0.0] * len(rows)
+    for stage in (*STAGES, "other"):
+        widths = [max(0.0, r["stages"].get(stage, {"median": 0.0})["median"]) for r in rows]
+        ax.barh(labels, widths, left=left, label=_STAGE_LABELS[stage])
+        left = [a + b for a, b in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds per clip (median)")
+    s = results["settings"]
+    ax.set_title(f"per-stage time: {s['frames']} frames {s['width']}x{s['height']}, {s['steps']} steps")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_tradeoff(results: dict, path: Path) -> None:
+    """Scatter: median clip seconds against the worst-frame PSNR versus the reference, one point
+    per measured non-reference row (the reference is a vertical line: its PSNR is infinite)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in _measured(results):
+        seconds = r["stages"]["total"]["median"]
+        if r["reference"]:
+            ax.axvline(seconds, color="grey", linestyle="--", label=f"{row_label(r)} (reference)")
+            continue
+        ax.scatter(seconds, r["accuracy"]["min_psnr_db"], s=40)
+        ax.annotate(row_label(r), (seconds, r["accuracy"]["min_psnr_db"]), textcoords="offset points",
+                    xytext=(5, 5), fontsize="small")
+    ax.set_xlabel("seconds per clip (median)")
+    ax.set_ylabel("worst-frame PSNR vs reference (dB)")
+    ax.set_title("latency versus accuracy")
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+
+    return plt

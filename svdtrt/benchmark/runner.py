@@ -1,0 +1,291 @@
+"""Run the benchmark: diffusers' own pipeline as the reference row, then every backend and
+precision asked for, each over the same image, settings and seed, in one process and one run.
+
+A row is measured as: ``warmup`` clips that are not recorded, then ``repeat`` clips whose
+per-stage seconds give the median and 90th percentile. Peak memory covers the whole row,
+creating the backend included. Each clip is compared frame by frame with the reference
+clip (PSNR, SSIM; :func:`svdtrt.accuracy.clip_metrics`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import importlib.metadata
+import logging
+import time
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..accuracy import clip_metrics
+from ..errors import BackendUnavailableError, BundleError, InputError
+from ..runtime import backends as runtime_backends
+from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
+from .measure import PeakMemory, load_average, machine_info, order_stats
+
+log = logging.getLogger(__name__)
+
+#: Backends ``svdtrt bench`` knows; one this build or machine cannot run is reported as skipped.
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+#: Precisions in the order rows and plots list them (DESIGN.md, "Precision lives in the graph").
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+#: The reference row: diffusers' ``StableVideoDiffusionPipeline`` over the source model, fp32.
+REFERENCE = "diffusers"
+#: The four component stages, in pipeline order; ``other`` is the rest of a clip.
+STAGES = ("clip", "vae_encode", "unet", "vae_decode")
+RESULT_SCHEMA = "svdtrt-bench/1"
+
+_VERSIONS = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
+             "polygraphy", "numpy")
+
+
+def bundle_precisions(bundle) -> list[str]:
+    """The graph precisions the bundle holds for any component, in :data:`PRECISIONS` order."""
+    have = {p for entry in bundle.manifest["components"].values() for p in entry.get("graphs", {})}
+    return [p for p in PRECISIONS if p in have] + sorted(have - set(PRECISIONS))
+
+
+def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str] | None:
+    """``"a,b"`` -> ``["a", "b"]``, each checked against ``known``; None for None.
+
+    Raises:
+        InputError: an empty list or a name not in ``known``.
+    """
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise InputError(f"no {what} given; choose from {', '.join(known)}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InputError(f"unknown {what} '{unknown[0]}': choose from {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, model,
+                  backends: list[str] | None = None, precisions: list[str] | None = None,
+                  warmup: int = 1, repeat: int = 3, device: str = "cpu", threads: int | None = None,
+                  command: str | None = None, progress: bool = False) -> dict:
+    """Benchmark ``bundle`` on this machine; see :data:`RESULT_SCHEMA` results in ``docs/benchmarks.md``.
+
+    Args:
+        bundle: the opened bundle.
+        image: RGB conditioning image (resized to the clip size, as diffusers does).
+        settings: sampling settings shared by every row.
+        model: the bundle's source :class:`svdtrt.models.SvdModel` (reference and ``torch`` rows).
+        backends: names from :data:`BACKENDS`; default all.
+        precisions: names from :data:`PRECISIONS`; default those the bundle holds.
+        warmup, repeat: clips run before measuring (>= 0) and measured (>= 1) per row.
+        device: ``cpu`` or ``cuda``: where the reference and the ``torch`` backend run.
+        threads: CPU threads for every row: PyTorch's (``torch.set_num_threads``, restored
+            afterwards) and ONNX Runtime's intra-op threads; None keeps each library's default.
+        command: the command line, recorded in the results.
+    Returns:
+        The results (JSON-serialisable): ``schema``, ``created``, ``command``, ``machine``,
+        ``versions``, ``bundle``, ``settings``, ``image``, ``warmup``, ``repeat``, ``device``,
+        ``rows`` (one per reference/backend/precision: ``status`` ``"measured"`` or ``"skipped"``
+        with a ``reason``), ``seconds`` (wall time of the whole benchmark).
+    Raises:
+        InputError: bad counts, an unknown name, or ``cuda`` without a CUDA device.
+    """
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    torch_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads,
+                    command, progress)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads, command,
+         progress) -> dict:
+    from tqdm import tqdm
+
+    if warmup < 0 or repeat < 1:
+        raise InputError(f"need --warmup >= 0 and --repeat >= 1, got {warmup} and {repeat}")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown device '{device}': choose cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda, but PyTorch sees no CUDA device here; use --device cpu")
+    settings.check(bundle.dims)
+    backends = backends or list(BACKENDS)
+    # fp32 first: TorchBackend casts the shared source modules in place, so an fp16 row before
+    # the fp32 one would leave the fp32 row with fp16-rounded weights.
+    precisions = sorted(precisions, key=PRECISIONS.index) if precisions else bundle_precisions(bundle)
+    start = time.perf_counter()
+    results = {
+        "schema": RESULT_SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command,
+        "machine": machine_info(),
+        "versions": _versions(),
+        "bundle": {"path": str(bundle.path), "source": bundle.manifest.get("source"),
+                   "precisions": bundle_precisions(bundle)},
+        "settings": dict(vars(settings)),
+        "image": {"size": list(image.size), "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
+        "warmup": warmup, "repeat": repeat, "device": device, "threads": threads,
+        "rows": [],
+    }
+    plan = [(b, p) for b in backends for p in precisions]
+    bar = tqdm(total=(1 + len(plan)) * (warmup + repeat), desc="bench", unit="clip", disable=not progress)
+
+    reference_row, reference = _reference_row(model, image, settings, device, warmup, repeat, bar)
+    results["rows"].append(reference_row)
+    for name, precision in plan:
+        bar.set_postfix_str(f"{name} {precision}")
+        row = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
+                           reference)
+        if row["status"] == "skipped":
+            bar.update(warmup + repeat)
+            log.info("skipped %s %s: %s", name, precision, row["reason"])
+        results["rows"].append(row)
+    bar.close()
+    _add_ratios(results["rows"])
+    results["machine"]["load_average_end"] = load_average()
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple[dict, np.ndarray]:
+    """diffusers' pipeline, timed per component with forward hooks on the PyTorch modules."""
+    memory = PeakMemory()
+    memory.reset()
+    sync = _DeviceSync(device)
+    pipe = model.pipeline().to(device)
+    modules = {"clip": model.image_encoder, "vae_encode": model.vae.encoder,
+               "unet": model.unet, "vae_decode": model.vae.decoder}
+    runs, frames = [], None
+    for i in range(warmup + repeat):
+        timer = StageTimer(sync)
+        with _timed_modules(timer, modules), timer.stage("total"):
+            frames = pipe(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
+        if i >= warmup:
+            runs.append(timer.summary())
+        bar.update()
+    pipe.to("cpu")
+    row = _measured_row(REFERENCE, "fp32", device, runs, memory.read(), accuracy=None)
+    row["reference"] = True
+    row["note"] = ("stages are the PyTorch modules' forward calls (forward hooks); pre- and post-processing "
+                   "are in 'other'")
+    return row, np.asarray(frames, dtype=np.float32)
+
+
+def _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
+                 reference) -> dict:
+    memory = PeakMemory()
+    memory.reset()
+    skipped = {"backend": name, "precision": precision, "status": "skipped"}
+    if name == "torch" and precision == "fp16" and device != "cuda":
+        return {**skipped, "device": device,
+                "reason": "torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
+                          "is not a deployment configuration"}
+    if name not in runtime_backends.BACKENDS:
+        return {**skipped, "device": None,
+                "reason": f"this svdtrt has no {name} backend (it has {', '.join(runtime_backends.BACKENDS)})"}
+    try:
+        backend = runtime_backends.create_backend(name, bundle, precision, model=model, device=device,
+                                                  threads=threads)
+        pipeline = SvdPipeline(backend, bundle)
+        runs, frames = [], None
+        for i in range(warmup + repeat):
+            clip = pipeline(image, settings)
+            frames = clip.frames
+            if i >= warmup:
+                runs.append(clip.timings)
+            bar.update()
+    except (BackendUnavailableError, BundleError, InputError) as e:
+        # BundleError: a graph of this precision is missing; InputError: the backend does not run
+        # this precision, or this svdtrt has no such backend yet.
+        return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}
+    row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),
+                        accuracy=clip_metrics(frames, reference))
+    del backend, pipeline
+    gc.collect()
+    return row
+
+
+def _measured_row(name, precision, device, runs, memory, accuracy) -> dict:
+    stats = {}
+    for key in sorted({k for r in runs for k in r}):
+        stats[key] = order_stats([r[key] for r in runs if key in r])
+    others = [r["total"] - sum(r.get(s, 0.0) for s in STAGES) for r in runs]
+    stats["other"] = order_stats(others)
+    overhead = _overhead(runs) if "overhead_per_step" in stats else None
+    return {"backend": name, "precision": precision, "device": device, "status": "measured",
+            "reference": False, "stages": stats, "overhead": overhead, "memory": memory,
+            "accuracy": accuracy, "runs": runs}
+
+
+def _overhead(runs) -> dict:
+    """The loop's own cost per denoising step, as a share of the step and of the UNet call (medians)."""
+    per_step = np.median([r["overhead_per_step"] for r in runs])
+    unet = np.median([r["unet_per_step"] for r in runs])
+    return {"per_step_seconds": float(per_step), "unet_call_seconds": float(unet),
+            "share_of_step": float(per_step / (per_step + unet)), "share_of_unet_call": float(per_step / unet)}
+
+
+def _add_ratios(rows: list[dict]) -> None:
+    """Per row: clip speed-up over the reference, and UNet-call speed-up over the same backend's fp32."""
+    measured = [r for r in rows if r["status"] == "measured"]
+    reference = next(r for r in measured if r["reference"])
+    fp32 = {r["backend"]: r for r in measured if r["precision"] == "fp32" and not r["reference"]}
+    for r in measured:
+        r["speedup_vs_reference"] = reference["stages"]["total"]["median"] / r["stages"]["total"]["median"]
+        base = fp32.get(r["backend"])
+        r["unet_speedup_vs_fp32"] = (base["stages"]["unet_per_step"]["median"] / r["stages"]["unet_per_step"]["median"]
+                                     if base and not r["reference"] else None)
+
+
+class _DeviceSync:
+    """The part of a backend :class:`StageTimer` needs, for timing diffusers' pipeline."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@contextlib.contextmanager
+def _timed_modules(timer: StageTimer, modules: dict[str, torch.nn.Module]):
+    """Time every forward call of each module as stage ``name`` (pre- and post-forward hooks)."""
+    handles, open_stages = [], {}
+
+    def hooks(stage):
+        def before(_module, _args):
+            open_stages[stage] = timer.stage(stage)
+            open_stages[stage].__enter__()
+
+        def after(_module, _args, _output):
+            open_stages.pop(stage).__exit__(None, None, None)
+
+        return before, after
+
+    for stage, module in modules.items():
+        before, after = hooks(stage)
+        handles += [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _versions() -> dict[str, str | None]:
+    from ..export import tool_versions
+
+    versions = tool_versions()
+    for name in _VERSIONS:
+        if name not in versions:
+            try:
+                versions[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                versions[name] = None
+    return versions

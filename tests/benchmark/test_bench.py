@@ -1,0 +1,188 @@
+"""svdtrt bench: the result files and their schema, skipped rows with reasons, bad input.
+
+Timings are not asserted (they depend on the machine); accuracy and structure are.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from svdtrt.benchmark import FILES, bundle_precisions, parse_names, run_benchmark
+from svdtrt.benchmark.measure import PeakMemory, order_stats
+from svdtrt.bundle import Bundle
+from svdtrt.errors import InputError
+from svdtrt.runtime.pipeline import SamplingSettings, StageTimer
+
+STAGE_KEYS = {"clip", "vae_encode", "unet", "unet_per_step", "vae_decode", "total", "other"}
+LOOP_KEYS = {"step", "overhead_per_step"}
+
+
+@pytest.fixture(scope="module")
+def bench_out(tiny_bundle, tmp_path_factory):
+    """One CLI bench of the tiny bundle: 1 step, 1 measured clip, with rows that must be skipped."""
+    from svdtrt.cli import main
+
+    out = tmp_path_factory.mktemp("bench") / "results"
+    threads = torch.get_num_threads()
+    code = main(["bench", str(tiny_bundle.path), "--steps", "1", "--warmup", "0", "--repeat", "1",
+                 "--backends", "torch,onnxruntime,tensorrt", "--precisions", "fp32,int8", "--threads", "1",
+                 "--out", str(out)])
+    assert code == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the benchmark only
+    return out
+
+
+def _rows(results):
+    return {(r["backend"], r["precision"]): r for r in results["rows"]}
+
+
+def test_bench_writes_all_files(bench_out):
+    assert sorted(p.name for p in bench_out.iterdir()) == sorted(FILES)
+    for name in ("stages.png", "tradeoff.png"):
+        data = (bench_out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_bench_json_schema(bench_out, tiny_bundle):
+    results = json.loads((bench_out / "results.json").read_text())
+    assert results["schema"] == "svdtrt-bench/1"
+    assert results["command"].startswith("svdtrt bench ")
+    assert {"cpu", "cpus_usable", "memory_bytes", "gpus", "load_average"} <= set(results["machine"])
+    assert results["versions"]["torch"] == importlib.metadata.version("torch")
+    assert results["settings"]["steps"] == 1 and results["settings"]["frames"] == 4
+    assert results["bundle"]["precisions"] == ["fp32"]
+    assert (results["warmup"], results["repeat"], results["device"], results["threads"]) == (0, 1, "cpu", 1)
+
+    rows = _rows(results)
+    assert list(rows)[0] == ("diffusers", "fp32")  # the reference comes first
+    reference = rows["diffusers", "fp32"]
+    assert reference["status"] == "measured" and reference["reference"] and reference["accuracy"] is None
+    assert reference["speedup_vs_reference"] == 1.0
+    assert STAGE_KEYS <= set(reference["stages"])
+
+    for key in (("torch", "fp32"), ("onnxruntime", "fp32")):
+        row = rows[key]
+        assert row["status"] == "measured" and not row["reference"]
+        assert STAGE_KEYS | LOOP_KEYS <= set(row["stages"])
+        for stats in row["stages"].values():
+            assert set(stats) == {"median", "p90", "min", "max", "n"} and stats["n"] == 1
+        assert row["stages"]["total"]["median"] > row["stages"]["unet"]["median"] > 0
+        assert 0 <= row["overhead"]["share_of_step"] < 1
+        assert row["memory"]["peak_rss_bytes"] >= row["memory"]["rss_start_bytes"] > 0
+        assert row["memory"]["peak_gpu_bytes"] is None
+        assert len(row["accuracy"]["psnr_db"]) == 4
+        assert row["accuracy"]["min_psnr_db"] >= 60 and row["accuracy"]["min_ssim"] > 0.999
+        assert row["speedup_vs_reference"] > 0 and row["unet_speedup_vs_fp32"] == 1.0
+    # the runtime's loop over the PyTorch modules draws the same numbers as diffusers
+    assert rows["torch", "fp32"]["accuracy"]["min_psnr_db"] == 200.0
+
+
+def test_bench_reports_skipped_with_reason(bench_out):
+    rows = _rows(json.loads((bench_out / "results.json").read_text()))
+    assert rows["tensorrt", "fp32"]["status"] == "skipped"
+    assert "tensorrt" in rows["tensorrt", "fp32"]["reason"]
+    assert rows["onnxruntime", "int8"]["status"] == "skipped"
+    assert "no int8 graph" in rows["onnxruntime", "int8"]["reason"]
+    assert rows["torch", "int8"]["status"] == "skipped"
+    assert "fp32 or fp16" in rows["torch", "int8"]["reason"]
+
+
+def test_bench_markdown_has_a_row_per_result(bench_out):
+    text = (bench_out / "results.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert any(line.startswith("| diffusers | fp32 | cpu |") and "reference" in line for line in table)
+    assert any(line.startswith("| torch | fp32 | cpu |") for line in table)
+    assert any(line.startswith("| onnxruntime | fp32 | cpu |") for line in table)
+    assert any(line.startswith("| tensorrt | fp32 | ") for line in table)  # in the skipped table
+    assert any(line.startswith("| onnxruntime | int8 | ") and "no int8 graph" in line for line in table)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "torch,openvino"], "unknown backend 'openvino'"),
+    (["--precisions", "fp64"], "unknown precision 'fp64'"),
+    (["--backends", ","], "no backend given"),
+    (["--repeat", "0"], "--repeat >= 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--height", "60"], "multiples of 8"),
+    (["--image", "missing.png"], "not found"),
+])
+def test_bench_bad_input_is_one_line_exit_2(run_cli, tiny_bundle, tmp_path, args, message):
+    code, out, err = run_cli("bench", tiny_bundle.path, "--steps", "1", "--out", tmp_path / "b", *args)
+    assert code == 2
+    assert err.startswith("svdtrt: error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_bench_refuses_existing_output(run_cli, tiny_bundle, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "keep.txt").write_text("mine")
+    code, _, err = run_cli("bench", tiny_bundle.path, "--out", tmp_path / "b")
+    assert code == 2 and "already exists" in err
+    assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
+
+
+def test_default_precisions_come_from_the_manifest(tiny_bundle):
+    manifest = copy.deepcopy(tiny_bundle.manifest)
+    manifest["components"]["unet"]["graphs"]["int8"] = {"file": "unet.int8.onnx"}
+    manifest["components"]["vae_decoder"]["graphs"]["fp16"] = {"file": "vae_decoder.fp16.onnx"}
+    assert bundle_precisions(Bundle(tiny_bundle.path, manifest)) == ["fp32", "fp16", "int8"]
+
+
+def test_parse_names():
+    assert parse_names(None, ("a", "b"), "backend") is None
+    assert parse_names(" b, a,b ", ("a", "b"), "backend") == ["b", "a"]
+    with pytest.raises(InputError, match="unknown backend 'c'"):
+        parse_names("a,c", ("a", "b"), "backend")
+
+
+def test_order_stats_median_and_p90():
+    s = order_stats([4.0, 1.0, 3.0, 2.0, 10.0])
+    assert s == {"median": 3.0, "p90": pytest.approx(7.6), "min": 1.0, "max": 10.0, "n": 5}
+
+
+def test_peak_memory_sees_an_allocation_after_reset():
+    memory = PeakMemory()
+    big = np.ones(2**25)  # 256 MiB, touched, then freed before the reset
+    del big
+    memory.reset()
+    small = np.ones(2**24)  # 128 MiB
+    m = memory.read()
+    del small
+    assert m["peak_rss_bytes"] - m["rss_start_bytes"] >= 100 * 2**20
+    if m["host_method"] == "VmHWM":  # the 256 MiB before the reset is not counted
+        assert m["peak_rss_bytes"] - m["rss_start_bytes"] < 200 * 2**20
+
+
+class _CpuBackend:
+    name, device = "fake", torch.device("cpu")
+
+    def synchronize(self):
+        pass
+
+
+def test_stage_timer_overhead_is_step_minus_unet():
+    timer = StageTimer(_CpuBackend())
+    timer.seconds.update({"step": [0.30, 0.50], "unet": [0.25, 0.45], "clip": [0.1]})
+    summary = timer.summary()
+    assert summary["unet_per_step"] == pytest.approx(0.35)
+    assert summary["overhead_per_step"] == pytest.approx(0.05)
+    assert summary["clip"] == pytest.approx(0.1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bench_on_cuda_measures_gpu_memory(tiny_bundle, tiny_model, photo):
+    frames, height, width = tiny_bundle.default_shape
+    settings = SamplingSettings(frames=frames, height=height, width=width, steps=2)
+    results = run_benchmark(tiny_bundle, photo, settings, tiny_model, ["torch"], ["fp32"], warmup=1, repeat=1,
+                            device="cuda")
+    rows = _rows(results)
+    assert rows["diffusers", "fp32"]["device"] == "cuda" and rows["torch", "fp32"]["device"] == "cuda"
+    assert rows["torch", "fp32"]["memory"]["peak_gpu_bytes"] > 0
+    assert rows["torch", "fp32"]["accuracy"]["min_psnr_db"] >= 60

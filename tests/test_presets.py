@@ -1,0 +1,14 @@
+"""The built-in presets: each builds, and ``mid`` is the larger benchmark model it claims to be."""
+
+from svdtrt.models import load_model
+from svdtrt.presets import PRESETS
+
+
+def test_mid_is_bigger_than_small_and_runs_its_default_shape():
+    mid, small = load_model("mid"), load_model("small")
+    count = lambda m: sum(p.numel() for p in m.unet.parameters())  # noqa: E731
+    assert count(mid) > 3 * count(small)
+    frames, height, width = mid.default_shape
+    mid.dims.check_size(frames, height, width)
+    assert (frames, height, width) == (8, 64, 96)
+    assert "8 frames at 64x96" in PRESETS["mid"]["description"]
