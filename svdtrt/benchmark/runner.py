@@ -23,13 +23,12 @@ import torch
 from ..accuracy import clip_metrics
 from ..errors import BackendUnavailableError, BundleError, InputError
 from ..runtime import backends as runtime_backends
+from ..runtime.backends import BACKENDS
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
 from .measure import PeakMemory, load_average, machine_info, order_stats
 
 log = logging.getLogger(__name__)
 
-#: Backends ``svdtrt bench`` knows; one this build or machine cannot run is reported as skipped.
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 #: Precisions in the order rows and plots list them (DESIGN.md, "Precision lives in the graph").
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")
 #: The reference row: diffusers' ``StableVideoDiffusionPipeline`` over the source model, fp32.
