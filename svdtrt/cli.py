@@ -212,7 +212,7 @@ def _cmd_export(args) -> int:
     model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
     bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force,
-                           components=args.components, precisions=precisions)
+                           components=args.components, precisions=precisions, release_weights=True)
     print(f"bundle written to {bundle.path}")
     for name, entry in bundle.manifest["components"].items():
         if args.components and name not in args.components:

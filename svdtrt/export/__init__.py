@@ -46,7 +46,7 @@ def tool_versions() -> dict[str, str]:
 def export_bundle(model, out: str | Path, frames: Range | None = None, height: Range | None = None,
                   width: Range | None = None, opset: int = DEFAULT_OPSET, force: bool = False,
                   progress: bool = True, components: list[str] | None = None,
-                  precisions: tuple[str, ...] = ("fp32",)) -> Bundle:
+                  precisions: tuple[str, ...] = ("fp32",), release_weights: bool = False) -> Bundle:
     """Export components of ``model`` to a bundle at ``out``, validating and checking each graph.
 
     Each component is traced to fp32 (cleaned by onnxslim, weights in one external-data file),
@@ -66,6 +66,10 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
         components: names to export (default all four). If ``out`` is a bundle of the same model
             and shapes, the others are kept as they are and only these are replaced.
         precisions: ``("fp32",)`` or ``("fp32", "fp16")``.
+        release_weights: free each PyTorch module (move it to the meta device) as soon as the last
+            component it serves is traced and its reference outputs are computed, so that peak
+            host memory is PyTorch's weights plus one copy of one component's, not two (the model
+            is unusable afterwards; the CLI sets this).
     Returns:
         The opened bundle.
     Raises:
@@ -92,6 +96,11 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     check_ranges(model.dims, frames, height, width)
     vf, vh, vw = validation_shape(model.dims, frames, height, width)
     modules = torch_modules(model)
+    # The PyTorch module behind each component (the VAE serves two), and which exported
+    # component is the last to need it: that one may release it.
+    owners = {"image_encoder": model.image_encoder, "vae_encoder": model.vae, "unet": model.unet,
+              "vae_decoder": model.vae}
+    last_user = {id(owners[n]): n for n in names}
     manifest = base.manifest if base is not None else {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -111,9 +120,10 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
                 _link_bundle(base.path, tmp)
             for name in tqdm(names, desc="export", unit="graph", disable=not progress):
                 _remove_graphs(tmp, manifest["components"].get(name, {}))
+                release = owners[name] if release_weights and last_user[id(owners[name])] == name else None
                 manifest["components"][name] = _export_component(
                     name, modules[name], model.dims, tmp, opset, precisions,
-                    (frames, height, width), (vf, vh, vw))
+                    (frames, height, width), (vf, vh, vw), release)
                 gc.collect()
             if base is None:
                 for sub, filename, key in (("scheduler", "scheduler_config.json", "scheduler"),
@@ -130,7 +140,8 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     return Bundle.open(out)
 
 
-def _export_component(name, module, dims, tmp: Path, opset: int, precisions, ranges, vshape) -> dict:
+def _export_component(name, module, dims, tmp: Path, opset: int, precisions, ranges, vshape,
+                      release=None) -> dict:
     spec = COMPONENTS[name]
     sizes = dims.sizes(spec.batch[1], *vshape)
     inputs = example_inputs(spec, sizes)
@@ -139,6 +150,9 @@ def _export_component(name, module, dims, tmp: Path, opset: int, precisions, ran
     start = time.perf_counter()
     export_graph(module, spec, inputs, path, opset)
     seconds = time.perf_counter() - start
+    if release is not None:  # validation needs only ``expected``; free the weights before ORT loads its copy
+        release.to("meta")
+        gc.collect()
     metrics = validate_graph(path, spec, None, inputs, expected=expected)
     log.info("%s: exported in %.1f s, validated: %s", name, seconds, metrics)
     graph_axes = _graph_axes(path)

@@ -111,3 +111,15 @@ def test_bundle_open_refuses_other_versions_and_missing_graphs(tiny_bundle, tmp_
     (copy_dir / "unet.fp32.onnx.data").unlink()
     with pytest.raises(BundleError, match="unet.fp32.onnx.data is missing"):
         Bundle.open(copy_dir)
+
+
+def test_release_weights_frees_each_module_after_its_last_component(tmp_path):
+    from svdtrt.models import build_preset
+
+    model = build_preset("tiny")
+    bundle = export_bundle(model, tmp_path / "b", progress=False, release_weights=True)
+    assert {p.device.type for p in model.unet.parameters()} == {"meta"}
+    assert {p.device.type for p in model.vae.parameters()} == {"meta"}
+    assert set(bundle.manifest["components"]) == set(COMPONENTS)
+    # the decoder was validated after the VAE encoder released nothing: its metrics are real
+    assert bundle.manifest["components"]["vae_decoder"]["graphs"]["fp32"]["validation"]["outputs"]["frames"]["cosine"] > 0.99999
