@@ -66,7 +66,8 @@ def compare_components(recorded: dict[str, list], backend, every_call: bool = Fa
 
 
 def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, backend: str = "onnxruntime",
-                 precision: str = "fp32", model=None, progress: bool = False) -> dict:
+                 precision: str = "fp32", model=None, progress: bool = False,
+                 backend_options: dict | None = None) -> dict:
     """Measure the accuracy of ``backend`` over ``bundle`` against PyTorch and diffusers.
 
     Args:
@@ -75,6 +76,8 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         settings: the sampling settings of both runs.
         backend, precision: what is checked.
         model: the source :class:`SvdModel`; rebuilt from the manifest's source if None.
+        backend_options: further :func:`create_backend` keywords for the backend under test
+            (``device``, ``cuda_graph``, ``one_engine_at_a_time``, ``threads``).
     Returns:
         A JSON-serialisable report with ``components``, ``end_to_end``, ``thresholds``,
         ``failures`` (a list of strings) and ``passed``.
@@ -94,7 +97,8 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
            for name in QUANTIZED_COMPONENTS} if quantized else None
     model = reference_model(bundle, model)
     start = time.perf_counter()
-    tested = create_backend(backend, bundle, precision, model=model)  # first: a missing backend fails fast
+    options = backend_options or {}
+    tested = create_backend(backend, bundle, precision, model=model, **options)  # first: a missing backend fails fast
     reference = model.pipeline()(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
     recorder = Recorder(TorchBackend(model))
     torch_clip = SvdPipeline(recorder, bundle)(image, settings)
@@ -102,7 +106,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     components = compare_components(recorder.calls, tested)
     end_to_end = {"reference": "fp32"}
     if quantized:
-        fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32"), bundle)(image, settings)
+        fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings)
         end_to_end["vs_fp32_graphs"] = clip_metrics(clip.frames, fp32_clip.frames)
 
     limits = THRESHOLDS.get(precision, THRESHOLDS["fp32"])

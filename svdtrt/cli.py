@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError, SvdtrtError
+from .runtime.backends import BACKENDS
 
 log = logging.getLogger("svdtrt")
 
@@ -63,8 +64,7 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
 
 
 def _backend_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="onnxruntime",
-                   choices=("onnxruntime", "torch", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
+    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
                    help="what runs the components (default onnxruntime, on CPU; onnxruntime-cuda and "
                         "onnxruntime-trt need onnxruntime-gpu; tensorrt runs engines from 'svdtrt build')")
     p.add_argument("--precision", default="fp32", help="graph or engine precision to run (default fp32)")
@@ -72,6 +72,8 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
                    help="tensorrt: replay a static-profile UNet engine from a CUDA graph")
     p.add_argument("--one-engine-at-a-time", action="store_true",
                    help="tensorrt: keep only the engine in use loaded (Jetson's unified memory)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="torch: where the PyTorch modules run (default cpu)")
     p.add_argument("--model", help="source model for the torch backend and the reference "
                                    "(default: the one recorded in the bundle's manifest)")
 
@@ -235,18 +237,16 @@ def _print_timings(timings: dict) -> None:
             print(f"  {label:14s} {timings[key]:8.3f} s")
 
 
-def _open_backend(args, bundle):
-    from .models import load_model
-    from .runtime.backends import create_backend
-
-    model = load_model(args.model) if args.model else None
-    return create_backend(args.backend, bundle, args.precision, model=model, cuda_graph=args.cuda_graph,
-                          one_engine_at_a_time=args.one_engine_at_a_time), model
+def _backend_kwargs(args) -> dict:
+    """The backend-specific options of ``run`` and ``check``, as ``create_backend`` keywords."""
+    return {"device": args.device, "cuda_graph": args.cuda_graph, "one_engine_at_a_time": args.one_engine_at_a_time}
 
 
 def _cmd_run(args) -> int:
     from .bundle import Bundle, check_writable
     from .images import load_image
+    from .models import load_model
+    from .runtime.backends import create_backend
     from .runtime.pipeline import SvdPipeline
     from .runtime.video import save_frames, write_mp4
 
@@ -256,7 +256,8 @@ def _cmd_run(args) -> int:
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
-    backend, _ = _open_backend(args, bundle)
+    model = load_model(args.model) if args.model else None
+    backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
     clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
     write_mp4(clip.frames, args.out, fps=settings.fps)
     if args.save_frames:
@@ -279,7 +280,8 @@ def _cmd_check(args) -> int:
     image = load_image(args.image)
     settings = _settings(args, bundle)
     model = load_model(args.model) if args.model else None
-    report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True)
+    report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True,
+                          backend_options=_backend_kwargs(args))
     if args.report:
         write_json_atomic(args.report, report)
     _print_report(report)

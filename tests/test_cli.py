@@ -152,3 +152,16 @@ def test_demo_writes_clip_and_passing_report(run_cli, tmp_path):
     assert PIL.Image.open(tmp_path / "demo" / "input.png").size == (512, 512)
     code, _, err = run_cli("demo", "--out", tmp_path / "demo")
     _one_line_error(code, err, "already exists")
+
+
+def test_torch_backend_run_equals_diffusers_frames(run_cli, tiny_bundle, tiny_model, photo, image_file, tmp_path):
+    from svdtrt.images import load_image
+    from svdtrt.runtime.pipeline import SamplingSettings
+
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4",
+                           "--backend", "torch", "--device", "cpu", "--steps", "2", "--seed", "5",
+                           "--save-frames", tmp_path / "f.npy")
+    assert code == 0, err
+    settings = SamplingSettings(frames=4, height=64, width=64, steps=2, seed=5)
+    reference = tiny_model.pipeline()(load_image(image_file), output_type="np", **settings.pipeline_kwargs()).frames[0]
+    assert np.array_equal(np.load(tmp_path / "f.npy"), reference)
