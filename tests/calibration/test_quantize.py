@@ -86,3 +86,24 @@ def test_non_zero_zero_point_is_refused(int8_bundle, tmp_path):
 def test_graph_without_qdq_is_refused(tiny_bundle):
     with pytest.raises(QuantizationError, match="no Q/DQ node"):
         validate_qdq_graph(tiny_bundle.graph_path("unet", "fp32"))
+
+
+def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibrated_bundle, tmp_path, photo):
+    from svdtrt.cli import main
+    from svdtrt.runtime.backends import OnnxRuntimeBackend
+    from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
+
+    from .conftest import copy_bundle
+
+    bundle = copy_bundle(calibrated_bundle, tmp_path)
+    assert main(["quantize", str(bundle.path), "--precision", "fp8"]) == 0
+    bundle = type(bundle).open(bundle.path)
+    model = onnx.load(bundle.graph_path("unet", "fp8"), load_external_data=False)
+    zero_points = [t for t in model.graph.initializer if t.name.endswith("_zero_point")]
+    assert zero_points and {t.data_type for t in zero_points} == {onnx.TensorProto.FLOAT8E4M3FN}
+    assert not any(numpy_helper.to_array(t).astype("float32").any() for t in zero_points)
+    entry = bundle.manifest["components"]["unet"]["graphs"]["fp8"]
+    assert entry["held_out_accuracy"]["measured_by"].startswith("simulated")
+    assert 0.5 < entry["held_out_accuracy"]["outputs"]["noise_pred"]["cosine"] < 1.0
+    clip = SvdPipeline(OnnxRuntimeBackend(bundle, "fp8"), bundle)(photo, SamplingSettings(4, 64, 64, steps=2))
+    assert clip.frames.shape == (4, 64, 64, 3) and 0 <= clip.frames.min() and clip.frames.max() <= 1
