@@ -6,10 +6,10 @@ the fp32 and fp16 graphs, and each full-size fp16 graph's agreement with PyTorch
 
 The model is built once (seeded random weights); then each component is exported into the
 same bundle with ``export_bundle(..., components=[name], precisions=("fp32", "fp16"))``, the
-code path of ``svdtrt export svd-xt --random-weights --precision fp16 --components NAME``,
-while a thread samples the process's resident memory (VmRSS, every 0.1 s). A component's
-"peak RSS" is the highest sample during its export, and includes the PyTorch model (all three
-modules, as ``svdtrt export`` holds them). Agreement is measured on ONNX Runtime's CPU provider
+export code path of ``svdtrt export svd-xt --random-weights --precision fp16``, while a thread
+samples the process's resident memory (VmRSS, every 0.1 s). A component's "peak RSS" is the
+highest sample during its export, and includes the whole PyTorch model, which this script keeps
+alive (``svdtrt export`` releases each module once traced: docs/export.md gives its own peak). Agreement is measured on ONNX Runtime's CPU provider
 at the validation shape (2 frames at 64x64 for SVD; see ``svdtrt.specs.validation_shape``).
 """
 

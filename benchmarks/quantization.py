@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+import shutil
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     from svdtrt.export import export_bundle
     from svdtrt.images import sample_image
     from svdtrt.models import load_model
-    from svdtrt.runtime.backends import OnnxRuntimeBackend
+    from svdtrt.runtime.backends import OnnxRuntimeBackend, reference_model
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -71,11 +72,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    model = load_model(args.preset)
     results = {"preset": args.preset, "steps": args.steps, "count": args.count, "threads": args.threads}
     if args.bundle:
-        bundle = Bundle.open(args.bundle)
+        # Work on a copy in --out: calibration and quantization below replace the bundle's
+        # 'default' calibration set and int8 graphs, which are the user's own.
+        shutil.rmtree(args.out / "bundle", ignore_errors=True)
+        shutil.copytree(Bundle.open(args.bundle).path, args.out / "bundle")
+        bundle = Bundle.open(args.out / "bundle")
+        model = reference_model(bundle)
+        results["preset"] = bundle.manifest["source"]["name"]
     else:
+        model = load_model(args.preset)
         start = time.perf_counter()
         bundle = export_bundle(model, args.out / "bundle", force=True)
         results["export_s"] = time.perf_counter() - start

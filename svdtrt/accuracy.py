@@ -39,8 +39,11 @@ def cosine_similarity(actual, expected) -> float:
 
 
 def psnr(actual, expected, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB, 10 log10(range^2 / MSE), capped at :data:`PSNR_CAP_DB`."""
+    """Peak signal-to-noise ratio in dB, 10 log10(range^2 / MSE), capped at :data:`PSNR_CAP_DB`;
+    ``-inf`` when either input holds NaN or inf, so that such a clip fails every threshold."""
     mse = float(np.mean((_np(actual) - _np(expected)) ** 2))
+    if not np.isfinite(mse):
+        return float("-inf")
     if mse == 0:
         return PSNR_CAP_DB
     return min(PSNR_CAP_DB, 10.0 * math.log10(data_range**2 / mse))

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BundleError, InputError
+from .errors import BundleError, InputError, first_line
 from .specs import ModelDims
 
 #: Bumped whenever a change makes older bundles unreadable; :meth:`Bundle.open` refuses others.
@@ -105,8 +105,10 @@ class Bundle:
         graphs = self.manifest.get("components", {}).get(component, {}).get("graphs", {})
         if precision not in graphs:
             have = ", ".join(graphs) or "none"
+            make = (f"svdtrt quantize {self.path} --precision {precision}" if precision in ("int8", "fp8") else
+                    f"svdtrt export MODEL --out {self.path} --components {component} --precision {precision}")
             raise BundleError(f"bundle '{self.path}' has no {precision} graph for {component} (has: {have}); "
-                              f"create it with 'svdtrt export' first")
+                              f"create it with '{make}'")
         return self.path / graphs[precision]["file"]
 
     def save_manifest(self) -> None:
@@ -127,27 +129,34 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-mode creation mask (read without changing it for good)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def check_writable(path: Path, force: bool) -> None:
-    """Refuse to replace an existing ``path`` unless ``force``.
+def check_writable(path: Path, force: bool, file: bool = False) -> None:
+    """Refuse to replace an existing ``path`` unless ``force``; for a ``file`` target (a clip, a
+    report), also refuse a folder and a folder that does not exist.
 
     Raises:
-        InputError: ``path`` exists and ``force`` is false.
+        InputError: ``path`` exists and ``force`` is false, or a file target cannot be written.
     """
-    if Path(path).exists() and not force:
+    path = Path(path)
+    if path.exists() and not force:
         raise InputError(f"'{path}' already exists; choose another path or pass --force to replace it")
+    if file and path.is_dir():
+        raise InputError(f"'{path}' is a folder; give a file name")
+    if file and not path.parent.is_dir():
+        raise InputError(f"folder '{path.parent}' does not exist; create it or choose another path")
 
 
 @contextlib.contextmanager
@@ -161,9 +170,12 @@ def writing(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     out = Path(out)
     check_writable(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a bundle is an ordinary directory
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise InputError(f"cannot write '{out}': {e.strerror or first_line(e)}") from None
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary directory
     try:
         yield tmp
         replace_dir(tmp, out)
@@ -179,6 +191,11 @@ def replace_dir(new: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
-    os.replace(new, out)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)  # put the user's directory back under its own name
+        raise
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()

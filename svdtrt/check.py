@@ -9,6 +9,7 @@ of diffusers' own ``StableVideoDiffusionPipeline`` for the same seed and setting
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import numpy as np
 import PIL.Image
@@ -36,8 +37,8 @@ THRESHOLDS = {
 }
 
 def _pick_unet_calls(calls: list) -> list:
-    """The UNet calls replayed per check: the first, middle and last denoising step."""
-    return [calls[0], calls[len(calls) // 2], calls[-1]]
+    """The UNet calls replayed per check: the first, middle and last denoising step (each once)."""
+    return [calls[i] for i in sorted({0, len(calls) // 2, len(calls) - 1})]
 
 
 def compare_components(recorded: dict[str, list], backend, every_call: bool = False) -> dict[str, dict]:
@@ -82,7 +83,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         A JSON-serialisable report with ``components``, ``end_to_end``, ``thresholds``,
         ``failures`` (a list of strings) and ``passed``.
 
-    For a quantized precision (:data:`QUANTIZED_PRECISIONS`) the quantized graphs are first
+    For a quantized precision (:data:`QUANTIZED_PRECISIONS`) on the ``onnxruntime`` backend, the quantized graphs are first
     checked to be symmetric Q/DQ graphs, and the clip is also compared with the clip of the
     bundle's fp32 graphs (``end_to_end["vs_fp32_graphs"]``); every reference is fp32.
 
@@ -120,7 +121,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
                 failures.append(f"{name}.{out} cosine {m['cosine']:.6f} < {limits['component_min_cosine']}")
     return {
         "bundle": str(bundle.path), "backend": backend, "precision": precision,
-        "settings": {k: v for k, v in vars(settings).items()},
+        "settings": asdict(settings),
         "components": components,
         "end_to_end": {**end_to_end, "vs_diffusers": vs_diffusers,
                        "torch_loop_vs_diffusers": clip_metrics(torch_clip.frames, reference),

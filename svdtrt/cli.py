@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a model's four components to a bundle of ONNX graphs")
     p.add_argument("model", metavar="MODEL",
-                   help="diffusers SVD directory, hub id, or preset (tiny, small, svd, svd-xt)")
+                   help="diffusers SVD directory, hub id, or preset (tiny, small, mid, svd, svd-xt)")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to create")
     p.add_argument("--frames", type=_size_range, help="frames: N or MIN:OPT:MAX (default: the model's)")
     p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
@@ -252,7 +252,7 @@ def _cmd_run(args) -> int:
 
     for path in (args.out, args.save_frames):
         if path:
-            check_writable(path, args.force)
+            check_writable(path, args.force, file=True)
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
@@ -275,7 +275,7 @@ def _cmd_check(args) -> int:
     from .models import load_model
 
     if args.report:
-        check_writable(args.report, args.force)
+        check_writable(args.report, args.force, file=True)
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)

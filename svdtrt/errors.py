@@ -6,6 +6,12 @@ Messages say what is wrong and what to do about it.
 """
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none (for one-line errors)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class SvdtrtError(Exception):
     """Base class of every error svdtrt raises on purpose."""
 

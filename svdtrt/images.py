@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 
 from .errors import InputError
@@ -22,7 +24,8 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     try:
         with PIL.Image.open(path) as image:
             image.load()
-            # RGBA and palette images with transparency go through RGBA so that alpha is dropped cleanly
+            # Palette and gray-with-alpha images go through RGBA: PIL's direct conversion to RGB
+            # mishandles palette transparency.
             return image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA", "LA") else image.convert("RGB")
     except PermissionError:
         raise InputError(f"image '{path}' cannot be read (permission denied)") from None
@@ -45,3 +48,10 @@ def sample_image(name: str = "astronaut") -> PIL.Image.Image:
     if name not in SAMPLE_IMAGES:
         raise InputError(f"unknown sample image '{name}': choose from {', '.join(SAMPLE_IMAGES)}")
     return PIL.Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def image_sha256(image: PIL.Image.Image) -> str:
+    """sha256 of an image's decoded RGB pixels and size (independent of the file format)."""
+    h = hashlib.sha256(f"{image.width}x{image.height}:".encode())
+    h.update(np.asarray(image.convert("RGB"), dtype=np.uint8).tobytes())
+    return h.hexdigest()

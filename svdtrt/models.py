@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .presets import PRESETS, SVD_FEATURE_EXTRACTOR, SVD_SCHEDULER
 from .specs import ModelDims
 
@@ -219,10 +219,14 @@ def _load_pretrained(where: str, source: dict, variant: str | None) -> SvdModel:
         try:
             modules[sub] = cls.from_pretrained(where, subfolder=sub, variant=variant,
                                                torch_dtype=torch.float32).eval()
-        except (OSError, ValueError, EnvironmentError) as e:
-            raise InputError(f"cannot load {sub} of model '{where}': {str(e).splitlines()[0]}") from None
-    scheduler_config = dict(diffusers.EulerDiscreteScheduler.load_config(where, subfolder="scheduler"))
-    feature_config = transformers.CLIPImageProcessor.from_pretrained(where, subfolder="feature_extractor").to_dict()
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot load {sub} of model '{where}': {first_line(e)}") from None
+    try:
+        scheduler_config = dict(diffusers.EulerDiscreteScheduler.load_config(where, subfolder="scheduler"))
+        feature_config = transformers.CLIPImageProcessor.from_pretrained(where, subfolder="feature_extractor").to_dict()
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the scheduler or feature extractor config of model '{where}': "
+                         f"{first_line(e)}") from None
     unet = modules["unet"]
     dims = ModelDims.from_configs(unet.config, modules["vae"].config, modules["image_encoder"].config.to_dict())
     side = unet.config.sample_size * dims.latent_scale  # diffusers' pipeline falls back to this size

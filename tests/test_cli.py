@@ -114,6 +114,9 @@ def test_bad_images(run_cli, tiny_bundle, tmp_path):
     (["--decode-chunk-size", "0"], "decode chunk size"),
     (["--steps", "many"], "invalid int value"),
     (["--backend", "cuda-magic"], "invalid choice"),
+    (["--fps", "0"], "fps must be at least 1"),
+    (["--motion-bucket-id", "-1"], "motion bucket id"),
+    (["--backend", "torch", "--device", "cuda"], "needs a CUDA GPU"),
 ])
 def test_bad_settings(run_cli, tiny_bundle, image_file, tmp_path, args, needle):
     code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4", *args)
@@ -165,3 +168,12 @@ def test_torch_backend_run_equals_diffusers_frames(run_cli, tiny_bundle, tiny_mo
     settings = SamplingSettings(frames=4, height=64, width=64, steps=2, seed=5)
     reference = tiny_model.pipeline()(load_image(image_file), output_type="np", **settings.pipeline_kwargs()).frames[0]
     assert np.array_equal(np.load(tmp_path / "f.npy"), reference)
+
+
+def test_unwritable_outputs_are_refused_before_sampling(run_cli, tiny_bundle, image_file, tmp_path):
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "no" / "c.mp4")
+    _one_line_error(code, err, "does not exist")
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path, "--force")
+    _one_line_error(code, err, "is a folder")
+    code, _, err = run_cli("check", tiny_bundle.path, "--image", image_file, "--report", tmp_path / "no" / "r.json")
+    _one_line_error(code, err, "does not exist")

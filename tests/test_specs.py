@@ -44,3 +44,4 @@ def test_check_size_accepts_multiples_of_latent_scale_times_downsampling():
 def test_unknown_component_is_an_input_error():
     with pytest.raises(InputError, match="unknown component 'text_encoder'"):
         component("text_encoder")
+

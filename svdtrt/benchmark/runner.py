@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
-import importlib.metadata
 import logging
 import time
 
@@ -22,6 +20,7 @@ import torch
 
 from ..accuracy import clip_metrics
 from ..errors import BackendUnavailableError, BundleError, InputError
+from ..images import image_sha256
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
@@ -127,7 +126,7 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
         "bundle": {"path": str(bundle.path), "source": bundle.manifest.get("source"),
                    "precisions": bundle_precisions(bundle)},
         "settings": dict(vars(settings)),
-        "image": {"size": list(image.size), "sha256": hashlib.sha256(image.tobytes()).hexdigest()},
+        "image": {"size": list(image.size), "sha256": image_sha256(image)},
         "warmup": warmup, "repeat": repeat, "device": device, "threads": threads,
         "rows": [],
     }
@@ -184,9 +183,6 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
         return {**skipped, "device": device,
                 "reason": "torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
                           "is not a deployment configuration"}
-    if name not in runtime_backends.BACKENDS:
-        return {**skipped, "device": None,
-                "reason": f"this svdtrt has no {name} backend (it has {', '.join(runtime_backends.BACKENDS)})"}
     try:
         backend = runtime_backends.create_backend(name, bundle, precision, model=model, device=device,
                                                   threads=threads)
@@ -200,7 +196,7 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
             bar.update()
     except (BackendUnavailableError, BundleError, InputError) as e:
         # BundleError: a graph of this precision is missing; InputError: the backend does not run
-        # this precision, or this svdtrt has no such backend yet.
+        # this precision.
         return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}
     row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),
                         accuracy=clip_metrics(frames, reference))
@@ -279,12 +275,6 @@ def _timed_modules(timer: StageTimer, modules: dict[str, torch.nn.Module]):
 
 def _versions() -> dict[str, str | None]:
     from ..export import tool_versions
+    from ..gpu import package_version
 
-    versions = tool_versions()
-    for name in _VERSIONS:
-        if name not in versions:
-            try:
-                versions[name] = importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                versions[name] = None
-    return versions
+    return {**tool_versions(), **{name: package_version(name) for name in _VERSIONS}}

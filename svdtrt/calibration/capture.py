@@ -9,7 +9,7 @@ measuring the quantized graphs' accuracy.
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..bundle import replace_dir
+from ..bundle import current_umask, replace_dir
 from ..errors import InputError
-from ..images import SAMPLE_IMAGES, load_image, sample_image
+from ..images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
 from ..runtime.backends import Recorder, TorchBackend, reference_model
 from ..runtime.pipeline import SamplingSettings, SvdPipeline
 from .recipe import QUANTIZED_COMPONENTS
@@ -63,13 +63,6 @@ def calibration_images(directory: str | os.PathLike | None = None,
     if len(images) < 2:
         raise InputError(f"calibration needs at least 2 images (one is held out for evaluation), got {len(images)}")
     return images
-
-
-def image_sha256(image: PIL.Image.Image) -> str:
-    """sha256 of an image's decoded RGB pixels and size (independent of the file format)."""
-    h = hashlib.sha256(f"{image.width}x{image.height}:".encode())
-    h.update(np.asarray(image.convert("RGB"), dtype=np.uint8).tobytes())
-    return h.hexdigest()
 
 
 def capture_calls(backend, bundle, image: PIL.Image.Image, settings: SamplingSettings,
@@ -130,13 +123,13 @@ def calibrate_bundle(bundle, images: list[tuple[str, PIL.Image.Image]], name: st
 
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(dir=bundle.path, prefix=f".calibration-{name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the set is an ordinary part of the bundle
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the set is an ordinary part of the bundle
     try:
         components = {c: {"calibration": [], "held_out": [], "per_timestep": Counter()} for c in QUANTIZED_COMPONENTS}
         image_entries = []
         for i, (image_name, image) in enumerate(tqdm(images, desc="calibrate", unit="image", disable=not progress)):
             split = "held_out" if i == len(images) - 1 else "calibration"
-            settings = SamplingSettings(**{**vars(base), "seed": seed + i})
+            settings = dataclasses.replace(base, seed=seed + i)
             calls = capture_calls(backend, bundle, image, settings)
             for c, samples in calls.items():
                 for inputs in samples:

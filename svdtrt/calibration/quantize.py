@@ -31,7 +31,7 @@ import numpy as np
 from ..bundle import Bundle, graph_filename
 from ..errors import InputError, QuantizationError
 from .recipe import DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
-from .shards import CalibrationSet
+from .shards import SPLITS, CalibrationSet
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default"
         raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
                          "pass --force to replace them")
     for name in QUANTIZED_COMPONENTS:  # fail on missing, corrupt or mismatched data before any long work
-        for split in ("calibration", "held_out"):
+        for split in SPLITS:
             for _ in calib.samples(name, split):
                 pass
     model = reference_model(bundle, model)

@@ -11,7 +11,6 @@ so a shard can never execute code.
 
 from __future__ import annotations
 
-import logging
 import re
 import zipfile
 from pathlib import Path
@@ -22,7 +21,6 @@ import numpy as np
 from ..errors import InputError, QuantizationError
 from ..specs import DYNAMIC_SYMBOLS, ComponentSpec, ModelDims, component
 
-log = logging.getLogger(__name__)
 
 CALIBRATION_DIR = "calibration"
 SPLITS = ("calibration", "held_out")

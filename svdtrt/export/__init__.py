@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import importlib.metadata
 import logging
 import os
 import platform
@@ -18,6 +17,7 @@ from .. import __version__
 from ..bundle import FORMAT_VERSION, MANIFEST, Bundle, graph_filename, write_json_atomic, writing
 from ..components import example_inputs, torch_modules
 from ..errors import BundleError, ExportError, InputError
+from ..gpu import package_version
 from ..specs import COMPONENTS, Range, check_ranges, component, profile_shapes, validation_shape
 from .deployability import check_deployable
 from .exporter import DEFAULT_OPSET, EXPORTER, export_graph
@@ -32,15 +32,10 @@ _TOOLS = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxslim
 PRECISIONS = ("fp32", "fp16")
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions() -> dict[str, str | None]:
     """Installed versions of the packages that shape a bundle, plus Python's."""
-    versions = {"python": platform.python_version(), "svdtrt": __version__}
-    for name in _TOOLS:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return {"python": platform.python_version(), "svdtrt": __version__,
+            **{name: package_version(name) for name in _TOOLS}}
 
 
 def export_bundle(model, out: str | Path, frames: Range | None = None, height: Range | None = None,
@@ -74,8 +69,9 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
         The opened bundle.
     Raises:
         InputError: ``out`` exists without ``force`` (and is not a bundle to add components to),
-            an unknown component or precision, a size range the model cannot take.
-        BundleError: ``out`` is a bundle of another model or other shapes.
+            an unknown component or precision, a size range the model cannot take, or components
+            added to a bundle with other shape ranges than its own.
+        BundleError: ``out`` is a bundle of another model.
         ExportError, AccuracyError: a component failed to export, validate or pass the
             deployability check, or the disk filled; ``out`` is left as it was.
     """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from .external_data import read_tensor_array
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def slim_graph(model: onnx.ModelProto, base_dir: Path) -> onnx.ModelProto:
     try:
         slimmed = onnxslim.slim(model, skip_fusion_patterns=_SKIPPED_FUSIONS)
     except Exception as e:  # onnxslim raises many unrelated types; keep the cause chained
-        raise ExportError(f"onnxslim could not clean the graph: {str(e).splitlines()[0]}") from e
+        raise ExportError(f"onnxslim could not clean the graph: {first_line(e)}") from e
     if slimmed is None:
         raise ExportError("onnxslim could not clean the graph (it returned nothing)")
     log.info("onnxslim: %d -> %d nodes", nodes, len(slimmed.graph.node))

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from ..bundle import write_json_atomic
-from ..errors import BundleError, EngineError, InputError
-from ..specs import COMPONENTS, Range, profile_shapes
+from ..errors import BundleError, EngineError, InputError, first_line
+from ..specs import COMPONENTS, Range, component, profile_shapes
 from . import engine_cache
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,7 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         raise InputError(f"unknown profile '{profile}': choose static or dynamic")
     if workspace_gb is not None and not workspace_gb > 0:
         raise InputError(f"the workspace must be a positive number of GiB, got {workspace_gb}")
-    names = list(components or COMPONENTS)
-    for name in names:
-        if name not in COMPONENTS:
-            raise InputError(f"unknown component '{name}': choose from {', '.join(COMPONENTS)}")
+    names = [component(n).name for n in components or COMPONENTS]
 
     shapes = {k: (v["min"], v["opt"], v["max"]) for k, v in bundle.manifest["shapes"].items()}
     overridden = any(r is not None for r in (frames, height, width))
@@ -209,6 +206,6 @@ def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
     try:
         data = EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.get("timing_cache"))()
     except PolygraphyException as e:
-        raise EngineError(f"TensorRT could not build an engine from {graph.name}: {str(e).strip().splitlines()[0]}; "
+        raise EngineError(f"TensorRT could not build an engine from {graph.name}: {first_line(e)}; "
                           "rerun with -v for TensorRT's log") from None
     return bytes(data)

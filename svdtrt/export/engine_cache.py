@@ -76,7 +76,7 @@ def make_sidecar(component: str, precision: str, graph: str, graph_sha: str, eng
         engine: the serialized engine (its size and sha256 are recorded).
         profile: ``{input: {"min", "opt", "max"}}`` of the engine's one optimization profile.
         profile_kind: ``"static"`` or ``"dynamic"``.
-        flags: the builder settings (see ``svdtrt.export.engine.BuildPlan``).
+        flags: the builder settings (the ``flags`` of :func:`svdtrt.export.engine.plan_build`).
         tensorrt: ``tensorrt.__version__`` of the builder.
         gpu: ``{"name", "compute_capability", ...}`` of the building GPU (:func:`svdtrt.gpu.cuda_device`).
         build_seconds: wall-clock build time in seconds.

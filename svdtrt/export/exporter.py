@@ -18,7 +18,7 @@ from typing import Mapping
 import onnx
 import torch
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..specs import ComponentSpec
 from .cleanup import slim_graph
 from .external_data import check_graph_file, save_graph
@@ -57,7 +57,7 @@ def export_graph(module: torch.nn.Module, spec: ComponentSpec, inputs: Mapping[s
                     do_constant_folding=True, dynamo=EXPORTER["dynamo"],
                 )
         except Exception as e:  # the exporter raises many unrelated types; keep the cause chained
-            raise ExportError(f"{spec.name}: torch.onnx.export failed: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"{spec.name}: torch.onnx.export failed: {first_line(e)}") from e
         # Weightless load: torch writes graphs over 2 GB as one external file per tensor.
         model = slim_graph(onnx.load(str(raw), load_external_data=False), Path(tmp))
         save_graph(model, Path(tmp), path)

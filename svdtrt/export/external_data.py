@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto
 from onnx.external_data_helper import ExternalDataInfo
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def check_graph_file(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        raise ExportError(f"{Path(path).name} is not valid ONNX: {str(e).splitlines()[0]}") from None
+        raise ExportError(f"{Path(path).name} is not valid ONNX: {first_line(e)}") from None
 
 
 def infer_shapes_file(path: Path, out: Path) -> None:

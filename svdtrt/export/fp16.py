@@ -41,7 +41,8 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = ()) -> 
         op_block_list: op types kept in float32, in addition to the converter's default block
             list and the time embeddings (:data:`KEEP_FP32_WITH_INPUTS`).
     Returns:
-        What the manifest records: ``{"io_dtype": "float32", "fp32_ops": [...], "fp32_nodes": N}``.
+        What the manifest records: ``{"io_dtype": "float32", "converter": ..., "fp32_ops": [...],
+        "fp32_nodes": N}``.
     Raises:
         ExportError: writing (e.g. ENOSPC) or onnx's checker failed.
     """

@@ -45,9 +45,17 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        import copy
+        import dataclasses
+
         from ..components import torch_modules
 
         self.device, self.dtype = torch.device(device), dtype
+        if (self.device.type, dtype) != ("cpu", torch.float32):
+            # Module.to() converts in place: work on a copy so that the caller's model (often the
+            # fp32 CPU reference of the same run) stays as it was.
+            model = dataclasses.replace(model, image_encoder=copy.deepcopy(model.image_encoder),
+                                        vae=copy.deepcopy(model.vae), unet=copy.deepcopy(model.unet))
         self._modules = {k: m.to(self.device, dtype) for k, m in torch_modules(model).items()}
 
     def component(self, name: str) -> ComponentFn:
@@ -218,6 +226,9 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
         InputError: unknown backend name.
         BackendUnavailableError: the backend needs a package or GPU this machine lacks.
     """
+    if name == "torch" and device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(f"the torch backend on cuda needs a CUDA GPU and a CUDA build of torch "
+                                      f"(torch {torch.__version__} sees none); use --device cpu")
     if name == "torch":
         from ..models import load_model
 

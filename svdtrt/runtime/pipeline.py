@@ -57,6 +57,10 @@ class SamplingSettings:
         dims.check_size(self.frames, self.height, self.width)
         if self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.fps < 1:
+            raise InputError(f"fps must be at least 1, got {self.fps}")
+        if self.motion_bucket_id < 0:
+            raise InputError(f"motion bucket id must be 0 or more, got {self.motion_bucket_id}")
         if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
             raise InputError(f"decode chunk size must be at least 1, got {self.decode_chunk_size}")
 

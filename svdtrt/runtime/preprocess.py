@@ -12,22 +12,21 @@ import torch.nn.functional as F
 
 
 def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """A normalised odd-sized Gaussian kernel [size]."""
     # sigma as a tensor of the image's dtype, so the kernel rounds exactly as diffusers' does
     sigma = torch.tensor(sigma, dtype=dtype)
     x = torch.arange(size, dtype=dtype) - size // 2
-    if size % 2 == 0:
-        x = x + 0.5
     g = torch.exp(-x.pow(2.0) / (2 * sigma.pow(2.0)))
     return g / g.sum()
 
 
 def _blur(image: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
-    """Depthwise 1-D convolution along height (dim=-2) or width (dim=-1), reflect-padded."""
+    """Depthwise 1-D convolution with an odd ``kernel`` along height (dim=-2) or width (dim=-1),
+    reflect-padded so the size is kept."""
     c, k = image.shape[1], kernel.numel()
-    pad_front = (k - 1) // 2
-    pad = (pad_front, k - 1 - pad_front, 0, 0) if dim == -1 else (0, 0, pad_front, k - 1 - pad_front)
+    pad = (k // 2, k // 2, 0, 0) if dim == -1 else (0, 0, k // 2, k // 2)
     shape = (1, 1, 1, k) if dim == -1 else (1, 1, k, 1)
-    weight = kernel.to(image.dtype).reshape(shape).expand(c, 1, *shape[2:])
+    weight = kernel.reshape(shape).expand(c, 1, *shape[2:])
     return F.conv2d(F.pad(image, pad, mode="reflect"), weight, groups=c)
 
 

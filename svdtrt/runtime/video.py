@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import current_umask
+
 
 def _atomic_target(path: Path, suffix: str):
     """A temporary file beside ``path``, with the permissions a new file gets (mkstemp's are private)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
+    os.chmod(tmp, 0o666 & ~current_umask())
     return Path(tmp)
 
 
