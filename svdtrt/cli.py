@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .errors import InputError, SvdtrtError
+from .export import PRECISIONS as EXPORT_PRECISIONS
+from .export.exporter import DEFAULT_OPSET
 from .runtime.backends import BACKENDS
 
 log = logging.getLogger("svdtrt")
@@ -90,11 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=_size_range, help="frames: N or MIN:OPT:MAX (default: the model's)")
     p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
     p.add_argument("--width", type=_size_range, help="width in pixels: N or MIN:OPT:MAX")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     p.add_argument("--variant", help="weights variant of a directory or hub model, e.g. fp16")
     p.add_argument("--random-weights", action="store_true",
                    help="seeded random weights (what every preset has; refused for a real model)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+    p.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS,
                    help="fp16 also writes fp16 graphs converted from the fp32 ones (default fp32)")
     p.add_argument("--components", type=_component_list,
                    help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
