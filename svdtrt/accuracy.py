@@ -83,3 +83,33 @@ def clip_metrics(frames, reference) -> dict:
     s = [ssim(x, y) for x, y in zip(a, b)]
     return {"psnr_db": p, "ssim": s, "min_psnr_db": min(p), "mean_psnr_db": float(np.mean(p)),
             "min_ssim": min(s), "mean_ssim": float(np.mean(s))}
+
+
+def _pick_unet_calls(calls: list) -> list:
+    """The UNet calls replayed per check: the first, middle and last denoising step (each once)."""
+    return [calls[i] for i in sorted({0, len(calls) // 2, len(calls) - 1})]
+
+
+def compare_components(recorded: dict[str, list], backend, every_call: bool = False) -> dict[str, dict]:
+    """Replay recorded PyTorch calls on ``backend`` and measure each output's error.
+
+    UNet calls are sampled (first, middle and last step) unless ``every_call``.
+
+    Returns ``{component: {output: {"max_abs_error", "mean_abs_error", "cosine"[, "psnr_db"]}}}``,
+    the worst value over the replayed calls; ``psnr_db`` for decoded frames (range [-1, 1]).
+    """
+    report = {}
+    for name, calls in recorded.items():
+        fn = backend.component(name)
+        worst: dict[str, dict] = {}
+        for inputs, expected in (_pick_unet_calls(calls) if name == "unet" and not every_call else calls):
+            actual = fn(inputs)
+            for out, ref in expected.items():
+                m = tensor_metrics(actual[out], ref)
+                if out == "frames":
+                    m["psnr_db"] = psnr(actual[out], ref, data_range=2.0)
+                w = worst.setdefault(out, m)
+                for k, v in m.items():
+                    w[k] = min(w[k], v) if k in ("cosine", "psnr_db") else max(w[k], v)
+        report[name] = worst
+    return report

@@ -1,201 +1,287 @@
-"""The bundle: a directory of graphs, engines, processing configs and a ``manifest.json``.
+"""The bundle: a folder of graphs, engines, calibration shards, processing configs and a
+``manifest.json`` that lists every file with its size and sha256 (docs/architecture.md,
+"The bundle").
 
-Layout (DESIGN.md, "The bundle")::
+:meth:`Bundle.open` validates the manifest (:mod:`svdtrt.manifest`) and checks that every
+listed file is a regular file inside the bundle with its recorded size; hashes are checked by
+``svdtrt verify`` and by the stages that build from a file (:mod:`svdtrt.verify`).
 
-    BUNDLE/manifest.json
-    BUNDLE/<component>.<precision>.onnx        + .onnx.data (one external-data file per graph)
-    BUNDLE/scheduler/scheduler_config.json     (EulerDiscreteScheduler)
-    BUNDLE/feature_extractor/preprocessor_config.json  (CLIPImageProcessor)
-
-A bundle is written into a temporary sibling directory and renamed into place only when
-complete (:func:`writing`), so an interrupted export leaves no half bundle behind.
+Every change goes through :func:`changing` (an existing bundle) or :func:`creating` (a new
+one): a :class:`Staged` bundle under the bundle's lock, published in one atomic step by
+:meth:`Staged.commit`, which records the size and sha256 of each new file (files carried over
+unchanged keep their records, so hashing is paid once per file).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import os
+import shlex
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import BundleError, InputError, first_line
+from . import manifest as schema
+from .errors import BundleError, InputError
+from .fs import DirectoryTransaction, write_new
+from .manifest import CONFIG_FILES, MANIFEST, GraphEntry, Manifest
+from .precisions import precision as lookup_precision
 from .specs import ModelDims
-
-#: Bumped whenever a change makes older bundles unreadable; :meth:`Bundle.open` refuses others.
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 def graph_filename(component: str, precision: str) -> str:
-    """File name of a component's graph, e.g. ``unet.fp16.onnx``."""
+    """File name of a component's graph, e.g. ``unet.fp16.onnx`` (its weights: ``+ .data``)."""
     return f"{component}.{precision}.onnx"
 
 
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file, read in 16 MiB chunks (a full-size fp32 SVD UNet is about 6 GB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 class Bundle:
-    """A bundle opened for reading (and for adding graphs to, by later stages).
+    """A bundle opened for reading.
 
     Attributes:
-        path: the bundle directory.
-        manifest: the parsed ``manifest.json``.
+        path: the bundle folder.
+        manifest: its validated :class:`svdtrt.manifest.Manifest`.
     """
 
-    def __init__(self, path: Path, manifest: dict):
+    def __init__(self, path: Path, manifest: Manifest):
         self.path = Path(path)
         self.manifest = manifest
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "Bundle":
-        """Open and check the bundle at ``path``.
+        """Open the bundle at ``path``: validate its manifest and the size of every file.
 
         Raises:
-            BundleError: no such directory, no or unreadable manifest, another format version,
-                or a graph the manifest lists is missing.
+            BundleError: no such folder, no or an invalid manifest (naming the field), another
+                format version, or a listed file that is missing, a link, outside the bundle or
+                of another size than recorded (naming the file and the command that rebuilds it).
         """
         path = Path(path)
         if not path.is_dir():
-            raise BundleError(f"no bundle at '{path}': create one with 'svdtrt export MODEL --out {path}'")
+            what = "a file, not a bundle folder" if path.exists() else "not found"
+            raise BundleError(f"bundle '{path}' is {what}; create one with 'svdtrt export MODEL --out {shlex.quote(str(path))}'")
         try:
-            manifest = json.loads((path / MANIFEST).read_text())
+            text = (path / MANIFEST).read_bytes()
         except FileNotFoundError:
-            raise BundleError(f"'{path}' is not a bundle (no {MANIFEST}); re-export it with 'svdtrt export'") from None
-        except (OSError, ValueError) as e:
-            raise BundleError(f"bundle '{path}' has a corrupt {MANIFEST} ({e}); re-export it with 'svdtrt export'") from None
-        version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        if version != FORMAT_VERSION:
-            raise BundleError(
-                f"bundle '{path}' has format version {version}, this svdtrt reads version {FORMAT_VERSION}; "
-                "re-export it with this version of svdtrt"
-            )
-        bundle = cls(path, manifest)
-        for name, entry in manifest.get("components", {}).items():
-            for precision, graph in entry.get("graphs", {}).items():
-                for key in ("file", "data"):
-                    if graph.get(key) and not (path / graph[key]).is_file():
-                        raise BundleError(f"bundle '{path}' is incomplete: {graph[key]} is missing; "
-                                          "re-export it with 'svdtrt export --force'")
+            raise BundleError(f"'{path}' is not a bundle (no {MANIFEST}); create one with "
+                              f"'svdtrt export MODEL --out {shlex.quote(str(path))} --force'") from None
+        except OSError as e:
+            raise BundleError(f"cannot read {path / MANIFEST}: {e.strerror}") from None
+        bundle = cls(path, schema.parse(text, str(path)))
+        root = os.path.realpath(path)
+        for name, record in bundle.manifest.files.items():
+            file = path / name
+            if not os.path.realpath(file).startswith(root + os.sep) or file.is_symlink():
+                raise BundleError(f"bundle '{path}': {name} is a link or leads outside the bundle; svdtrt reads "
+                                  f"only files inside it; {bundle.remedy(name)}")
+            try:
+                size = os.stat(file).st_size if file.is_file() else None
+            except OSError:
+                size = None
+            if size is None:
+                raise BundleError(f"bundle '{path}' is incomplete: {name} is missing; {bundle.remedy(name)}")
+            if size != record.bytes:
+                raise BundleError(f"bundle '{path}': {name} has {size} bytes, the manifest records {record.bytes} "
+                                  f"(a partial copy or a replaced file); {bundle.remedy(name)}")
         return bundle
 
     @property
     def dims(self) -> ModelDims:
-        return ModelDims(**self.manifest["dims"])
+        return ModelDims(**self.manifest.dims.model_dump())
+
+    @property
+    def source(self) -> str:
+        """The ``MODEL`` argument that rebuilds the bundle's source model."""
+        return self.manifest.source.name
 
     @property
     def scheduler_config(self) -> dict:
-        return self.manifest["configs"]["scheduler"]
+        return self.manifest.configs["scheduler"]
 
     @property
     def feature_extractor_config(self) -> dict:
-        return self.manifest["configs"]["feature_extractor"]
+        return self.manifest.configs["feature_extractor"]
 
     @property
     def default_shape(self) -> tuple[int, int, int]:
         """(frames, height, width) the bundle was exported at (the optimal shape of its ranges)."""
-        s = self.manifest["shapes"]
-        return s["frames"]["opt"], s["height"]["opt"], s["width"]["opt"]
+        s = self.manifest.shapes
+        return s.frames.opt, s.height.opt, s.width.opt
 
-    def graph_path(self, component: str, precision: str = "fp32") -> Path:
-        """Path of a component's graph.
+    def precisions(self) -> list[str]:
+        """The precisions any component has a graph of, in registry order."""
+        from .precisions import NAMES
+
+        have = {p for c in self.manifest.components.values() for p in c.graphs}
+        return [p for p in NAMES if p in have]
+
+    def graph(self, component: str, precision: str) -> GraphEntry:
+        """The manifest entry of a component's graph.
 
         Raises:
-            BundleError: the bundle has no such graph.
+            InputError: an unknown precision (the message lists the choices).
+            BundleError: the bundle has no such graph; the message is the command that makes it.
         """
-        graphs = self.manifest.get("components", {}).get(component, {}).get("graphs", {})
+        p = lookup_precision(precision)
+        entry = self.manifest.components.get(component)
+        graphs = entry.graphs if entry else {}
         if precision not in graphs:
             have = ", ".join(graphs) or "none"
-            make = (f"svdtrt quantize {self.path} --precision {precision}" if precision in ("int8", "fp8") else
-                    f"svdtrt export MODEL --out {self.path} --components {component} --precision {precision}")
+            make = p.make_command(self.path, "default" in self.manifest.calibration, self.source)
             raise BundleError(f"bundle '{self.path}' has no {precision} graph for {component} (has: {have}); "
                               f"create it with '{make}'")
-        return self.path / graphs[precision]["file"]
+        return graphs[precision]
 
-    def save_manifest(self) -> None:
-        """Write ``manifest.json`` atomically (write a temporary file, then rename)."""
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+    def graph_path(self, component: str, precision: str = "fp32") -> Path:
+        """Path of a component's graph (see :meth:`graph` for the errors)."""
+        return self.path / self.graph(component, precision).file
+
+    def graph_identity(self, component: str, precision: str) -> str:
+        """One sha256 over a graph and its weights file, from the manifest's records (no hashing):
+        what an engine built from the graph records, since it bakes the weights in."""
+        graph = self.graph(component, precision)
+        h = hashlib.sha256()
+        for name in (graph.file, graph.data):
+            if name:
+                h.update(f"{Path(name).name}:{self.manifest.files[name].sha256}\n".encode())
+        return h.hexdigest()
+
+    def remedy(self, name: str) -> str:
+        """What to run to rebuild file ``name`` of the bundle, as a sentence ending in a command."""
+        b = shlex.quote(str(self.path))
+        m = self.manifest
+        for component, entry in m.components.items():
+            for precision, graph in entry.graphs.items():
+                if name in (graph.file, graph.data):
+                    p = lookup_precision(graph.kept_precision or precision)
+                    cmd = p.make_command(self.path, "default" in m.calibration, self.source)
+                    if p.made_by != "export":
+                        cmd += " --force"
+                    return f"rebuild it with '{cmd}'"
+        for set_name, cal in m.calibration.items():
+            if name.startswith(cal.directory + "/"):
+                return f"record the set again with 'svdtrt calibrate {b} --name {shlex.quote(set_name)} --force'"
+        for engine in m.engines.values():
+            if name in (engine.engine, engine.sidecar):
+                return (f"rebuild it with 'svdtrt build {b} --precision {engine.precision} --components "
+                        f"{engine.component} --force'")
+        return f"re-export the bundle with 'svdtrt export {shlex.quote(self.source)} --out {b} --force'"
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+class Staged:
+    """A bundle being changed: files go into :attr:`path`, the new manifest into :attr:`manifest`,
+    and :meth:`commit` publishes both at once.
 
+    Files of the current bundle that the stage neither replaces nor :meth:`remove`-s are
+    carried over (hard-linked in) by :meth:`commit`; until then stages read the current files
+    from ``old.path``, and :attr:`path` holds only what they wrote.
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it and a rename, so that
-    ``path`` holds either its old content or all of the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    """The process's file-mode creation mask (read without changing it for good)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def check_writable(path: Path, force: bool, file: bool = False) -> None:
-    """Refuse to replace an existing ``path`` unless ``force``; for a ``file`` target (a clip, a
-    report), also refuse a folder and a folder that does not exist.
-
-    Raises:
-        InputError: ``path`` exists and ``force`` is false, or a file target cannot be written.
+    Attributes:
+        path: the staging folder.
+        manifest: the new manifest (a copy of the current one, for a change; None for a new
+            bundle until the stage sets it).
+        old: the bundle as it was when the lock was taken (None for a new bundle).
+        target: where the bundle is published.
     """
-    path = Path(path)
-    if path.exists() and not force:
-        raise InputError(f"'{path}' already exists; choose another path or pass --force to replace it")
-    if file and path.is_dir():
-        raise InputError(f"'{path}' is a folder; give a file name")
-    if file and not path.parent.is_dir():
-        raise InputError(f"folder '{path.parent}' does not exist; create it or choose another path")
+
+    def __init__(self, txn: DirectoryTransaction, old: Bundle | None):
+        self._txn, self.old, self.target = txn, old, txn.target
+        self.path = txn.path
+        self.manifest: Manifest | None = old.manifest.model_copy(deep=True) if old else None
+        self._dropped: set[str] = set()
+
+    def scratch(self, name: str) -> Path:
+        """A scratch folder for intermediate files (never part of the bundle)."""
+        return self._txn.scratch(name)
+
+    def remove(self, name: str) -> None:
+        """Drop file ``name`` from the new state (its manifest entry is the caller's to drop)."""
+        self._dropped.add(name)
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / name).unlink()
+
+    def write_json(self, name: str, data: dict) -> None:
+        """Write ``data`` as the staged file ``name`` (a new file, never through a link)."""
+        import json
+
+        (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_new(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
+
+    def commit(self) -> Bundle:
+        """Record every staged file, write the manifest and publish the bundle atomically.
+
+        Raises:
+            InputError: something appeared at the target meanwhile (without ``force``).
+        """
+        files = {}
+        old = self.old.manifest.files if self.old else {}
+        for name in old:
+            if name not in self._dropped and not os.path.lexists(self.path / name):
+                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.old.path / name, self.path / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(self.old.path / name, self.path / name)
+        for folder, _, names in os.walk(self.path):
+            for n in names:
+                full = Path(folder) / n
+                rel = full.relative_to(self.path).as_posix()
+                if rel == MANIFEST:
+                    continue
+                if rel in old and self.old is not None and _same_file(full, self.old.path / rel):
+                    files[rel] = old[rel]
+                else:
+                    files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
+        self.manifest.files = dict(sorted(files.items()))
+        write_new(self.path / MANIFEST, schema.dump(self.manifest))
+        self._txn.publish()
+        return Bundle.open(self.target)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
 
 
 @contextlib.contextmanager
-def writing(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out``.
-
-    On any exception the temporary directory is removed and ``out`` is left as it was.
+def changing(path: str | os.PathLike) -> Iterator[Staged]:
+    """Change the bundle at ``path`` in one transaction: ``with changing(p) as staged: ...;
+    staged.commit()``. The bundle is re-opened under the lock, so the change starts from the
+    state the last writer left; leaving the block without ``commit`` changes nothing.
 
     Raises:
-        InputError: ``out`` exists and ``force`` is false.
+        BundleError: not a bundle (see :meth:`Bundle.open`).
+        InputError: the bundle's folder cannot be written (read-only, permissions).
     """
-    out = Path(out)
-    check_writable(out, force)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    except OSError as e:
-        raise InputError(f"cannot write '{out}': {e.strerror or first_line(e)}") from None
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; a bundle is an ordinary directory
-    try:
-        yield tmp
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    path = Path(path)
+    Bundle.open(path)  # a clear error before taking a lock beside something that is no bundle
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise InputError(f"bundle '{path}' cannot be changed: its folder is read-only here; "
+                         "copy it somewhere writable first")
+    with DirectoryTransaction(path, expect_existing=True) as txn:
+        yield Staged(txn, Bundle.open(path))
 
 
-def replace_dir(new: Path, out: Path) -> None:
-    """Move directory ``new`` to ``out``; an existing ``out`` is renamed aside first and removed
-    only once ``new`` is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)  # put the user's directory back under its own name
-        raise
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+@contextlib.contextmanager
+def creating(path: str | os.PathLike, force: bool = False) -> Iterator[Staged]:
+    """Create a new bundle at ``path`` in one transaction (``staged.manifest`` must be set
+    before ``commit``). Without ``force``, anything at ``path`` (now, or appearing before the
+    commit) is refused and left untouched.
+
+    Raises:
+        InputError: ``path`` exists without ``force``; its folder is missing or read-only.
+    """
+    with DirectoryTransaction(path, force=force) as txn:
+        yield Staged(txn, None)

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from .errors import InputError, SvdtrtError
-from .export import PRECISIONS as EXPORT_PRECISIONS
-from .export.exporter import DEFAULT_OPSET
+from .precisions import NAMES as PRECISIONS, made_by
 from .runtime.backends import BACKENDS
+from .specs import DEFAULT_OPSET
 
 log = logging.getLogger("svdtrt")
 
@@ -69,7 +70,8 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
                    help="what runs the components (default onnxruntime, on CPU; onnxruntime-cuda and "
                         "onnxruntime-trt need onnxruntime-gpu; tensorrt runs engines from 'svdtrt build')")
-    p.add_argument("--precision", default="fp32", help="graph or engine precision to run (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="graph or engine precision to run (default fp32)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="tensorrt: replay a static-profile UNet engine from a CUDA graph")
     p.add_argument("--one-engine-at-a-time", action="store_true",
@@ -96,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", help="weights variant of a directory or hub model, e.g. fp16")
     p.add_argument("--random-weights", action="store_true",
                    help="seeded random weights (what every preset has; refused for a real model)")
-    p.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS,
-                   help="fp16 also writes fp16 graphs converted from the fp32 ones (default fp32)")
+    p.add_argument("--precision", default="fp32", choices=made_by("export") + made_by("convert"),
+                   help="fp16 also writes fp16 graphs converted from the fp32 ones, as 'svdtrt convert' "
+                        "does (default fp32)")
     p.add_argument("--components", type=_component_list,
                    help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
@@ -130,9 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
     p.add_argument("--force", action="store_true", help="replace an existing set of that name")
 
+    p = sub.add_parser("convert", help="add fp16 graphs converted from a bundle's fp32 graphs")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--precision", default="fp16", choices=made_by("convert"), help="the precision to add (default fp16)")
+    p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
+
     p = sub.add_parser("quantize", help="write int8 / fp8 Q/DQ graphs from a calibration set")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--precision", required=True, choices=("int8", "fp8"), help="int8, or fp8 (E4M3)")
+    p.add_argument("--precision", required=True, choices=made_by("quantize"), help="int8, or fp8 (E4M3)")
     p.add_argument("--calibration", default="default", help="calibration set name (default 'default')")
     p.add_argument("--exclude", nargs="+", metavar="PATTERN",
                    help="node-name regular expressions kept in fp32, replacing the default recipe "
@@ -146,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="build TensorRT engines from a bundle's graphs of one precision")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--precision", required=True, choices=("fp32", "fp16", "int8", "fp8"),
+    p.add_argument("--precision", required=True, choices=PRECISIONS,
                    help="which graphs to build from (engines are strongly typed: precision comes from the graph)")
     p.add_argument("--profile", default="dynamic", choices=("static", "dynamic"),
                    help="optimization profile: the manifest's min/opt/max (dynamic, default) or the optimal "
@@ -158,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-cache", type=Path, metavar="FILE", help="tactic timing cache to read and update")
     p.add_argument("--components", nargs="+", metavar="NAME",
                    help="components to build (default all: image_encoder vae_encoder unet vae_decoder)")
-    p.add_argument("--dry-run", action="store_true", help="print and write the build plan; build nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the build plan; build and write nothing")
     p.add_argument("--force", action="store_true", help="rebuild engines even when the cached ones are current")
+
+    p = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256 and sizes")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
 
     sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime")
 
@@ -207,27 +218,58 @@ def _settings(args, bundle):
 
 
 def _cmd_export(args) -> int:
-    from .bundle import check_writable
     from .export import export_bundle
     from .models import load_model
 
-    if not args.components:
-        check_writable(args.out, args.force)  # before the (possibly long) model load
+    if os.path.lexists(args.out) and not args.force and not (args.components and args.out.is_dir()):
+        raise InputError(f"'{args.out}' already exists; choose another path, pass --force to replace it, "
+                         "or --components to re-export some components into it")  # before the model load
     model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
     bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force,
                            components=args.components, precisions=precisions, release_weights=True)
     print(f"bundle written to {bundle.path}")
-    for name, entry in bundle.manifest["components"].items():
-        if args.components and name not in args.components:
+    _print_graphs(bundle, args.components)
+    return 0
+
+
+def _print_graphs(bundle, components=None, precisions=None) -> None:
+    for name, entry in bundle.manifest.components.items():
+        if components and name not in components:
             continue
-        for precision, g in entry["graphs"].items():
-            outputs = g["validation"]["outputs"].values()
-            print(f"  {name:14s} {precision}  {g['bytes'] / 2**20:9.1f} MiB  "
-                  f"{g.get('export_seconds', g.get('convert_seconds', 0.0)):6.1f} s  vs PyTorch fp32: "
-                  f"cosine {min(m['cosine'] for m in outputs):.6f}, PSNR {min(m['psnr_db'] for m in outputs):.1f} dB")
-        if entry["fixed_axes"]:
-            print(f"  {name:14s} axes fixed in the graph: {', '.join(entry['fixed_axes'])}")
+        for precision, g in entry.graphs.items():
+            if (precisions and precision not in precisions) or g.validation is None:
+                continue
+            outputs = g.validation.outputs.values()
+            print(f"  {name:14s} {precision}  {g.bytes / 2**20:9.1f} MiB  {g.seconds or 0.0:6.1f} s  "
+                  f"vs {g.validation.reference}: cosine {min(m['cosine'] for m in outputs):.6f}, "
+                  f"PSNR {min(m['psnr_db'] for m in outputs):.1f} dB")
+        if entry.fixed_axes:
+            print(f"  {name:14s} axes fixed in the graph: {', '.join(entry.fixed_axes)}")
+
+
+def _cmd_convert(args) -> int:
+    from .export.convert import convert_bundle
+
+    bundle = convert_bundle(args.bundle, args.precision, args.force)
+    print(f"{args.precision} graphs written to {bundle.path}")
+    _print_graphs(bundle, precisions=[args.precision])
+    return 0
+
+
+def _cmd_verify(args) -> int:
+    from .verify import leftover_runs, verify_bundle
+
+    problems = verify_bundle(args.bundle, progress=True)
+    for problem in problems:
+        print(f"  {problem}")
+    for path in leftover_runs(args.bundle):
+        print(f"  note: {path} was left by an interrupted svdtrt run; the next command that changes the bundle "
+              "removes it")
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s) in '{args.bundle}'")
+        return 1
+    print(f"bundle '{args.bundle}' verified: every file matches its manifest")
     return 0
 
 
@@ -245,25 +287,30 @@ def _backend_kwargs(args) -> dict:
 
 
 def _cmd_run(args) -> int:
-    from .bundle import Bundle, check_writable
+    from .bundle import Bundle
+    from .fs import OutputFile
     from .images import load_image
     from .models import load_model
     from .runtime.backends import create_backend
     from .runtime.pipeline import SvdPipeline
     from .runtime.video import save_frames, write_mp4
 
-    for path in (args.out, args.save_frames):
-        if path:
-            check_writable(path, args.force, file=True)
+    if args.save_frames and os.path.abspath(args.save_frames) == os.path.abspath(args.out):
+        raise InputError(f"--out and --save-frames are both '{args.out}'; give the frames another file name")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
     model = load_model(args.model) if args.model else None
     backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
+    # Reserved before sampling: an unwritable or taken path fails now, not after minutes of work.
+    clip_out = OutputFile(args.out, args.force)
+    frames_out = OutputFile(args.save_frames, args.force) if args.save_frames else None
     clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
-    write_mp4(clip.frames, args.out, fps=settings.fps)
-    if args.save_frames:
-        save_frames(clip.frames, args.save_frames)
+    clip_out.write(lambda part: write_mp4(clip.frames, part, fps=settings.fps))
+    if frames_out:
+        frames_out.write(lambda part: save_frames(clip.frames, part))
+        frames_out.publish()
+    clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
           f"({args.backend}, {args.precision})")
     _print_timings(clip.timings)
@@ -271,21 +318,24 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from .bundle import Bundle, check_writable, write_json_atomic
+    import json
+
+    from .bundle import Bundle
     from .check import check_bundle
+    from .fs import OutputFile
     from .images import load_image
     from .models import load_model
 
-    if args.report:
-        check_writable(args.report, args.force, file=True)
+    report_out = OutputFile(args.report, args.force) if args.report else None
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
     model = load_model(args.model) if args.model else None
     report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True,
                           backend_options=_backend_kwargs(args))
-    if args.report:
-        write_json_atomic(args.report, report)
+    if report_out:
+        report_out.write(lambda part: part.write_text(json.dumps(report, indent=2) + "\n"))
+        report_out.publish()
     _print_report(report)
     return 0 if report["passed"] else 1
 
@@ -311,17 +361,17 @@ def _cmd_calibrate(args) -> int:
     from .calibration.capture import calibrate_bundle, calibration_images
     from .models import load_model
 
-    bundle = Bundle.open(args.bundle)
+    Bundle.open(args.bundle)
     if args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}")
     images = calibration_images(args.images, args.count)
     model = load_model(args.model) if args.model else None
-    entry = calibrate_bundle(bundle, images, args.name, args.steps, args.seed, args.force, model=model)
-    print(f"calibration set '{args.name}' written to {bundle.path / entry['directory']} "
-          f"in {entry['seconds']:.1f} s ({len(images)} images, {args.steps} steps; "
-          f"held out: {entry['images'][-1]['name']})")
-    for name, c in entry["components"].items():
-        print(f"  {name:12s} {len(c['calibration']):4d} calibration + {len(c['held_out']):3d} held-out samples")
+    entry = calibrate_bundle(args.bundle, images, args.name, args.steps, args.seed, args.force, model=model)
+    print(f"calibration set '{args.name}' written to {args.bundle / entry.directory} "
+          f"in {entry.seconds:.1f} s ({len(images)} images, {args.steps} steps; "
+          f"held out: {entry.images[-1].name})")
+    for name, c in entry.components.items():
+        print(f"  {name:12s} {len(c.calibration):4d} calibration + {len(c.held_out):3d} held-out samples")
     return 0
 
 
@@ -331,22 +381,23 @@ def _cmd_quantize(args) -> int:
     from .calibration.recipe import DEFAULT_EXCLUDE
     from .models import load_model
 
-    bundle = Bundle.open(args.bundle)
+    Bundle.open(args.bundle)
     exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
     model = load_model(args.model) if args.model else None
-    entries = quantize_bundle(bundle, args.precision, args.calibration, exclude, args.force, model=model,
+    entries = quantize_bundle(args.bundle, args.precision, args.calibration, exclude, args.force, model=model,
                               quantize_bias=args.quantize_bias)
-    print(f"{args.precision} graphs written to {bundle.path} (calibration set '{args.calibration}')")
+    print(f"{args.precision} graphs written to {args.bundle} (calibration set '{args.calibration}')")
     for name, e in entries.items():
-        ops = ", ".join(f"{n} {k}" for k, n in e["qdq"]["quantized_ops"].items())
-        acc = e["held_out_accuracy"]
-        print(f"  {name:12s} quantized in {e['quantize_seconds']:6.1f} s: {ops} quantized, "
-              f"{len(e['excluded_nodes'])} kept fp32, zero points all 0")
-        for out, m in acc["outputs"].items():
+        q = e.quantization
+        ops = ", ".join(f"{n} {k}" for k, n in q.qdq["quantized_ops"].items())
+        acc = q.held_out_accuracy
+        print(f"  {name:12s} quantized in {e.seconds:6.1f} s: {ops} quantized, "
+              f"{len(q.excluded_nodes)} kept fp32, zero points all 0")
+        for out, m in acc.outputs.items():
             extra = f"  PSNR {m['psnr_db']:.1f} dB" if "psnr_db" in m else ""
-            print(f"    {out:12s} vs fp32 PyTorch on {acc['samples']} held-out samples: cosine {m['cosine']:.6f}  "
+            print(f"    {out:12s} vs fp32 PyTorch on {acc.samples} held-out samples: cosine {m['cosine']:.6f}  "
                   f"max abs {m['max_abs_error']:.3g}  mean abs {m['mean_abs_error']:.3g}{extra}  "
-                  f"[{acc['measured_by']}]")
+                  f"[{acc.measured_by}]")
     return 0
 
 
@@ -360,8 +411,8 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_build(args) -> int:
+    from .build.plan import plan_build
     from .bundle import Bundle
-    from .export.engine import build_engines, plan_build, save_plan
 
     bundle = Bundle.open(args.bundle)
     plan = plan_build(bundle, args.precision, args.profile, args.frames, args.height, args.width,
@@ -370,17 +421,17 @@ def _cmd_build(args) -> int:
         from .gpu import require_tensorrt
 
         require_tensorrt("svdtrt build")  # before announcing a build this machine cannot do
-    path = save_plan(bundle, plan)
     print(f"{'plan' if args.dry_run else 'building'}: {plan['precision']} engines, {plan['profile']} profile, "
           f"strongly typed, workspace {_gib(plan['flags']['workspace_bytes'])}")
     for name, item in plan["components"].items():
         print(f"  {name:14s} {item['graph']} -> {item['engine']}")
         for tensor, p in item["profile"].items():
             print(f"    {tensor:22s} min {p['min']}  opt {p['opt']}  max {p['max']}")
-    print(f"build plan written to {path}")
     if args.dry_run:
         return 0
-    for name, r in build_engines(bundle, plan, force=args.force).items():
+    from .build.builder import build_engines
+
+    for name, r in build_engines(bundle.path, plan, force=args.force).items():
         what = "reused (current)" if r["reused"] else f"built in {r['seconds']:.1f} s"
         print(f"  {name:14s} {r['bytes'] / 2**20:9.1f} MiB  {what}")
     return 0
@@ -407,14 +458,14 @@ def _cmd_bench(args) -> int:
     import torch
 
     from .benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
-    from .bundle import Bundle, check_writable
-    from .runtime.backends import reference_model
+    from .bundle import Bundle
     from .images import load_image, sample_image
-    from .models import load_model
+    from .models import load_model, reference_model
 
     backends = parse_names(args.backends, BACKENDS, "backend")
     precisions = parse_names(args.precisions, PRECISIONS, "precision")
-    check_writable(args.out, args.force)  # before minutes of measuring
+    if os.path.lexists(args.out) and not args.force:  # before minutes of measuring
+        raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
     settings = _settings(args, bundle)
@@ -429,8 +480,8 @@ def _cmd_bench(args) -> int:
 
 
 COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo,
-            "calibrate": _cmd_calibrate, "quantize": _cmd_quantize, "build": _cmd_build, "doctor": _cmd_doctor,
-            "bench": _cmd_bench}
+            "convert": _cmd_convert, "calibrate": _cmd_calibrate, "quantize": _cmd_quantize, "build": _cmd_build,
+            "verify": _cmd_verify, "doctor": _cmd_doctor, "bench": _cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,8 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by bench
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    _quiet_libraries(args.verbose)
     try:
+        _quiet_libraries(args.verbose)
         return COMMANDS[args.command](args)
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)
@@ -453,17 +504,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    """Silence the libraries' advisory warnings (e.g. transformers' torchvision notice) unless -v."""
+    """Silence the libraries' advisory warnings (e.g. transformers' torchvision notice) unless -v,
+    through the variables they read when first imported (so no command imports them for this)."""
     if verbose:
         return
     import warnings
 
     warnings.filterwarnings("ignore")
-    import transformers
-    import diffusers
-
-    transformers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.set_verbosity_error()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 if __name__ == "__main__":

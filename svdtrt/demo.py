@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from .bundle import Bundle, write_json_atomic, writing
 from .check import check_bundle
 from .export import export_bundle
+from .fs import DirectoryTransaction
 from .images import sample_image
 from .models import load_model
-from .runtime.backends import OnnxRuntimeBackend
+from .runtime.backends import create_backend
 from .runtime.pipeline import SamplingSettings, SvdPipeline
 from .runtime.video import write_mp4
 
@@ -33,16 +34,16 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
     out = Path(out)
     model = load_model(DEMO_PRESET)
     image = sample_image(DEMO_IMAGE)
-    with writing(out, force) as tmp:
-        image.save(tmp / "input.png")
-        export_bundle(model, tmp / "bundle")
-        bundle = Bundle.open(tmp / "bundle")
+    with DirectoryTransaction(out, force=force) as txn:
+        image.save(txn.path / "input.png")
+        bundle = export_bundle(model, txn.path / "bundle")
         frames, height, width = bundle.default_shape
         settings = SamplingSettings(frames=frames, height=height, width=width, seed=seed)
-        clip = SvdPipeline(OnnxRuntimeBackend(bundle), bundle)(image, settings, progress=True)
-        write_mp4(clip.frames, tmp / "clip.mp4", fps=settings.fps)
+        clip = SvdPipeline(create_backend("onnxruntime", bundle), bundle)(image, settings, progress=True)
+        write_mp4(clip.frames, txn.path / "clip.mp4", fps=settings.fps)
         report = check_bundle(bundle, image, settings, backend="onnxruntime", model=model)
         report["bundle"] = str(out / "bundle")
         report["demo_seconds"] = time.perf_counter() - start
-        write_json_atomic(tmp / "report.json", report)
+        (txn.path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        txn.publish()
     return report

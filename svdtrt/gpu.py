@@ -87,3 +87,17 @@ def quiet_polygraphy() -> None:
     logger = import_optional("polygraphy.logger")
     if logger is not None and not logging.getLogger("svdtrt").isEnabledFor(logging.INFO):
         logger.G_LOGGER.module_severity = logger.G_LOGGER.WARNING
+
+
+#: The packages that shape a bundle (recorded in its manifest and in benchmark results).
+TOOLS = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxslim")
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`TOOLS`, plus Python's and svdtrt's."""
+    import platform
+
+    from . import __version__
+
+    return {"python": platform.python_version(), "svdtrt": __version__,
+            **{name: package_version(name) for name in TOOLS}}

@@ -248,3 +248,20 @@ def _declared_class(directory: str, sub: str) -> str | None:
         return data["_class_name"]
     architectures = data.get("architectures") or [None]
     return architectures[0]
+
+
+def reference_model(bundle, model: SvdModel | None = None) -> SvdModel:
+    """The bundle's source model: ``model`` if given, else rebuilt from the manifest's source.
+
+    Raises:
+        BundleError: the model's configs differ from those the bundle was exported from (the
+            config hashes in the manifest), so it would run or compare another model.
+        InputError: the recorded source cannot be loaded here.
+    """
+    from .errors import BundleError
+
+    model = model or load_model(bundle.source)
+    if model.config_hashes() != bundle.manifest.config_hashes:
+        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
+                          "(config hashes differ); pass the source model with --model")
+    return model

@@ -26,6 +26,10 @@ from .errors import InputError
 #: Symbols that stay dynamic in the exported graphs.
 DYNAMIC_SYMBOLS = frozenset({"B", "F", "N", "H", "W", "h", "w"})
 
+#: The ONNX opset graphs are exported at unless ``svdtrt export --opset`` says otherwise (17: the
+#: first with LayerNormalization, which TensorRT 10.x imports as one normalization layer).
+DEFAULT_OPSET = 17
+
 #: diffusers' SVD pipeline resizes the CLIP input to this size (``_resize_with_antialiasing(image, (224, 224))``).
 CLIP_INPUT_SIZE = 224
 

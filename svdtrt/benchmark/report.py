@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
-from ..bundle import write_json_atomic, writing
+from ..fs import DirectoryTransaction
 from .runner import STAGES
 
 FILES = ("results.json", "results.md", "stages.png", "tradeoff.png")
@@ -21,11 +23,12 @@ def write_results(results: dict, out: str | Path, force: bool = False) -> Path:
         InputError: ``out`` exists and ``force`` is false.
     """
     out = Path(out)
-    with writing(out, force) as tmp:
-        write_json_atomic(tmp / "results.json", results)
-        (tmp / "results.md").write_text(markdown(results))
-        plot_stages(results, tmp / "stages.png")
-        plot_tradeoff(results, tmp / "tradeoff.png")
+    with DirectoryTransaction(out, force=force) as txn:
+        (txn.path / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (txn.path / "results.md").write_text(markdown(results))
+        plot_stages(results, txn.path / "stages.png")
+        plot_tradeoff(results, txn.path / "tradeoff.png")
+        txn.publish()
     return out
 
 

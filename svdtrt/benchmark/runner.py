@@ -21,6 +21,7 @@ import torch
 from ..accuracy import clip_metrics
 from ..errors import BackendUnavailableError, BundleError, InputError
 from ..images import image_sha256
+from ..precisions import NAMES
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
@@ -29,7 +30,7 @@ from .measure import PeakMemory, load_average, machine_info, order_stats
 log = logging.getLogger(__name__)
 
 #: Precisions in the order rows and plots list them (DESIGN.md, "Precision lives in the graph").
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+PRECISIONS = NAMES
 #: The reference row: diffusers' ``StableVideoDiffusionPipeline`` over the source model, fp32.
 REFERENCE = "diffusers"
 #: The four component stages, in pipeline order; ``other`` is the rest of a clip.
@@ -42,8 +43,7 @@ _VERSIONS = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxr
 
 def bundle_precisions(bundle) -> list[str]:
     """The graph precisions the bundle holds for any component, in :data:`PRECISIONS` order."""
-    have = {p for entry in bundle.manifest["components"].values() for p in entry.get("graphs", {})}
-    return [p for p in PRECISIONS if p in have] + sorted(have - set(PRECISIONS))
+    return bundle.precisions()
 
 
 def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str] | None:
@@ -123,7 +123,7 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
         "command": command,
         "machine": machine_info(),
         "versions": _versions(),
-        "bundle": {"path": str(bundle.path), "source": bundle.manifest.get("source"),
+        "bundle": {"path": str(bundle.path), "source": bundle.manifest.source.model_dump(),
                    "precisions": bundle_precisions(bundle)},
         "settings": dict(vars(settings)),
         "image": {"size": list(image.size), "sha256": image_sha256(image)},
@@ -274,7 +274,6 @@ def _timed_modules(timer: StageTimer, modules: dict[str, torch.nn.Module]):
 
 
 def _versions() -> dict[str, str | None]:
-    from ..export import tool_versions
-    from ..gpu import package_version
+    from ..gpu import package_version, tool_versions
 
     return {**tool_versions(), **{name: package_version(name) for name in _VERSIONS}}

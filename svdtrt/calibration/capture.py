@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,13 +19,16 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..bundle import current_umask, replace_dir
+from ..bundle import changing
 from ..errors import InputError
 from ..images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
-from ..runtime.backends import Recorder, TorchBackend, reference_model
+from ..manifest import CalibrationEntry
+from ..models import reference_model
+from ..runtime.backends import Recorder
+from ..runtime.backends.pytorch import TorchBackend
 from ..runtime.pipeline import SamplingSettings, SvdPipeline
 from .recipe import QUANTIZED_COMPONENTS
-from .shards import CALIBRATION_DIR, save_shard, shard_filename
+from .shards import CALIBRATION_DIR, SPLITS, save_shard, shard_filename
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +81,19 @@ def capture_calls(backend, bundle, image: PIL.Image.Image, settings: SamplingSet
                 for inputs, _ in calls] for c, calls in recorder.calls.items()}
 
 
-def calibrate_bundle(bundle, images: list[tuple[str, PIL.Image.Image]], name: str = "default",
+def calibrate_bundle(bundle_path, images: list[tuple[str, PIL.Image.Image]], name: str = "default",
                      steps: int = 25, seed: int = 0, force: bool = False, model=None,
-                     progress: bool = True) -> dict:
-    """Record a calibration set into ``bundle`` and add it to the manifest.
+                     progress: bool = True) -> CalibrationEntry:
+    """Record a calibration set into the bundle at ``bundle_path``, in one bundle transaction.
 
     Each image is sampled at the bundle's default shape with diffusers' default settings and
     ``steps`` steps; image ``i`` uses seed ``seed + i``. The last image is the held-out split.
-    Shards are written into a temporary folder that is renamed into place, and the manifest is
-    rewritten atomically afterwards, so an interrupted calibration leaves the bundle as it was.
+    The shards and the manifest entry appear together (docs/architecture.md, "Transactions"),
+    so an interrupted calibration leaves the bundle as it was, and a replaced set never mixes
+    with the old one.
 
     Args:
-        bundle: the opened bundle (its manifest is updated in place and saved).
+        bundle_path: the bundle.
         images: ``(name, RGB image)`` pairs, e.g. from :func:`calibration_images`.
         name: the set's name.
         steps: denoising steps per clip (the UNet yields one sample per step).
@@ -99,32 +101,37 @@ def calibrate_bundle(bundle, images: list[tuple[str, PIL.Image.Image]], name: st
         force: replace an existing set of that name.
         model: the source :class:`SvdModel`; rebuilt from the manifest if None.
     Returns:
-        The manifest entry: ``directory``, ``images`` (name, sha256, seed, split), ``seeds``,
-        ``steps``, ``settings``, ``components`` (per component: shard files per split,
-        ``per_timestep`` sample counts for the UNet), ``seconds``.
+        The manifest entry: ``directory``, ``images`` (name, sha256, seed, split), ``steps``,
+        ``settings``, ``components`` (per component: shard files per split, ``per_timestep``
+        sample counts for the UNet), ``seconds``.
     Raises:
-        InputError: the set exists and ``force`` is false, fewer than 2 images, bad settings.
+        InputError: the set exists and ``force`` is false, fewer than 2 images, bad settings, a
+            read-only bundle.
         BundleError: ``model`` is not the bundle's source model.
     """
     from tqdm import tqdm
 
-    final = bundle.path / CALIBRATION_DIR / name
-    if not name or "/" in name or name.startswith("."):
+    if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise InputError(f"calibration set name '{name}' must be a plain folder name")
-    if (name in bundle.manifest.get("calibration", {}) or final.exists()) and not force:
-        raise InputError(f"bundle '{bundle.path}' already has calibration set '{name}'; "
-                         "choose another --name or pass --force to replace it")
     if len(images) < 2:
         raise InputError(f"calibration needs at least 2 images (one is held out), got {len(images)}")
-    frames, height, width = bundle.default_shape
-    base = SamplingSettings(frames=frames, height=height, width=width, steps=steps)
-    base.check(bundle.dims)
-    backend = TorchBackend(reference_model(bundle, model))
-
-    start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(dir=bundle.path, prefix=f".calibration-{name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the set is an ordinary part of the bundle
-    try:
+    with changing(bundle_path) as staged:
+        bundle = staged.old
+        if name in bundle.manifest.calibration and not force:
+            raise InputError(f"bundle '{bundle.path}' already has calibration set '{name}'; "
+                             "choose another --name or pass --force to replace it")
+        frames, height, width = bundle.default_shape
+        base = SamplingSettings(frames=frames, height=height, width=width, steps=steps)
+        base.check(bundle.dims)
+        backend = TorchBackend(reference_model(bundle, model))
+        start = time.perf_counter()
+        directory = f"{CALIBRATION_DIR}/{name}"
+        old = staged.manifest.calibration.pop(name, None)
+        for file in (old.shard_paths(c, s) for c in old.components for s in SPLITS) if old else ():
+            for f in file:
+                staged.remove(f)
+        folder = staged.path / directory
+        folder.mkdir(parents=True, exist_ok=True)
         components = {c: {"calibration": [], "held_out": [], "per_timestep": Counter()} for c in QUANTIZED_COMPONENTS}
         image_entries = []
         for i, (image_name, image) in enumerate(tqdm(images, desc="calibrate", unit="image", disable=not progress)):
@@ -135,30 +142,19 @@ def calibrate_bundle(bundle, images: list[tuple[str, PIL.Image.Image]], name: st
                 for inputs in samples:
                     entry = components[c]
                     filename = shard_filename(c, len(entry["calibration"]) + len(entry["held_out"]))
-                    save_shard(tmp / filename, inputs)
+                    save_shard(folder / filename, inputs)
                     entry[split].append(filename)
                     if "timestep" in inputs and split == "calibration":
                         entry["per_timestep"][f"{float(inputs['timestep'][0]):.6g}"] += 1
             image_entries.append({"name": image_name, "sha256": image_sha256(image), "seed": seed + i,
                                   "split": split})
-        entry = {
-            "directory": f"{CALIBRATION_DIR}/{name}",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "images": image_entries,
-            "seeds": [e["seed"] for e in image_entries],
-            "steps": steps,
-            "settings": {k: v for k, v in vars(base).items() if k != "seed"},
-            "components": {c: {"calibration": e["calibration"], "held_out": e["held_out"],
-                               **({"per_timestep": dict(e["per_timestep"])} if e["per_timestep"] else {})}
-                           for c, e in components.items()},
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-        final.parent.mkdir(exist_ok=True)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    bundle.manifest.setdefault("calibration", {})[name] = entry
-    bundle.save_manifest()
-    log.info("calibration set '%s': %s", name, {c: len(e["calibration"]) for c, e in entry["components"].items()})
+        entry = CalibrationEntry(
+            directory=directory, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=image_entries, steps=steps,
+            settings={k: v for k, v in dataclasses.asdict(base).items() if k != "seed"},
+            components={c: {"calibration": e["calibration"], "held_out": e["held_out"],
+                            "per_timestep": dict(e["per_timestep"]) or None} for c, e in components.items()},
+            seconds=round(time.perf_counter() - start, 3))
+        staged.manifest.calibration[name] = entry
+        staged.commit()
+    log.info("calibration set '%s': %s", name, {c: len(e.calibration) for c, e in entry.components.items()})
     return entry

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..bundle import Bundle
-from ..runtime.backends import OnnxRuntimeBackend, TorchBackend
-
-#: How each precision's numbers are produced on this machine (reported with them).
-MEASURED_BY = {
-    "int8": "onnxruntime CPU running the int8 Q/DQ graph (int8 kernels where it fuses Q/DQ, else dequantize + fp32)",
-    "fp8": "simulated: onnxruntime CPU running the fp8 Q/DQ nodes unfused, other ops in fp32",
-}
+from ..accuracy import compare_components
+from ..precisions import precision as lookup_precision
+from ..runtime.backends.onnxrt import session_options
+from ..runtime.backends.pytorch import TorchBackend
+from ..specs import COMPONENTS
 
 
 def held_out_accuracy(graph: Path, component: str, precision: str, calibration, model) -> dict:
@@ -28,7 +26,8 @@ def held_out_accuracy(graph: Path, component: str, precision: str, calibration, 
     Args:
         graph: the quantized graph (it need not be registered in a manifest yet).
         component: component name, e.g. ``"unet"``.
-        precision: ``"int8"`` or ``"fp8"`` (decides how ONNX Runtime runs it, see :data:`MEASURED_BY`).
+        precision: ``"int8"`` or ``"fp8"`` (decides how ONNX Runtime runs it, see the registry's
+            ``measured_by``).
         calibration: the :class:`~svdtrt.calibration.shards.CalibrationSet` whose held-out split is used.
         model: the source :class:`SvdModel` (fp32).
     Returns:
@@ -37,14 +36,22 @@ def held_out_accuracy(graph: Path, component: str, precision: str, calibration, 
     Raises:
         QuantizationError: no held-out samples, or a corrupt or mismatched shard.
     """
-    from ..check import compare_components
+    import onnxruntime as ort
 
-    # A bundle view holding only this graph, so the runtime's own backend runs it.
-    staged = Bundle(graph.parent, {"components": {component: {"graphs": {precision: {"file": graph.name}}}}})
     reference = TorchBackend(model).component(component)
     recorded = []
     for sample in calibration.samples(component, "held_out"):
         inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
         recorded.append((inputs, reference(inputs)))
-    metrics = compare_components({component: recorded}, OnnxRuntimeBackend(staged, precision), every_call=True)
-    return {"samples": len(recorded), "measured_by": MEASURED_BY[precision], "outputs": metrics[component]}
+    # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses.
+    session = ort.InferenceSession(str(graph), session_options(precision), providers=["CPUExecutionProvider"])
+    outputs = COMPONENTS[component].output_names
+
+    class _Graph:  # the one component compare_components asks for
+        def component(self, name):
+            return lambda inputs: {n: torch.from_numpy(np.asarray(r, dtype=np.float32)) for n, r in zip(
+                outputs, session.run(outputs, {k: v.numpy() for k, v in inputs.items()}))}
+
+    metrics = compare_components({component: recorded}, _Graph(), every_call=True)
+    return {"samples": len(recorded), "measured_by": lookup_precision(precision).measured_by,
+            "outputs": metrics[component]}

@@ -16,11 +16,9 @@ the tiny UNet (mostly its fp16 post-processing) against 21 s here. See docs/quan
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,29 +26,28 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import Bundle, graph_filename
+from ..bundle import changing, graph_filename
 from ..errors import InputError, QuantizationError
+from ..gpu import package_version
+from ..manifest import GraphEntry, Quantization
+from ..precisions import made_by, precision as lookup_precision
 from .recipe import DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
 from .shards import SPLITS, CalibrationSet
 
 log = logging.getLogger(__name__)
 
-#: Quantized precisions and how ORT's quantizer makes them. fp8 is E4M3 (Ada and Hopper GPUs).
-PRECISIONS = {
-    "int8": {"quant_type": "QInt8", "calibrate_method": "MinMax", "per_channel": True},
-    "fp8": {"quant_type": "QFLOAT8E4M3FN", "calibrate_method": "Distribution", "per_channel": True},
-}
-
 
 def check_precision(precision: str) -> dict:
-    """The quantizer settings of ``precision``.
+    """The quantizer settings of ``precision`` (from :mod:`svdtrt.precisions`).
 
     Raises:
-        InputError: not one of :data:`PRECISIONS`.
+        InputError: an unknown precision, or one not made by quantization.
     """
-    if precision not in PRECISIONS:
-        raise InputError(f"cannot quantize to '{precision}': choose from {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+    p = lookup_precision(precision)
+    if not p.quantized:
+        raise InputError(f"quantize makes {', '.join(made_by('quantize'))} graphs; {precision} is made with "
+                         f"'{p.make_command('BUNDLE')}'")
+    return p.quantizer
 
 
 def _data_reader(samples: Iterator[dict[str, np.ndarray]]):
@@ -102,7 +99,7 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
         os.chmod(path, 0o644)  # ORT writes the data file private; a bundle is an ordinary directory
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
-        "onnxruntime": importlib.metadata.version("onnxruntime"),
+        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
         **settings, "symmetric": True, "quantize_bias": quantize_bias, "op_types": list(QUANTIZED_OP_TYPES),
         "exclude_patterns": list(exclude), "excluded_nodes": excluded,
     }
@@ -174,20 +171,21 @@ def validate_qdq_graph(path: Path) -> dict:
             "quantized_ops": dict(quantized), "zero_points": checked}
 
 
-def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default",
+def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
                     exclude: Iterable[str] = DEFAULT_EXCLUDE, force: bool = False, model=None,
-                    progress: bool = True, quantize_bias: bool = False) -> dict[str, dict]:
-    """Write ``<component>.<precision>.onnx`` for the quantized components and register them.
+                    progress: bool = True, quantize_bias: bool = False) -> dict[str, GraphEntry]:
+    """Write ``<component>.<precision>.onnx`` for the quantized components, in one bundle transaction.
 
     For each of :data:`~svdtrt.calibration.recipe.QUANTIZED_COMPONENTS`: quantize the fp32 graph
     over the set's calibration split, validate it (:func:`validate_qdq_graph`), and measure it
     against the fp32 PyTorch module on the held-out split (:func:`~svdtrt.calibration.evaluate.
     held_out_accuracy`). The other components' ``precision`` entries point at their fp32 graphs
-    (they run once per clip). Graphs are written into a temporary folder and moved into the
-    bundle, then the manifest is rewritten atomically, only when every component succeeded.
+    (they run once per clip). The quantizer works in a scratch folder outside the bundle (its
+    ``*-inferred.onnx`` files never enter it); the graphs and the manifest entries appear
+    together, or not at all.
 
     Args:
-        bundle: the opened bundle (its manifest is updated and saved).
+        bundle_path: the bundle.
         precision: ``"int8"`` or ``"fp8"``.
         calibration: name of the calibration set.
         exclude: node-name regular expressions kept in fp32; default the recipe's.
@@ -198,54 +196,66 @@ def quantize_bundle(bundle: Bundle, precision: str, calibration: str = "default"
         ``{component: manifest graph entry}`` of the quantized components.
     Raises:
         InputError: unknown precision, bad pattern, no such calibration set, existing graphs
-            without ``force``.
+            without ``force``, a read-only bundle.
         QuantizationError: missing, corrupt or mismatched calibration data; an invalid Q/DQ graph.
     """
     from tqdm import tqdm
 
-    from ..runtime.backends import reference_model
+    from ..models import reference_model
     from .evaluate import held_out_accuracy
 
     check_precision(precision)
     exclude = list(exclude)
-    calib = CalibrationSet(bundle, calibration)
-    components = bundle.manifest["components"]
-    existing = [c for c in components if precision in components[c].get("graphs", {})]
-    if existing and not force:
-        raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
-                         "pass --force to replace them")
-    for name in QUANTIZED_COMPONENTS:  # fail on missing, corrupt or mismatched data before any long work
-        for split in SPLITS:
-            for _ in calib.samples(name, split):
-                pass
-    model = reference_model(bundle, model)
-
-    entries = {}
-    tmp = Path(tempfile.mkdtemp(dir=bundle.path, prefix=f".quantize-{precision}.", suffix=".tmp"))
-    try:
+    with changing(bundle_path) as staged:
+        bundle = staged.old
+        calib = CalibrationSet(bundle, calibration)
+        components = staged.manifest.components
+        existing = [c for c in components if precision in components[c].graphs]
+        if existing and not force:
+            raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
+                             "pass --force to replace them")
+        for name in QUANTIZED_COMPONENTS:  # fail on missing, corrupt or mismatched data before any long work
+            for split in SPLITS:
+                for _ in calib.samples(name, split):
+                    pass
+        model = reference_model(bundle, model)
+        scratch = staged.scratch("quantize")
+        entries = {}
         for name in tqdm(QUANTIZED_COMPONENTS, desc=f"quantize {precision}", unit="graph", disable=not progress):
-            target = tmp / graph_filename(name, precision)
+            # The quantizer writes its shape-inferred copy beside the source: give it a copy in
+            # the scratch folder (a copy, not a link: onnx refuses external data with several links).
+            fp32 = bundle.graph(name, "fp32")
+            for file in (fp32.file, fp32.data):
+                shutil.copyfile(bundle.path / file, scratch / file)
+            target = scratch / graph_filename(name, precision)
             start = time.perf_counter()
-            done = quantize_graph(bundle.graph_path(name, "fp32"), target, calib.samples(name), precision, exclude,
-                                  quantize_bias)
+            done = quantize_graph(scratch / fp32.file, target, calib.samples(name), precision, exclude, quantize_bias)
             seconds = time.perf_counter() - start
             qdq = validate_qdq_graph(target)
             accuracy = held_out_accuracy(target, name, precision, calib, model)
             log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)
-            entries[name] = {
-                "file": target.name, "data": _data_path(target).name,
-                "bytes": target.stat().st_size + _data_path(target).stat().st_size,
-                "quantize_seconds": round(seconds, 3), "calibration": calibration,
-                "calibration_samples": len(calib.files(name)), **done, "qdq": qdq, "held_out_accuracy": accuracy,
-            }
-        for entry in entries.values():
-            for key in ("file", "data"):
-                os.replace(tmp / entry[key], bundle.path / entry[key])
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for name, component in components.items():
-        fp32 = component["graphs"]["fp32"]
-        component["graphs"][precision] = entries.get(name) or {
-            "file": fp32["file"], "data": fp32["data"], "bytes": fp32["bytes"], "kept_precision": "fp32"}
-    bundle.save_manifest()
+            entries[name] = GraphEntry(
+                file=target.name, data=_data_path(target).name,
+                bytes=target.stat().st_size + _data_path(target).stat().st_size, seconds=round(seconds, 3),
+                quantization=Quantization(
+                    calibration=calibration, calibration_samples=len(calib.files(name)),
+                    settings={k: v for k, v in done.items() if k != "excluded_nodes"},
+                    excluded_nodes=done["excluded_nodes"], qdq=qdq, held_out_accuracy=accuracy))
+        for name, component in components.items():
+            old = component.graphs.get(precision)
+            if old is not None and not old.kept_precision:
+                for file in (old.file, old.data):
+                    staged.remove(file)
+            if name in entries:
+                for file in (entries[name].file, entries[name].data):
+                    shutil.move(scratch / file, staged.path / file)
+            fp32 = component.graphs["fp32"]
+            component.graphs[precision] = entries.get(name) or GraphEntry(
+                file=fp32.file, data=fp32.data, bytes=fp32.bytes, kept_precision="fp32")
+        for key, engine in list(staged.manifest.engines.items()):  # engines of the replaced graphs
+            if engine.precision == precision:
+                staged.remove(engine.engine)
+                staged.remove(engine.sidecar)
+                del staged.manifest.engines[key]
+        staged.commit()
     return entries

@@ -12,6 +12,7 @@ so a shard can never execute code.
 from __future__ import annotations
 
 import re
+import shlex
 import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -37,7 +38,8 @@ def save_shard(path: Path, inputs: Mapping[str, np.ndarray]) -> None:
         np.savez(f, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
 
 
-def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims) -> dict[str, np.ndarray]:
+def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims,
+               remedy: str = "svdtrt calibrate BUNDLE --force") -> dict[str, np.ndarray]:
     """Read one shard and check it against ``spec`` (see :func:`check_sample`).
 
     Returns:
@@ -50,11 +52,11 @@ def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims) -> dict[str, np
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise QuantizationError(f"calibration shard '{path}' is missing; run 'svdtrt calibrate' again") from None
+        raise QuantizationError(f"calibration shard '{path}' is missing; record the set again with '{remedy}'") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise QuantizationError(f"calibration shard '{path}' is corrupt ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); "
-                                "run 'svdtrt calibrate --force' to record it again") from None
+                                f"record the set again with '{remedy}'") from None
     check_sample(arrays, spec, dims, where=str(path))
     return {n: arrays[n] for n in spec.input_names}
 
@@ -106,21 +108,20 @@ class CalibrationSet:
 
     Attributes:
         name: the set's name (``BUNDLE/calibration/<name>/``).
-        entry: its ``manifest["calibration"][name]`` dict.
+        entry: its :class:`svdtrt.manifest.CalibrationEntry`.
     """
 
     def __init__(self, bundle, name: str):
-        sets = bundle.manifest.get("calibration", {})
+        sets = bundle.manifest.calibration
         if name not in sets:
             have = ", ".join(sets) or "none"
             raise InputError(f"bundle '{bundle.path}' has no calibration set '{name}' (has: {have}); "
-                             f"record one with 'svdtrt calibrate {bundle.path} --name {name}'")
+                             f"record one with 'svdtrt calibrate {shlex.quote(str(bundle.path))} --name {shlex.quote(name)}'")
         self.bundle, self.name, self.entry = bundle, name, sets[name]
-        self.directory = bundle.path / self.entry["directory"]
 
     def files(self, component_name: str, split: str = "calibration") -> list[Path]:
         """Shard paths of one component and split (``"calibration"`` or ``"held_out"``)."""
-        return [self.directory / f for f in self.entry["components"].get(component_name, {}).get(split, [])]
+        return [self.bundle.path / f for f in self.entry.shard_paths(component_name, split)]
 
     def samples(self, component_name: str, split: str = "calibration") -> Iterator[dict[str, np.ndarray]]:
         """The checked shards of one component and split, one call's inputs at a time.
@@ -132,7 +133,9 @@ class CalibrationSet:
         if not files:
             raise QuantizationError(
                 f"calibration set '{self.name}' has no {split.replace('_', '-')} samples for {component_name}; "
-                f"record them with 'svdtrt calibrate {self.bundle.path} --name {self.name} --force'")
+                f"record them with 'svdtrt calibrate {shlex.quote(str(self.bundle.path))} --name "
+                f"{shlex.quote(self.name)} --force'")
         spec, dims = component(component_name), self.bundle.dims
+        remedy = (f"svdtrt calibrate {shlex.quote(str(self.bundle.path))} --name {shlex.quote(self.name)} --force")
         for path in files:
-            yield load_shard(path, spec, dims)
+            yield load_shard(path, spec, dims, remedy)

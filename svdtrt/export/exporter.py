@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from ..errors import ExportError, first_line
-from ..specs import ComponentSpec
+from ..specs import DEFAULT_OPSET, ComponentSpec
 from .cleanup import slim_graph
 from .external_data import check_graph_file, save_graph
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 #: Recorded in the manifest of every bundle.
 EXPORTER = {"name": "torch.onnx.export", "dynamo": False}
-DEFAULT_OPSET = 17
 
 
 def export_graph(module: torch.nn.Module, spec: ComponentSpec, inputs: Mapping[str, torch.Tensor],

@@ -1,22 +1,15 @@
-"""Writing clips: H.264 mp4 through PyAV, and raw float frames as ``.npy``; both atomically."""
+"""Writing clips: H.264 mp4 through PyAV, and raw float frames as ``.npy``.
+
+These write the file they are given; callers that publish outputs write to the part file of a
+:class:`svdtrt.fs.OutputFile`, so a clip appears complete or not at all.
+"""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from ..bundle import current_umask
-
-
-def _atomic_target(path: Path, suffix: str):
-    """A temporary file beside ``path``, with the permissions a new file gets (mkstemp's are private)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~current_umask())
-    return Path(tmp)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -28,7 +21,6 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 7, crf: in
     """Encode ``frames`` (float32 [F, H, W, 3] in [0, 1]) as H.264 (yuv420p) at ``fps`` frames/s.
 
     yuv420p needs even sizes, so an odd height or width is padded by one edge pixel.
-    The file appears at ``path`` only when complete.
     """
     import av
 
@@ -36,20 +28,14 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 7, crf: in
     pixels = to_uint8(frames)
     pad = ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0))
     pixels = np.pad(pixels, pad, mode="edge")
-    tmp = _atomic_target(path, ".mp4")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = pixels.shape[2], pixels.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in pixels:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
 
 
 def read_mp4(path: str | os.PathLike) -> np.ndarray:
@@ -61,13 +47,6 @@ def read_mp4(path: str | os.PathLike) -> np.ndarray:
 
 
 def save_frames(frames: np.ndarray, path: str | os.PathLike) -> None:
-    """Save float32 [F, H, W, 3] frames in [0, 1] as ``.npy`` (no pickle), atomically."""
-    path = Path(path)
-    tmp = _atomic_target(path, ".npy")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(frames, dtype=np.float32), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Save float32 [F, H, W, 3] frames in [0, 1] as ``.npy`` (no pickle)."""
+    with open(path, "wb") as f:
+        np.save(f, np.asarray(frames, dtype=np.float32), allow_pickle=False)

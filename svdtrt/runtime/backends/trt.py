@@ -1,7 +1,7 @@
 """The ``tensorrt`` backend: a bundle's engines run with torch CUDA tensors as I/O buffers.
 
-Each engine is checked against its sidecar (graph sha256, TensorRT version, GPU; see
-:mod:`svdtrt.export.engine_cache`) and deserialized through Polygraphy's ``EngineFromBytes``
+Each engine is checked against its sidecar (graph identity, TensorRT version, GPU; see
+:mod:`svdtrt.engines`) and deserialized through Polygraphy's ``EngineFromBytes``
 the first time its component is called, so a loop that never decodes never loads the decoder
 and, with ``one_engine_at_a_time``, only one engine occupies memory at once (Jetson's unified
 memory). Inputs and outputs are torch tensors on the GPU, bound to the execution context by
@@ -20,10 +20,11 @@ from typing import Mapping
 
 import torch
 
-from ..export import engine_cache
-from ..gpu import cuda_device, quiet_polygraphy, require_tensorrt
-from ..specs import COMPONENTS
-from .backends import ComponentFn
+from ... import engines
+from ...errors import EngineError
+from ...gpu import cuda_device, quiet_polygraphy, require_tensorrt
+from ...specs import COMPONENTS
+from .base import ComponentFn
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +87,13 @@ class EngineRunner:
         return outputs
 
     def _execute(self) -> None:
-        from ..errors import EngineError
-
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise EngineError(f"{self.component}: TensorRT failed to run the engine (see its log with -v)")
 
     def __call__(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the engine: inputs any device/dtype, outputs float32 CUDA tensors, ready for the
         caller's stream (it waits on this backend's stream)."""
-        engine_cache.check_shapes(self.component, self.profile,
+        engines.check_shapes(self.component, self.profile,
                                   {n: tuple(inputs[n].shape) for n in self.inputs}, self.rebuild)
         caller = torch.cuda.current_stream()
         with torch.cuda.stream(self.stream):
@@ -166,8 +165,13 @@ class TensorRTBackend:
                 self._runners.clear()
                 torch.cuda.empty_cache()
             path, sidecar = self._checked[name]
-            engine = EngineFromBytes(engine_cache.read_engine_bytes(path, sidecar))()
-            rebuild = engine_cache.rebuild_command(self.bundle.path, name, self.precision, sidecar["profile_kind"])
+            # The engine's size was checked against the manifest when the bundle was opened and
+            # 'svdtrt verify' checks its sha256: a load does not hash gigabytes again.
+            engine = EngineFromBytes(path.read_bytes())()
+            if engine is None:
+                raise EngineError(f"TensorRT could not deserialize {path}; rebuild it with "
+                                  f"'{engines.rebuild_command(self.bundle.path, name, self.precision, sidecar)}'")
+            rebuild = engines.rebuild_command(self.bundle.path, name, self.precision, sidecar)
             self._runners[name] = EngineRunner(self.trt, engine, name, sidecar["profile"], self.stream, rebuild,
                                                cuda_graph=self.cuda_graph and name == "unet")
             log.info("%s: loaded %s", name, path)
@@ -175,7 +179,7 @@ class TensorRTBackend:
 
     def component(self, name: str) -> ComponentFn:
         if name not in self._checked:
-            self._checked[name] = engine_cache.usable_engine(
+            self._checked[name] = engines.usable_engine(
                 self.bundle, name, self.precision, self.trt.__version__, self.gpu)
         outputs = COMPONENTS[name].output_names
 

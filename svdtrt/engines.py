@@ -5,88 +5,67 @@ Layout::
     BUNDLE/engines/<component>.<precision>.engine        the serialized engine (a TensorRT plan)
     BUNDLE/engines/<component>.<precision>.engine.json   its sidecar (see :func:`make_sidecar`)
 
-A TensorRT engine only runs on the TensorRT version that built it and is tuned for one GPU
-model (TensorRT developer guide, "Serialized engines are not portable across platforms or
-TensorRT versions"), and it bakes in the graph's weights. The sidecar records all three
-(graph sha256, TensorRT version, GPU name and compute capability), so that the runtime
-refuses a stale engine with a message saying how to rebuild it instead of crashing or
-silently running it, and so that ``svdtrt build`` reuses an engine whose inputs have not
-changed. Nothing here imports TensorRT.
+Both are bundle files like any other: the manifest lists them (``engines`` and ``files``, with
+size and sha256), and ``svdtrt build`` writes them in a bundle transaction. A TensorRT engine
+only runs on the TensorRT version that built it and is tuned for one GPU model (TensorRT
+developer guide, "Serialized engines are not portable across platforms or TensorRT
+versions"), and it bakes in the graph's weights. The sidecar records all three (the graph's
+identity from the manifest's hashes, TensorRT version, GPU name and compute capability), so
+that the runtime refuses a stale engine with the command that rebuilds it, and ``svdtrt build``
+reuses an engine whose inputs have not changed. This module is shared by the build stage
+(:mod:`svdtrt.build`) and the runtime (:mod:`svdtrt.runtime.backends.trt`); it imports neither,
+nor TensorRT.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
 from pathlib import Path
 
-from .. import __version__
-from ..bundle import write_bytes_atomic, write_json_atomic
-from ..errors import EngineError
+from . import __version__
+from .errors import EngineError
 
 ENGINE_DIR = "engines"
 #: Bumped when the sidecar's fields change meaning; other versions are treated as stale.
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2
 
 
-def engine_path(bundle_path: Path, component: str, precision: str) -> Path:
-    """``BUNDLE/engines/<component>.<precision>.engine``."""
-    return Path(bundle_path) / ENGINE_DIR / f"{component}.{precision}.engine"
+def engine_name(component: str, precision: str) -> str:
+    """``engines/<component>.<precision>.engine``, relative to the bundle."""
+    return f"{ENGINE_DIR}/{component}.{precision}.engine"
 
 
-def sidecar_path(engine: Path) -> Path:
-    """The sidecar beside ``engine``: the engine's file name plus ``.json``."""
-    return engine.with_name(engine.name + ".json")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    """Hex sha256 of a file, read in 16 MiB chunks (a full-size fp32 SVD UNet is about 6 GB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def graph_sha256(bundle, component: str, precision: str) -> str:
-    """One sha256 over a graph and its external-data file, as the manifest lists them.
-
-    The weights live in the data file, and an engine bakes them in, so both count.
-
-    Raises:
-        BundleError: the bundle has no such graph.
-    """
-    graph = bundle.graph_path(component, precision)
-    entry = bundle.manifest["components"][component]["graphs"][precision]
-    h = hashlib.sha256()
-    for name in (graph.name, entry.get("data")):
-        if name:
-            h.update(f"{name}:{sha256_file(bundle.path / name)}\n".encode())
-    return h.hexdigest()
+def sidecar_name(engine: str) -> str:
+    """The sidecar beside ``engine``: the engine's name plus ``.json``."""
+    return engine + ".json"
 
 
 def make_sidecar(component: str, precision: str, graph: str, graph_sha: str, engine: bytes, profile: dict,
-                 profile_kind: str, flags: dict, tensorrt: str, gpu: dict, build_seconds: float) -> dict:
+                 profile_kind: str, flags: dict, tensorrt: str, gpu: dict, build_seconds: float,
+                 shapes: dict | None = None) -> dict:
     """The sidecar of a freshly built engine.
 
     Args:
         component, precision: what was built.
-        graph, graph_sha: the graph's file name and :func:`graph_sha256`.
+        graph, graph_sha: the graph's file name and :meth:`svdtrt.bundle.Bundle.graph_identity`.
         engine: the serialized engine (its size and sha256 are recorded).
         profile: ``{input: {"min", "opt", "max"}}`` of the engine's one optimization profile.
         profile_kind: ``"static"`` or ``"dynamic"``.
-        flags: the builder settings (the ``flags`` of :func:`svdtrt.export.engine.plan_build`).
+        flags: the builder settings (the ``flags`` of :func:`svdtrt.build.plan.plan_build`).
         tensorrt: ``tensorrt.__version__`` of the builder.
         gpu: ``{"name", "compute_capability", ...}`` of the building GPU (:func:`svdtrt.gpu.cuda_device`).
         build_seconds: wall-clock build time in seconds.
+        shapes: the plan's clip-size ranges ``{"frames"|"height"|"width": {"min", "opt", "max"}}``.
     """
     return {
         "sidecar_version": SIDECAR_VERSION,
         "component": component, "precision": precision,
         "graph": {"file": graph, "sha256": graph_sha},
         "engine": {"bytes": len(engine), "sha256": hashlib.sha256(engine).hexdigest()},
-        "profile_kind": profile_kind, "profile": profile, "flags": flags,
+        "profile_kind": profile_kind, "profile": profile, "shapes": shapes, "flags": flags,
         "tensorrt": tensorrt,
         "gpu": {"name": gpu["name"], "compute_capability": gpu["compute_capability"]},
         "build_seconds": round(build_seconds, 3),
@@ -95,15 +74,17 @@ def make_sidecar(component: str, precision: str, graph: str, graph_sha: str, eng
     }
 
 
-def read_sidecar(engine: Path) -> dict | None:
-    """The sidecar of ``engine``, or None when it (or the engine) is missing or unreadable."""
+def read_sidecar(bundle, component: str, precision: str) -> dict | None:
+    """The sidecar of the bundle's ``component``/``precision`` engine as the manifest lists it, or
+    None when there is no such engine or its sidecar is unreadable."""
+    entry = bundle.manifest.engines.get(f"{component}.{precision}")
+    if entry is None:
+        return None
     try:
-        if not engine.is_file():
-            return None
-        sidecar = json.loads(sidecar_path(engine).read_text())
-        return sidecar if isinstance(sidecar, dict) else None
+        sidecar = json.loads((bundle.path / entry.sidecar).read_text())
     except (OSError, ValueError):
         return None
+    return sidecar if isinstance(sidecar, dict) else None
 
 
 def stale_reasons(sidecar: dict | None, expected: dict) -> list[str]:
@@ -142,16 +123,25 @@ def stale_reasons(sidecar: dict | None, expected: dict) -> list[str]:
     return reasons
 
 
-def rebuild_command(bundle_path: Path, component: str, precision: str, profile_kind: str | None = None) -> str:
-    """The ``svdtrt build`` command line that rebuilds one engine."""
-    profile = f" --profile {profile_kind}" if profile_kind else ""
-    return f"svdtrt build {bundle_path} --precision {precision}{profile} --components {component}"
+def rebuild_command(bundle_path: Path, component: str, precision: str, sidecar: dict | None = None) -> str:
+    """The ``svdtrt build`` command line that rebuilds one engine as it was built: the same
+    profile kind and, for a static engine, the same clip size."""
+    words = ["svdtrt", "build", str(bundle_path), "--precision", precision]
+    if sidecar and sidecar.get("profile_kind"):
+        words += ["--profile", sidecar["profile_kind"]]
+        shapes = sidecar.get("shapes")
+        if sidecar["profile_kind"] == "static" and shapes:
+            for key in ("frames", "height", "width"):
+                words += [f"--{key}", str(shapes[key]["opt"])]
+    words += ["--components", component, "--force"]
+    return shlex.join(words)
 
 
 def usable_engine(bundle, component: str, precision: str, tensorrt: str, gpu: dict) -> tuple[Path, dict]:
     """The engine of ``component`` at ``precision`` and its sidecar, checked for this machine.
 
-    Hashes the graph (seconds for a full-size UNet) to make sure the engine was built from it.
+    The graph's identity comes from the manifest's recorded hashes (nothing is hashed here);
+    the engine's size was checked against the manifest when the bundle was opened.
 
     Raises:
         EngineError: the engine is missing, has no sidecar, or was built from another graph,
@@ -159,43 +149,17 @@ def usable_engine(bundle, component: str, precision: str, tensorrt: str, gpu: di
             the ``svdtrt build`` command that rebuilds it.
         BundleError: the bundle has no graph of that precision.
     """
-    engine = engine_path(bundle.path, component, precision)
-    sidecar = read_sidecar(engine)
+    sidecar = read_sidecar(bundle, component, precision)
     if sidecar is None:
-        raise EngineError(f"no {precision} engine for {component} in '{bundle.path}' ({engine.name} or its "
-                          f"sidecar is missing); build it with '{rebuild_command(bundle.path, component, precision)}'")
-    expected = {"graph_sha256": graph_sha256(bundle, component, precision), "precision": precision,
+        raise EngineError(f"no {precision} engine for {component} in '{bundle.path}'; build it with "
+                          f"'{rebuild_command(bundle.path, component, precision)}'")
+    expected = {"graph_sha256": bundle.graph_identity(component, precision), "precision": precision,
                 "tensorrt": tensorrt, "gpu": gpu}
     reasons = stale_reasons(sidecar, expected)
     if reasons:
-        raise EngineError(f"the {component} engine {engine.name} is stale: {'; '.join(reasons)}; rebuild it with "
-                          f"'{rebuild_command(bundle.path, component, precision, sidecar.get('profile_kind'))}'")
-    return engine, sidecar
-
-
-def read_engine_bytes(engine: Path, sidecar: dict) -> bytes:
-    """The serialized engine, checked against the size and sha256 its sidecar records.
-
-    Raises:
-        EngineError: the file differs from the one that was built (truncated copy, replaced file).
-    """
-    data = engine.read_bytes()
-    recorded = sidecar.get("engine", {})
-    if len(data) != recorded.get("bytes") or hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
-        rebuild = rebuild_command(engine.parent.parent, sidecar.get("component", "?"), sidecar.get("precision", "?"),
-                                  sidecar.get("profile_kind"))
-        raise EngineError(f"{engine} is not the engine its sidecar describes (size or sha256 differ: a partial "
-                          f"copy or a replaced file); rebuild it with '{rebuild}'")
-    return data
-
-
-def save_engine(engine: Path, data: bytes, sidecar: dict) -> None:
-    """Write an engine and its sidecar so that a crash never leaves a sidecar vouching for the
-    wrong engine: the old sidecar goes first, the new one is written last (both atomically)."""
-    engine.parent.mkdir(parents=True, exist_ok=True)
-    sidecar_path(engine).unlink(missing_ok=True)
-    write_bytes_atomic(engine, data)
-    write_json_atomic(sidecar_path(engine), sidecar)
+        raise EngineError(f"the {component} {precision} engine is stale: {'; '.join(reasons)}; rebuild it with "
+                          f"'{rebuild_command(bundle.path, component, precision, sidecar)}'")
+    return bundle.path / bundle.manifest.engines[f"{component}.{precision}"].engine, sidecar
 
 
 def check_shapes(component: str, profile: dict, shapes: dict[str, tuple[int, ...]], rebuild: str) -> None:
@@ -214,5 +178,5 @@ def check_shapes(component: str, profile: dict, shapes: dict[str, tuple[int, ...
         shape, lo, hi = list(shapes[name]), p["min"], p["max"]
         if len(shape) != len(lo) or any(not a <= s <= b for s, a, b in zip(shape, lo, hi)):
             raise EngineError(f"{component}: input '{name}' has shape {shape}, outside the engine's optimization "
-                              f"profile (min {lo}, max {hi}); rebuild for this shape, e.g. '{rebuild}' with "
+                              f"profile (min {lo}, max {hi}); rebuild it for this shape with '{rebuild}' and "
                               "--frames/--height/--width, or use --profile dynamic")

@@ -1,0 +1,112 @@
+"""``svdtrt convert``: fp16 graphs as a bundle operation, from the bundle's own fp32 graphs.
+
+fp16 is an ONNX-level conversion of the validated fp32 graph (:mod:`svdtrt.export.fp16`), so
+adding it needs neither the source model nor a re-export. Each fp16 graph is validated on
+ONNX Runtime's CPU provider against the fp32 graph's outputs at the inputs the fp32 graph was
+validated with (the fp32 graph itself matches PyTorch to about 1e-6), with the spec's fp16
+tolerances (:class:`svdtrt.specs.Fp16Tolerance`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from ..bundle import Bundle, changing, graph_filename
+from ..components import example_inputs
+from ..errors import InputError
+from ..manifest import Accuracy, GraphEntry
+from ..precisions import made_by, precision as lookup_precision
+from ..specs import COMPONENTS
+from .deployability import check_deployable
+from .external_data import data_filename, graph_bytes
+from .fp16 import convert_to_fp16
+from .validation import cpu_session, validate_graph
+
+log = logging.getLogger(__name__)
+
+
+def convert_component(source: Path, folder: Path, name: str, sizes: dict[str, int],
+                      inputs: dict[str, torch.Tensor], expected: list[torch.Tensor]) -> GraphEntry:
+    """Convert ``source``'s fp32 graph of component ``name`` to fp16 in ``folder`` and validate it.
+
+    Args:
+        source: the folder holding ``<name>.fp32.onnx`` and its weights.
+        folder: the (staged) bundle folder to write ``<name>.fp16.onnx`` into.
+        sizes: the symbol sizes of the validation inputs (:meth:`svdtrt.specs.ModelDims.sizes`).
+        inputs: the validation inputs (spec order).
+        expected: the reference outputs on ``inputs`` (PyTorch's, or the fp32 graph's).
+    Returns:
+        The fp16 graph's manifest entry.
+    Raises:
+        AccuracyError: an output misses the spec's fp16 tolerances.
+        ExportError: the conversion could not be written.
+    """
+    spec = COMPONENTS[name]
+    half = folder / graph_filename(name, "fp16")
+    start = time.perf_counter()
+    info = convert_to_fp16(source / graph_filename(name, "fp32"), half, spec.fp16_fp32_ops)
+    seconds = time.perf_counter() - start
+    tol = spec.fp16
+    metrics = validate_graph(half, spec, None, inputs, max_rel_error=float("inf"), min_cosine=tol.min_cosine,
+                             min_psnr_db=tol.min_psnr_db, expected=expected)
+    log.info("%s: fp16 converted in %.1f s, validated: %s", name, seconds, metrics)
+    return GraphEntry(
+        file=half.name, data=data_filename(half), bytes=graph_bytes(half), seconds=round(seconds, 3),
+        conversion=info,
+        validation=Accuracy(shape=sizes, reference="fp32 reference",
+                            tolerances={"min_cosine": tol.min_cosine, "min_psnr_db": tol.min_psnr_db},
+                            outputs=metrics),
+        deployability=check_deployable(half))
+
+
+def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = False,
+                   progress: bool = True) -> Bundle:
+    """Add ``precision`` graphs converted from the bundle's fp32 graphs, in one transaction.
+
+    Args:
+        path: the bundle.
+        precision: a precision the registry makes by ``convert`` (fp16).
+        force: replace existing graphs of that precision.
+    Returns:
+        The re-opened bundle.
+    Raises:
+        InputError: a precision not made by conversion, or existing graphs without ``force``.
+        BundleError: no bundle at ``path``.
+        AccuracyError: a converted graph misses its tolerance (the bundle is unchanged).
+    """
+    from tqdm import tqdm
+
+    p = lookup_precision(precision)
+    if p.made_by != "convert":
+        raise InputError(f"convert makes {', '.join(made_by('convert'))} graphs; {precision} is made with "
+                         f"'{p.make_command(path)}'")
+    with changing(path) as staged:
+        components = staged.manifest.components
+        existing = [c for c, e in components.items() if precision in e.graphs]
+        if existing and not force:
+            raise InputError(f"bundle '{path}' already has {precision} graphs ({', '.join(existing)}); "
+                             "pass --force to replace them")
+        for name in tqdm(list(components), desc=f"convert {precision}", unit="graph", disable=not progress):
+            for file in (_graph_files(components[name].graphs.get(precision))):
+                staged.remove(file)
+            fp32 = components[name].graphs["fp32"]
+            spec = COMPONENTS[name]
+            inputs = example_inputs(spec, fp32.validation.shape)
+            session = cpu_session(staged.old.path / fp32.file)
+            expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
+                n: inputs[n].numpy() for n in spec.input_names})]
+            del session
+            components[name].graphs[precision] = convert_component(staged.old.path, staged.path, name,
+                                                                   fp32.validation.shape,
+                                                                   inputs, expected)
+        return staged.commit()
+
+
+def _graph_files(graph: GraphEntry | None) -> list[str]:
+    if graph is None or graph.kept_precision:
+        return []
+    return [f for f in (graph.file, graph.data) if f]

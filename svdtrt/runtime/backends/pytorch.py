@@ -1,0 +1,48 @@
+"""The ``torch`` backend: the source model's PyTorch modules (the reference)."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Mapping
+
+import torch
+
+from ...components import torch_modules
+from ...specs import COMPONENTS
+from .base import ComponentFn
+
+
+class TorchBackend:
+    """The source model's PyTorch modules, on ``device`` in ``dtype``.
+
+    Args:
+        model: an :class:`svdtrt.models.SvdModel`.
+        device: ``"cpu"`` or ``"cuda"``; inputs are moved there, outputs come back there.
+        dtype: ``torch.float32`` (reference) or ``torch.float16`` (GPU).
+    """
+
+    name = "torch"
+
+    def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        if (self.device.type, dtype) != ("cpu", torch.float32):
+            # Module.to() converts in place: work on a copy so that the caller's model (often the
+            # fp32 CPU reference of the same run) stays as it was.
+            model = dataclasses.replace(model, image_encoder=copy.deepcopy(model.image_encoder),
+                                        vae=copy.deepcopy(model.vae), unet=copy.deepcopy(model.unet))
+        self._modules = {k: m.to(self.device, dtype) for k, m in torch_modules(model).items()}
+
+    def component(self, name: str) -> ComponentFn:
+        module, spec = self._modules[name], COMPONENTS[name]
+
+        @torch.no_grad()
+        def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            args = [inputs[n].to(self.device, self.dtype) for n in spec.input_names]
+            return {spec.output_names[0]: module(*args).float()}
+
+        return run
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

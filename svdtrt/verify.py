@@ -1,0 +1,67 @@
+"""``svdtrt verify``: every file of a bundle against the sha256 its manifest records, the folder
+against the manifest (nothing missing, nothing extra), and every engine's sidecar against its
+engine and graph (docs/architecture.md, "Integrity").
+
+Opening a bundle checks the manifest's schema and every file's size (:meth:`Bundle.open`);
+this checks the content too, reading every byte once (seconds per GB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .bundle import Bundle, sha256_file
+from .engines import SIDECAR_VERSION
+from .fs import leftovers
+from .manifest import MANIFEST
+
+
+def verify_bundle(path: str | os.PathLike, progress: bool = False) -> list[str]:
+    """Every problem of the bundle at ``path``, one line each; empty when it is intact.
+
+    Leftovers of a killed svdtrt run beside the bundle (``.NAME.txn-*``) are not problems of the
+    bundle; they are removed by the next command that changes it.
+
+    Raises:
+        BundleError: the bundle cannot be opened (schema, sizes; see :meth:`Bundle.open`).
+    """
+    from tqdm import tqdm
+
+    bundle = Bundle.open(path)
+    m = bundle.manifest
+    problems = []
+    for name, record in tqdm(m.files.items(), desc="verify", unit="file", disable=not progress):
+        if sha256_file(bundle.path / name) != record.sha256:
+            problems.append(f"{name}: sha256 differs from the manifest's (a corrupted or replaced file); "
+                            f"{bundle.remedy(name)}")
+    on_disk = {p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if not p.is_dir()}
+    for name in sorted(on_disk - set(m.files) - {MANIFEST}):
+        problems.append(f"{name}: on disk but not in the manifest (not svdtrt's, or left by another tool); "
+                        "move it out of the bundle")
+    for key, entry in m.engines.items():
+        try:
+            sidecar = json.loads((bundle.path / entry.sidecar).read_text())
+        except (OSError, ValueError):
+            problems.append(f"{entry.sidecar}: unreadable sidecar; {bundle.remedy(entry.engine)}")
+            continue
+        engine_record = m.files[entry.engine]
+        checks = [
+            (sidecar.get("sidecar_version") == SIDECAR_VERSION, f"sidecar version {sidecar.get('sidecar_version')}"),
+            ((sidecar.get("component"), sidecar.get("precision")) == (entry.component, entry.precision),
+             f"it describes {sidecar.get('component')} {sidecar.get('precision')}"),
+            (sidecar.get("engine") == {"bytes": engine_record.bytes, "sha256": engine_record.sha256},
+             "it describes another engine file"),
+            (sidecar.get("graph", {}).get("sha256") == bundle.graph_identity(entry.component, entry.precision),
+             "the engine was built from another graph"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                problems.append(f"{entry.sidecar}: {what}; {bundle.remedy(entry.engine)}")
+    return problems
+
+
+def leftover_runs(path: str | os.PathLike) -> list[Path]:
+    """Folders that killed svdtrt runs left beside the bundle (removed by the next change)."""
+    return leftovers(Path(path))
