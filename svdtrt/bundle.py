@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -24,7 +25,7 @@ from typing import Iterator
 
 from . import manifest as schema
 from .errors import BundleError, InputError
-from .fs import DirectoryTransaction, write_new
+from .fs import DirectoryTransaction, checkpoint, write_new
 from .manifest import CONFIG_FILES, MANIFEST, GraphEntry, Manifest
 from .precisions import precision as lookup_precision
 from .specs import ModelDims
@@ -33,6 +34,48 @@ from .specs import ModelDims
 def graph_filename(component: str, precision: str) -> str:
     """File name of a component's graph, e.g. ``unet.fp16.onnx`` (its weights: ``+ .data``)."""
     return f"{component}.{precision}.onnx"
+
+
+class HashCache:
+    """sha256 of files, remembered per file version in ``$XDG_CACHE_HOME/svdtrt/sha256.json``
+    (``~/.cache`` by default): a file whose (device, inode, size, mtime) is unchanged is not
+    read again. The cache is an optimisation only; losing it costs one more hash."""
+
+    def __init__(self):
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.path = root / "svdtrt" / "sha256.json"
+
+    @staticmethod
+    def _key(path: Path) -> str:
+        s = os.stat(path)
+        # Not ctime: linking a file into a new bundle state changes it, the content does not.
+        return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}"
+
+    def _load(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def sha256(self, path: Path) -> str:
+        key = self._key(path)
+        known = self._load().get(key)
+        if isinstance(known, str):
+            return known
+        digest = sha256_file(path)
+        self.remember(path, digest)
+        return digest
+
+    def remember(self, path: Path, digest: str) -> None:
+        """Record ``digest`` for the current version of ``path`` (best effort)."""
+        with contextlib.suppress(OSError):
+            data = self._load()
+            data[self._key(path)] = digest
+            if len(data) > 10000:  # forget the oldest versions
+                data = dict(list(data.items())[-5000:])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_new(self.path, json.dumps(data).encode())
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
@@ -155,6 +198,23 @@ class Bundle:
                 h.update(f"{Path(name).name}:{self.manifest.files[name].sha256}\n".encode())
         return h.hexdigest()
 
+    def check_file(self, name: str) -> Path:
+        """Path of file ``name`` after checking its content against the manifest's sha256.
+
+        A file is hashed once per version: the result is remembered in the user's cache
+        (:class:`HashCache`) under the file's identity (device, inode, size, mtime), so later backends and clips pay a ``stat``, and a file changed in place is
+        hashed again.
+
+        Raises:
+            BundleError: the content differs from the record (a corrupted or replaced file);
+                the message names the file and the command that rebuilds it.
+        """
+        path = self.path / name
+        if HashCache().sha256(path) != self.manifest.files[name].sha256:
+            raise BundleError(f"bundle '{self.path}': {name} does not match its recorded sha256 (a corrupted or "
+                              f"replaced file); {self.remedy(name)}")
+        return path
+
     def remedy(self, name: str) -> str:
         """What to run to rebuild file ``name`` of the bundle, as a sentence ending in a command."""
         b = shlex.quote(str(self.path))
@@ -211,8 +271,6 @@ class Staged:
 
     def write_json(self, name: str, data: dict) -> None:
         """Write ``data`` as the staged file ``name`` (a new file, never through a link)."""
-        import json
-
         (self.path / name).parent.mkdir(parents=True, exist_ok=True)
         write_new(self.path / name, (json.dumps(data, indent=2) + "\n").encode())
 
@@ -222,6 +280,8 @@ class Staged:
         Raises:
             InputError: something appeared at the target meanwhile (without ``force``).
         """
+        checkpoint("commit")
+        cache = HashCache()
         files = {}
         old = self.old.manifest.files if self.old else {}
         for name in old:
@@ -241,7 +301,9 @@ class Staged:
                     files[rel] = old[rel]
                 else:
                     files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
+                    cache.remember(full, files[rel].sha256)  # the published file keeps its inode
         self.manifest.files = dict(sorted(files.items()))
+        checkpoint("recorded")
         write_new(self.path / MANIFEST, schema.dump(self.manifest))
         self._txn.publish()
         return Bundle.open(self.target)

@@ -1,7 +1,7 @@
 """The one exception hierarchy of svdtrt.
 
 The CLI turns every :class:`SvdtrtError` into a one-line message on stderr and exit
-code 2; any other exception is a bug and keeps its traceback (see DESIGN.md, Errors).
+code 2; any other exception is a bug and keeps its traceback (see docs/architecture.md, "Errors").
 Messages say what is wrong and what to do about it.
 """
 
@@ -58,3 +58,7 @@ class EngineError(SvdtrtError):
 class QuantizationError(SvdtrtError):
     """A calibration set or a quantized graph that cannot be used: a corrupt or mismatched shard,
     missing calibration data, or a Q/DQ graph that is not symmetric or has no Q/DQ node."""
+
+
+class NumericalError(SvdtrtError):
+    """A backend produced NaN or infinite values (a corrupted graph or engine, or an overflow)."""

@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 _AT_FDCWD = -100
+
+
+def checkpoint(name: str) -> None:
+    """A named instant of a transaction. The kill tests (tests/test_transactions.py) set
+    ``SVDTRT_KILL_AT`` to a name to SIGKILL the process exactly there; otherwise a no-op."""
+    if os.environ.get("SVDTRT_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> None:
@@ -241,6 +249,7 @@ class DirectoryTransaction:
         except OSError as e:
             raise InputError(os_error_message(self.target, e)) from None
         self.lock.__enter__()
+        checkpoint("locked")
         try:
             recover(self.target)
             self._refuse_unexpected()
@@ -256,9 +265,12 @@ class DirectoryTransaction:
             raise
         return self
 
-    def _refuse_unexpected(self) -> None:
+    def _refuse_unexpected(self, when: str = "already exists") -> None:
         exists = os.path.lexists(self.target)
         if exists and not self.expect_existing and not self.force:
+            if when != "already exists":
+                raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced "
+                                 "(pass --force to replace it)")
             raise InputError(f"'{self.target}' already exists; choose another path or pass --force to replace it")
         if not exists and self.expect_existing:
             raise InputError(f"'{self.target}' disappeared while svdtrt was working on it; nothing was written")
@@ -279,7 +291,8 @@ class DirectoryTransaction:
                 staged work is discarded; ``target`` is untouched).
         """
         fsync_tree(self.path)
-        self._refuse_unexpected()
+        checkpoint("publish")
+        self._refuse_unexpected(when="appeared")
         if not os.path.lexists(self.target):
             try:
                 rename_noreplace(self.path, self.target)
@@ -287,6 +300,7 @@ class DirectoryTransaction:
                 raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced "
                                  "(pass --force to replace it)") from None
         elif self.target.is_dir() and not self.target.is_symlink() and exchange(self.path, self.target):
+            checkpoint("swapped")
             remove(self.path)  # now the old state
         else:  # no RENAME_EXCHANGE here (or a file is in the way): two renames, undone by recover()
             aside = self.target.with_name(f".{self.target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")

@@ -1,6 +1,6 @@
 """What this machine offers for the GPU stages: the CUDA device (through torch) and the
 optional TensorRT and Polygraphy packages, imported lazily so that the rest of svdtrt works
-without them (DESIGN.md, "Environment facts the design accepts").
+without them (docs/architecture.md, "Environment").
 
 TensorRT's Python package comes from NVIDIA's index (``pypi.nvidia.com``) or, on Jetson,
 with JetPack; Polygraphy is on PyPI. Both are in the ``gpu`` extra of ``pyproject.toml``.

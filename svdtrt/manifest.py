@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -297,12 +298,18 @@ def parse(text: str | bytes, where: str) -> Manifest:
         raw = json.loads(text)
     except ValueError as e:
         raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not JSON: {e}); re-export it "
-                          "with 'svdtrt export MODEL --out BUNDLE --force'") from None
-    version = raw.get("format_version") if isinstance(raw, dict) else None
+                          f"with 'svdtrt export MODEL --out {shlex.quote(where)} --force'") from None
+    if not isinstance(raw, dict):
+        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not a JSON object); re-export it "
+                          f"with 'svdtrt export MODEL --out {shlex.quote(where)} --force'")
+    source = raw.get("source", {}).get("name") if isinstance(raw.get("source"), dict) else None
+    model = shlex.quote(source) if isinstance(source, str) and source else "MODEL"
+    version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle '{where}' has format version {version}, this svdtrt reads version "
-                          f"{FORMAT_VERSION}; re-export it with this svdtrt ('svdtrt export MODEL --out BUNDLE --force')")
-    fix = "re-export the bundle ('svdtrt export MODEL --out BUNDLE --force') or restore the manifest"
+                          f"{FORMAT_VERSION}; re-export it with this svdtrt ('svdtrt export {model} --out "
+                          f"{shlex.quote(where)} --force')")
+    fix = f"re-export the bundle ('svdtrt export {model} --out {shlex.quote(where)} --force') or restore the manifest"
     try:
         manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:

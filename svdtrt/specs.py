@@ -1,8 +1,8 @@
 """Component specs: the names, symbolic shapes and tolerances of the four SVD graphs.
 
 Every stage (export, validation, shape profiles, calibration, engine build, runtime
-binding, benchmarks) reads component I/O from here and nowhere else (DESIGN.md, "The
-four components, one source of truth").
+binding, benchmarks) reads component I/O from here and nowhere else (docs/architecture.md,
+"Components").
 
 Shape symbols:
     B  batch, including the classifier-free-guidance doubling (2 for one clip)

@@ -29,7 +29,7 @@ from .measure import PeakMemory, load_average, machine_info, order_stats
 
 log = logging.getLogger(__name__)
 
-#: Precisions in the order rows and plots list them (DESIGN.md, "Precision lives in the graph").
+#: Precisions in the order rows and plots list them (the registry, :mod:`svdtrt.precisions`).
 PRECISIONS = NAMES
 #: The reference row: diffusers' ``StableVideoDiffusionPipeline`` over the source model, fp32.
 REFERENCE = "diffusers"

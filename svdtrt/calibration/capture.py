@@ -21,6 +21,7 @@ import PIL.Image
 
 from ..bundle import changing
 from ..errors import InputError
+from ..fs import checkpoint
 from ..images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
 from ..manifest import CalibrationEntry
 from ..models import reference_model
@@ -148,6 +149,7 @@ def calibrate_bundle(bundle_path, images: list[tuple[str, PIL.Image.Image]], nam
                         entry["per_timestep"][f"{float(inputs['timestep'][0]):.6g}"] += 1
             image_entries.append({"name": image_name, "sha256": image_sha256(image), "seed": seed + i,
                                   "split": split})
+            checkpoint("calibrate-image")
         entry = CalibrationEntry(
             directory=directory, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), images=image_entries, steps=steps,
             settings={k: v for k, v in dataclasses.asdict(base).items() if k != "seed"},

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..bundle import changing, graph_filename
 from ..errors import InputError, QuantizationError
+from ..fs import checkpoint
 from ..gpu import package_version
 from ..manifest import GraphEntry, Quantization
 from ..precisions import made_by, precision as lookup_precision
@@ -234,6 +235,7 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
             qdq = validate_qdq_graph(target)
             accuracy = held_out_accuracy(target, name, precision, calib, model)
             log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)
+            checkpoint("quantize-component")
             entries[name] = GraphEntry(
                 file=target.name, data=_data_path(target).name,
                 bytes=target.stat().st_size + _data_path(target).stat().st_size, seconds=round(seconds, 3),

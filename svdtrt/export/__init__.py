@@ -13,6 +13,7 @@ import onnx
 from ..bundle import Bundle, Staged, changing, creating, graph_filename
 from ..components import example_inputs, torch_modules
 from ..errors import BundleError, InputError
+from ..fs import checkpoint
 from ..gpu import tool_versions
 from ..manifest import CONFIG_FILES, Accuracy, ComponentEntry, GraphEntry, build
 from ..precisions import made_by, precision as lookup_precision
@@ -138,6 +139,7 @@ def _export_components(staged: Staged, model, names: list[str], opset: int, prec
             entry.graphs["fp16"] = convert_component(staged.path, staged.path, name, *validation)
         manifest.components[name] = entry
         gc.collect()
+        checkpoint("export-component")
     manifest.components = {k: manifest.components[k] for k in COMPONENTS if k in manifest.components}
 
 

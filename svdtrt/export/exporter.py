@@ -1,7 +1,7 @@
 """Tracing one component to an ONNX graph, with its weights in one external-data file.
 
 The exporter choice lives here and only here: ``torch.onnx.export(..., dynamo=False)``
-(TorchScript tracing). DESIGN.md records the probes: on torch 2.13 / diffusers 0.42 it keeps
+(TorchScript tracing). docs/architecture.md ("Exporting") records the probes: on torch 2.13 / diffusers 0.42 it keeps
 batch, frames and latent height/width dynamic and matches PyTorch to about 1e-6 on ONNX
 Runtime, while the dynamo exporter specialised h and w. The choice is written into every
 manifest (:data:`EXPORTER`).

@@ -1,5 +1,5 @@
-"""fp16 graphs: an ONNX-level conversion of the validated fp32 graph (DESIGN.md, "Precision
-lives in the graph"), by ONNX Runtime's float16 converter (``onnxruntime.transformers.float16``,
+"""fp16 graphs: an ONNX-level conversion of the validated fp32 graph (docs/architecture.md,
+"Precisions"), by ONNX Runtime's float16 converter (``onnxruntime.transformers.float16``,
 part of the onnxruntime wheel: no extra dependency and no torch).
 
 The conversion runs on the weightless graph structure; the converter only retypes external

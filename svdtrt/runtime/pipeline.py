@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, NumericalError
 from ..specs import CLIP_INPUT_SIZE, ModelDims
 from .backends import Backend
 from .preprocess import resize_with_antialiasing
@@ -232,6 +232,10 @@ class SvdPipeline:
             chunk = s.decode_chunk_size or s.frames
             frames = torch.cat([decode_vae({"latents": latents[i:i + chunk]})["frames"]
                                 for i in range(0, latents.shape[0], chunk)])
+            if not torch.isfinite(frames).all():
+                raise NumericalError(
+                    f"the {self.backend.name} backend decoded NaN or infinite values: a corrupted graph or engine "
+                    "(run 'svdtrt verify BUNDLE'), or an overflow in a lower precision (try --precision fp32)")
             # [F, 3, H, W] -> [1, 3, F, H, W], the layout diffusers' VideoProcessor takes
             frames = frames.reshape(-1, s.frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
             frames = self.video_processor.postprocess_video(video=frames, output_type="np")[0]

@@ -65,6 +65,9 @@ class OnnxRuntimeBackend:
 
             options = session_options(self.precision, self.providers, self.threads)
             graph = self.bundle.graph(name, self.precision)
+            for file in (graph.file, graph.data):
+                if file:
+                    self.bundle.check_file(file)  # hashed once per file version (Bundle.check_file)
             providers = [(p, ort_tensorrt_options(self.bundle, name, self.precision))
                          if p == "TensorrtExecutionProvider" else p for p in self.providers]
             try:

@@ -165,8 +165,9 @@ class TensorRTBackend:
                 self._runners.clear()
                 torch.cuda.empty_cache()
             path, sidecar = self._checked[name]
-            # The engine's size was checked against the manifest when the bundle was opened and
-            # 'svdtrt verify' checks its sha256: a load does not hash gigabytes again.
+            # The engine's content is checked against the manifest once per file version
+            # (Bundle.check_file): later loads pay a stat, not a hash of gigabytes.
+            self.bundle.check_file(self.bundle.manifest.engines[f"{name}.{self.precision}"].engine)
             engine = EngineFromBytes(path.read_bytes())()
             if engine is None:
                 raise EngineError(f"TensorRT could not deserialize {path}; rebuild it with "

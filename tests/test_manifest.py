@@ -1,0 +1,111 @@
+"""The manifest's schema and the bundle's confinement (docs/architecture.md, "The manifest"): every
+malformed manifest is a one-line BundleError naming the field, and no path leads outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from svdtrt import manifest as schema
+from svdtrt.bundle import Bundle
+from svdtrt.errors import BundleError
+
+
+@pytest.fixture
+def bundle(tiny_bundle, tmp_path):
+    return shutil.copytree(tiny_bundle.path, tmp_path / "b")
+
+
+def _edit(bundle, change) -> None:
+    raw = json.loads((bundle / "manifest.json").read_text())
+    change(raw)
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda m: m.pop("shapes"), "shapes"),
+    (lambda m: m["components"]["unet"]["graphs"]["fp32"].pop("file"), "components.unet.graphs.fp32.file"),
+    (lambda m: m["dims"].__setitem__("latent_channels", "4"), "dims.latent_channels"),
+    (lambda m: m["shapes"]["frames"].__setitem__("opt", 4.0), "shapes.frames.opt"),
+    (lambda m: m["files"]["unet.fp32.onnx"].__setitem__("bytes", -1), "files.unet.fp32.onnx.bytes"),
+    (lambda m: m["components"]["unet"]["graphs"]["fp32"].__setitem__("seconds", float("nan")),
+     "components.unet.graphs.fp32.seconds"),
+    (lambda m: m["components"]["unet"]["graphs"]["fp32"].__setitem__("seconds", float("inf")),
+     "components.unet.graphs.fp32.seconds"),
+    (lambda m: m["components"]["unet"]["graphs"].__setitem__("int-8", {}), "components.unet.graphs.int-8"),
+    (lambda m: m.__setitem__("surprise", 1), "surprise"),
+])
+def test_malformed_manifests_are_bundle_errors_naming_the_field(bundle, change, field, run_cli):
+    _edit(bundle, change)
+    with pytest.raises(BundleError) as e:
+        Bundle.open(bundle)
+    message = str(e.value)
+    assert f"field '{field}" in message and "\n" not in message
+    assert f"'svdtrt export tiny --out {bundle} --force'" in message
+    code, _, err = run_cli("verify", bundle)
+    assert code == 2 and err.count("\n") == 1 and field in err
+
+
+@pytest.mark.parametrize("version", (1, 3, "2", None))
+def test_other_format_versions_are_refused(bundle, version):
+    _edit(bundle, lambda m: m.__setitem__("format_version", version))
+    with pytest.raises(BundleError, match=f"format version {version}, this svdtrt reads version 2"):
+        Bundle.open(bundle)
+
+
+@pytest.mark.parametrize("path", ("../elsewhere/vae_decoder.fp32.onnx", "/etc/passwd", "./unet.fp32.onnx",
+                                  "a\\b.onnx", "manifest.json"))
+def test_paths_must_stay_inside_the_bundle(bundle, path):
+    def point_elsewhere(m):
+        graph = m["components"]["vae_decoder"]["graphs"]["fp32"]
+        m["files"][path] = m["files"].pop(graph["file"])
+        graph["file"] = path
+
+    _edit(bundle, point_elsewhere)
+    with pytest.raises(BundleError, match="is not a relative path inside the bundle"):
+        Bundle.open(bundle)
+
+
+def test_a_symlink_leading_out_of_the_bundle_is_refused(bundle, tmp_path):
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.move(bundle / "vae_decoder.fp32.onnx", outside)
+    os.symlink(outside, bundle / "vae_decoder.fp32.onnx")
+    with pytest.raises(BundleError, match="vae_decoder.fp32.onnx is a link or leads outside the bundle"):
+        Bundle.open(bundle)
+
+
+def test_files_must_be_exactly_what_the_manifest_refers_to(bundle):
+    _edit(bundle, lambda m: m["files"].pop("unet.fp32.onnx.data"))
+    with pytest.raises(BundleError, match="files does not list unet.fp32.onnx.data"):
+        Bundle.open(bundle)
+
+
+def test_a_file_of_another_size_names_the_file_and_the_rebuild_command(bundle):
+    data = bundle / "unet.fp32.onnx.data"
+    data.write_bytes(data.read_bytes()[:-4])
+    with pytest.raises(BundleError) as e:
+        Bundle.open(bundle)
+    assert "unet.fp32.onnx.data has" in str(e.value) and f"'svdtrt export tiny --out {bundle} --force'" in str(e.value)
+
+
+def test_the_manifest_round_trips_and_lists_every_file_with_its_hash(tiny_bundle):
+    from svdtrt.bundle import sha256_file
+
+    m = tiny_bundle.manifest
+    assert schema.parse(schema.dump(m), "x") == m
+    on_disk = {p.relative_to(tiny_bundle.path).as_posix() for p in tiny_bundle.path.rglob("*")
+               if p.is_file() and p.name != "manifest.json"}
+    assert set(m.files) == on_disk
+    for name, record in m.files.items():
+        assert record.bytes == (tiny_bundle.path / name).stat().st_size
+        assert record.sha256 == sha256_file(tiny_bundle.path / name)
+
+
+def test_dump_refuses_an_inconsistent_manifest(tiny_bundle):
+    m = tiny_bundle.manifest.model_copy(deep=True)
+    m.files.pop("unet.fp32.onnx")
+    with pytest.raises(ValueError, match="files does not list unet.fp32.onnx"):
+        schema.dump(m)
