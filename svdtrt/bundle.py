@@ -160,6 +160,18 @@ class Bundle:
         s = self.manifest.shapes
         return s.frames.opt, s.height.opt, s.width.opt
 
+    def outside_range(self, frames: int, height: int, width: int) -> str | None:
+        """Why a clip size is outside the ranges the bundle was exported for (naming each range),
+        or None when it is inside. Graphs keep dynamic axes, so ONNX Runtime may still run it;
+        TensorRT engines built from the bundle's profiles cannot."""
+        s, out = self.manifest.shapes, []
+        for name, value, r in (("frames", frames, s.frames), ("height", height, s.height), ("width", width, s.width)):
+            if not r.min <= value <= r.max:
+                out.append(f"{name} {value} is outside {r.min}..{r.max}")
+        if not out:
+            return None
+        return f"{', '.join(out)}, the range bundle '{self.path}' was exported for"
+
     def precisions(self) -> list[str]:
         """The precisions any component has a graph of, in registry order."""
         from .precisions import NAMES

@@ -7,6 +7,7 @@ threshold in ``check`` is exit code 1; anything else is a bug and keeps its trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -40,6 +41,20 @@ def _size_range(text: str) -> tuple[int, int, int]:
     return tuple(parts)
 
 
+def _finite_float(text: str) -> float:
+    """A float option: a finite number (``nan``, ``inf`` are refused; ranges are checked by
+    :meth:`svdtrt.runtime.pipeline.SamplingSettings.check`)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
 def _component_list(text: str) -> list[str]:
     from .specs import COMPONENTS
 
@@ -52,17 +67,27 @@ def _component_list(text: str) -> list[str]:
 
 
 def _sampling_options(p: argparse.ArgumentParser) -> None:
+    from .runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
+
     g = p.add_argument_group("sampling (defaults: the bundle's shape and diffusers' pipeline defaults)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator (default 0)")
-    g.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    g.add_argument("--frames", type=int, help="frames of the clip")
-    g.add_argument("--height", type=int, help="clip height in pixels")
-    g.add_argument("--width", type=int, help="clip width in pixels")
-    g.add_argument("--fps", type=int, default=7, help="frames per second (conditioning and mp4; default 7)")
-    g.add_argument("--motion-bucket-id", type=int, default=127, help="motion conditioning (default 127)")
-    g.add_argument("--noise-aug-strength", type=float, default=0.02, help="conditioning noise (default 0.02)")
-    g.add_argument("--min-guidance-scale", type=float, default=1.0, help="guidance at the first frame (default 1)")
-    g.add_argument("--max-guidance-scale", type=float, default=3.0, help="guidance at the last frame (default 3)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator, 0 to 2**64-1 (default 0)")
+    g.add_argument("--steps", type=int, default=25, help=f"denoising steps, 1 to {MAX_STEPS} (default 25)")
+    g.add_argument("--frames", type=int, help="frames of the clip (default and range: the bundle's)")
+    g.add_argument("--height", type=int, help="clip height in pixels (default and range: the bundle's)")
+    g.add_argument("--width", type=int, help="clip width in pixels (default and range: the bundle's)")
+    g.add_argument("--allow-outside-range", action="store_true",
+                   help="run a --frames/--height/--width outside the bundle's exported range (ONNX Runtime "
+                        "may take it; TensorRT engines built for the bundle's profiles refuse it)")
+    g.add_argument("--fps", type=int, default=7, help="frames per second (conditioning and mp4), "
+                                                      f"{FPS_RANGE[0]} to {FPS_RANGE[1]} (default 7)")
+    g.add_argument("--motion-bucket-id", type=int, default=127,
+                   help=f"motion conditioning, {MOTION_BUCKET_RANGE[0]} to {MOTION_BUCKET_RANGE[1]} (default 127)")
+    g.add_argument("--noise-aug-strength", type=_finite_float, default=0.02,
+                   help="conditioning noise, >= 0 (default 0.02)")
+    g.add_argument("--min-guidance-scale", type=_finite_float, default=1.0,
+                   help="guidance at the first frame, >= 0 (default 1)")
+    g.add_argument("--max-guidance-scale", type=_finite_float, default=3.0,
+                   help="guidance at the last frame, >= 0; <= 1 turns guidance off (default 3)")
     g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default: all)")
 
 
@@ -204,6 +229,10 @@ def _given(value, default):
 
 
 def _settings(args, bundle):
+    """The sampling settings of ``run``, ``check`` and ``bench``, checked: their limits
+    (:meth:`SamplingSettings.check`) and the bundle's exported size range, unless
+    ``--allow-outside-range`` (whose warning :func:`_warn_outside_range` prints once every other
+    check has passed)."""
     from .runtime.pipeline import SamplingSettings
 
     frames, height, width = bundle.default_shape
@@ -214,7 +243,40 @@ def _settings(args, bundle):
         max_guidance_scale=args.max_guidance_scale, decode_chunk_size=args.decode_chunk_size, seed=args.seed,
     )
     settings.check(bundle.dims)
+    outside = bundle.outside_range(settings.frames, settings.height, settings.width)
+    if outside and not args.allow_outside_range:
+        raise InputError(f"{outside}; pass --allow-outside-range to run it anyway (TensorRT engines built "
+                         "for the bundle's profiles will refuse it), or export a bundle for this size")
     return settings
+
+
+def _warn_outside_range(bundle, settings) -> None:
+    outside = bundle.outside_range(settings.frames, settings.height, settings.width)
+    if outside:
+        print(f"svdtrt: warning: {outside}; running it as --allow-outside-range asks: ONNX Runtime may take it, "
+              "TensorRT engines built for the bundle's profiles will refuse it", file=sys.stderr)
+
+
+def _check_memory(bundle, settings, backend: str, precision: str, device: str = "cpu", reference: bool = False,
+                  clips: int = 1) -> None:
+    """Refuse, before any model load or sampling, a clip whose host memory estimate does not fit."""
+    from .runtime.memory import check_host_memory, estimate_host_memory
+
+    check_host_memory(estimate_host_memory(bundle, settings, backend, precision, device, reference, clips),
+                      f"a {settings.frames}-frame {settings.width}x{settings.height} clip on {backend} ({precision})")
+
+
+@contextlib.contextmanager
+def _discarded_on_error(*outputs):
+    """Remove the reserved part files of ``outputs`` (OutputFile or None) when the block fails or
+    is interrupted, so that nothing half-written is left."""
+    try:
+        yield
+    except BaseException:
+        for out in outputs:
+            if out is not None:
+                out.discard()
+        raise
 
 
 def _cmd_export(args) -> int:
@@ -290,7 +352,7 @@ def _cmd_run(args) -> int:
     from .bundle import Bundle
     from .fs import OutputFile
     from .images import load_image
-    from .models import load_model
+    from .models import load_model, reference_model
     from .runtime.backends import create_backend
     from .runtime.pipeline import SvdPipeline
     from .runtime.video import save_frames, write_mp4
@@ -300,17 +362,22 @@ def _cmd_run(args) -> int:
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
-    model = load_model(args.model) if args.model else None
-    backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
-    # Reserved before sampling: an unwritable or taken path fails now, not after minutes of work.
+    _check_memory(bundle, settings, args.backend, args.precision, args.device)
+    _warn_outside_range(bundle, settings)
+    # Reserved before the model, the backend and sampling: an unwritable or taken path fails now,
+    # not after minutes of work.
     clip_out = OutputFile(args.out, args.force)
-    frames_out = OutputFile(args.save_frames, args.force) if args.save_frames else None
-    clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
-    clip_out.write(lambda part: write_mp4(clip.frames, part, fps=settings.fps))
-    if frames_out:
-        frames_out.write(lambda part: save_frames(clip.frames, part))
-        frames_out.publish()
-    clip_out.publish()
+    with _discarded_on_error(clip_out):
+        frames_out = OutputFile(args.save_frames, args.force) if args.save_frames else None
+    with _discarded_on_error(clip_out, frames_out):
+        model = reference_model(bundle, load_model(args.model)) if args.model else None
+        backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
+        clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
+        clip_out.write(lambda part: write_mp4(clip.frames, part, fps=settings.fps))
+        if frames_out:
+            frames_out.write(lambda part: save_frames(clip.frames, part))
+            frames_out.publish()
+        clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
           f"({args.backend}, {args.precision})")
     _print_timings(clip.timings)
@@ -324,18 +391,24 @@ def _cmd_check(args) -> int:
     from .check import check_bundle
     from .fs import OutputFile
     from .images import load_image
-    from .models import load_model
+    from .models import load_model, reference_model
+    from .precisions import precision as lookup_precision
 
-    report_out = OutputFile(args.report, args.force) if args.report else None
-    bundle = Bundle.open(args.bundle)
-    image = load_image(args.image)
-    settings = _settings(args, bundle)
-    model = load_model(args.model) if args.model else None
-    report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True,
-                          backend_options=_backend_kwargs(args))
-    if report_out:
-        report_out.write(lambda part: part.write_text(json.dumps(report, indent=2) + "\n"))
-        report_out.publish()
+    report_out = OutputFile(args.report, args.force) if args.report else None  # before minutes of work
+    with _discarded_on_error(report_out):
+        bundle = Bundle.open(args.bundle)
+        image = load_image(args.image)
+        settings = _settings(args, bundle)
+        # the tested, the PyTorch and diffusers' clips, and the fp32 graphs' for a quantized precision
+        clips = 4 if lookup_precision(args.precision).quantized and args.backend == "onnxruntime" else 3
+        _check_memory(bundle, settings, args.backend, args.precision, args.device, reference=True, clips=clips)
+        _warn_outside_range(bundle, settings)
+        model = reference_model(bundle, load_model(args.model)) if args.model else None
+        report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True,
+                              backend_options=_backend_kwargs(args))
+        if report_out:
+            report_out.write(lambda part: part.write_text(json.dumps(report, indent=2) + "\n"))
+            report_out.publish()
     _print_report(report)
     return 0 if report["passed"] else 1
 
@@ -360,10 +433,13 @@ def _cmd_calibrate(args) -> int:
     from .bundle import Bundle
     from .calibration.capture import calibrate_bundle, calibration_images
     from .models import load_model
+    from .runtime.limits import MAX_STEPS, SEED_RANGE
 
     Bundle.open(args.bundle)
-    if args.steps < 1:
-        raise InputError(f"--steps must be at least 1, got {args.steps}")
+    if not 1 <= args.steps <= MAX_STEPS:
+        raise InputError(f"--steps must be at least 1 and at most {MAX_STEPS}, got {args.steps}")
+    if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:  # image i uses seed + i, checked by the pipeline
+        raise InputError(f"--seed must be from 0 to 2**64 - 1 (what torch.Generator takes), got {args.seed}")
     images = calibration_images(args.images, args.count)
     model = load_model(args.model) if args.model else None
     entry = calibrate_bundle(args.bundle, images, args.name, args.steps, args.seed, args.force, model=model)
@@ -469,8 +545,12 @@ def _cmd_bench(args) -> int:
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
     settings = _settings(args, bundle)
-    model = reference_model(bundle, load_model(args.model) if args.model else None)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    for backend in backends or BACKENDS:  # one row at a time: the largest row must fit
+        for precision in precisions or bundle.precisions():
+            _check_memory(bundle, settings, backend, precision, device, reference=True)
+    _warn_outside_range(bundle, settings)
+    model = reference_model(bundle, load_model(args.model) if args.model else None)
     results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
                             device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True)
     write_results(results, args.out, args.force)
@@ -485,15 +565,19 @@ COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo":
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code: 0, 1 (a failed check or verify), 2 (bad input, one
+    line on stderr) or 130 (Ctrl-C, at any point: parsing, a command's lazy imports, its work)."""
     try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse exits on --help and on bad arguments; return its code instead
-        return e.code
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by bench
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as e:  # argparse exits on --help and on bad arguments; return its code instead
+            return e.code
+        args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by bench
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
         _quiet_libraries(args.verbose)
+        # Each command imports its modules lazily, inside this try: a Ctrl-C during an import
+        # is handled as any other.
         return COMMANDS[args.command](args)
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)

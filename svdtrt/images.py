@@ -4,29 +4,71 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
-from .errors import InputError
+from .errors import InputError, first_line
+
+
+#: Most pixels an input image may have: 2**26 (67.1 million, "64 megapixels"; a 64 MP camera's
+#: 9248x6936 photo fits). The checked header size is refused before any pixel is decoded, because
+#: the pipeline turns the whole image into float32 (12 bytes per pixel) several times over before
+#: resizing it (diffusers' VideoProcessor and the CLIP path's anti-aliased resize): about 3 GiB at
+#: this limit. SVD needs at most 1024x576; scale larger photographs down first. PIL's own
+#: decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 million pixels, an error above
+#: twice that) is higher, and is mapped to the same error.
+MAX_IMAGE_PIXELS = 2**26
+
+#: Fewest pixels per side: diffusers' anti-aliased resize to CLIP's 224x224 blurs with at least a
+#: 3-tap kernel, reflect-padded by 1 pixel, which needs 2 pixels on each side (diffusers'
+#: own pipeline fails on a 1-pixel side too).
+MIN_IMAGE_SIDE = 2
+
+
+def check_image_size(image: PIL.Image.Image, name: str = "the image") -> None:
+    """Raise :class:`InputError` unless ``image`` (opened; it need not be decoded) has at most
+    :data:`MAX_IMAGE_PIXELS` pixels and at least :data:`MIN_IMAGE_SIDE` pixels per side."""
+    w, h = image.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise InputError(f"{name} is {w}x{h} = {w * h / 1e6:.1f} million pixels, more than svdtrt reads "
+                         f"({MAX_IMAGE_PIXELS / 1e6:.1f} million); scale it down first (SVD uses at most 1024x576)")
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise InputError(f"{name} is {w}x{h} pixels; give an image at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} "
+                         "(ideally the clip's size, e.g. 1024x576)")
 
 
 def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """Read an image file as RGB (grayscale, palette and RGBA images are converted).
 
+    The size in the file's header is checked (:func:`check_image_size`) before the pixels are
+    decoded, so a decompression bomb (a small file of a huge image) costs nothing.
+
     Raises:
-        InputError: the file is missing, unreadable, or not an image.
+        InputError: the file is missing, unreadable, not an image, or of a size
+            :func:`check_image_size` refuses.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image '{path}' not found; give the path of a PNG or JPEG file")
     try:
-        with PIL.Image.open(path) as image:
-            image.load()
-            # Palette and gray-with-alpha images go through RGBA: PIL's direct conversion to RGB
-            # mishandles palette transparency.
-            return image.convert("RGBA").convert("RGB") if image.mode in ("P", "PA", "LA") else image.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL warns (and goes on decoding) above its own limit: an error here, never a decode
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                check_image_size(image, f"image '{path}'")
+                image.load()
+                # Palette and gray-with-alpha images go through RGBA: PIL's direct conversion to RGB
+                # mishandles palette transparency.
+                if image.mode in ("P", "PA", "LA"):
+                    return image.convert("RGBA").convert("RGB")
+                return image.convert("RGB")
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
+        raise InputError(f"image '{path}' is too large to read ({first_line(e).split(',')[0]}); "
+                         f"svdtrt reads at most {MAX_IMAGE_PIXELS / 1e6:.1f} million pixels, so scale it "
+                         "down first") from None
     except PermissionError:
         raise InputError(f"image '{path}' cannot be read (permission denied)") from None
     except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:

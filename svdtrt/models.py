@@ -262,6 +262,7 @@ def reference_model(bundle, model: SvdModel | None = None) -> SvdModel:
 
     model = model or load_model(bundle.source)
     if model.config_hashes() != bundle.manifest.config_hashes:
-        raise BundleError(f"the model given is not the one bundle '{bundle.path}' was exported from "
-                          "(config hashes differ); pass the source model with --model")
+        raise BundleError(f"the model given ('{model.source.get('name')}') is not the one bundle '{bundle.path}' "
+                          f"was exported from (config hashes differ); pass its source model, '{bundle.source}', "
+                          "with --model, or leave --model out")
     return model

@@ -10,6 +10,8 @@ holds it to that.
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -19,9 +21,16 @@ import PIL.Image
 import torch
 
 from ..errors import InputError, NumericalError
+from ..images import check_image_size
 from ..specs import CLIP_INPUT_SIZE, ModelDims
 from .backends import Backend
+from .limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE, SEED_RANGE
 from .preprocess import resize_with_antialiasing
+
+
+def _finite(value) -> bool:
+    """True for an int (any size) or a finite float; False for NaN and infinities."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 @dataclass
@@ -30,14 +39,18 @@ class SamplingSettings:
 
     Attributes:
         frames, height, width: clip size (frames; pixels).
-        steps: denoising steps (>= 1).
-        fps: frames per second the UNet is conditioned on (it sees fps - 1, as SVD was trained).
-        motion_bucket_id: motion conditioning, 0-255 in training; higher means more motion.
-        noise_aug_strength: std of the noise added to the conditioning image.
+        steps: denoising steps, 1 .. :data:`~svdtrt.runtime.limits.MAX_STEPS`.
+        fps: frames per second the UNet is conditioned on (it sees fps - 1, as SVD was trained),
+            within :data:`~svdtrt.runtime.limits.FPS_RANGE`; also the mp4's frame rate.
+        motion_bucket_id: motion conditioning within
+            :data:`~svdtrt.runtime.limits.MOTION_BUCKET_RANGE` (0-255, the training range); higher
+            means more motion.
+        noise_aug_strength: std of the noise added to the conditioning image; finite, >= 0.
         min_guidance_scale, max_guidance_scale: classifier-free guidance ramps linearly from the
-            first to the last frame; guidance is off when ``max_guidance_scale <= 1``.
-        decode_chunk_size: frames per VAE decode call; None decodes all frames at once.
-        seed: seed of the CPU ``torch.Generator`` all random numbers are drawn from.
+            first to the last frame; guidance is off when ``max_guidance_scale <= 1``; finite, >= 0.
+        decode_chunk_size: frames per VAE decode call (>= 1); None decodes all frames at once.
+        seed: seed of the CPU ``torch.Generator`` all random numbers are drawn from, within
+            :data:`~svdtrt.runtime.limits.SEED_RANGE`.
     """
 
     frames: int
@@ -53,16 +66,31 @@ class SamplingSettings:
     seed: int = 0
 
     def check(self, dims: ModelDims) -> None:
-        """Raise :class:`InputError` for settings the model cannot run."""
+        """Raise :class:`InputError` for settings the model cannot run or was not trained for
+        (the limits above; NaN and infinities are refused everywhere)."""
         dims.check_size(self.frames, self.height, self.width)
-        if self.steps < 1:
-            raise InputError(f"steps must be at least 1, got {self.steps}")
-        if self.fps < 1:
-            raise InputError(f"fps must be at least 1, got {self.fps}")
-        if self.motion_bucket_id < 0:
-            raise InputError(f"motion bucket id must be 0 or more, got {self.motion_bucket_id}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InputError(f"steps must be at least 1 and at most {MAX_STEPS} (the scheduler's training "
+                             f"timesteps), got {self.steps}")
+        lo, hi = FPS_RANGE
+        if not (_finite(self.fps) and lo <= self.fps <= hi):
+            raise InputError(f"fps must be at least {lo} and at most {hi} (SVD was trained on fps - 1 up to "
+                             f"{hi - 1}), got {self.fps}")
+        lo, hi = MOTION_BUCKET_RANGE
+        if not (_finite(self.motion_bucket_id) and lo <= self.motion_bucket_id <= hi):
+            raise InputError(f"motion bucket id must be {lo} to {hi} (SVD's training range; default 127), "
+                             f"got {self.motion_bucket_id}")
+        for name, value in (("noise aug strength", self.noise_aug_strength),
+                            ("min guidance scale", self.min_guidance_scale),
+                            ("max guidance scale", self.max_guidance_scale)):
+            if not (_finite(value) and value >= 0):
+                raise InputError(f"{name} must be a finite number, 0 or more, got {value}")
         if self.decode_chunk_size is not None and self.decode_chunk_size < 1:
             raise InputError(f"decode chunk size must be at least 1, got {self.decode_chunk_size}")
+        lo, hi = SEED_RANGE
+        if not (isinstance(self.seed, numbers.Integral) and lo <= self.seed <= hi):
+            raise InputError(f"seed must be an integer from 0 to 2**64 - 1 (what torch.Generator takes), "
+                             f"got {self.seed}")
 
     def pipeline_kwargs(self) -> dict:
         """The same settings as keyword arguments of diffusers' ``StableVideoDiffusionPipeline``."""
@@ -151,7 +179,8 @@ class SvdPipeline:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
 
         Raises:
-            InputError: settings the model cannot run.
+            InputError: settings the model cannot run, or an image too small or too large
+                (:func:`svdtrt.images.check_image_size`).
         """
         from diffusers import EulerDiscreteScheduler
         from diffusers.utils.torch_utils import randn_tensor
@@ -159,6 +188,7 @@ class SvdPipeline:
 
         s = settings
         s.check(self.dims)
+        check_image_size(image)
         device, timer = self.backend.device, StageTimer(self.backend)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         guided = s.max_guidance_scale > 1
