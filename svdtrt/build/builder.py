@@ -1,0 +1,115 @@
+"""Building TensorRT engines from a bundle's graphs, through Polygraphy's loaders, in one
+bundle transaction: every engine and sidecar of a build appears together, or none does.
+
+Polygraphy and TensorRT are imported only when :func:`build_engines` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..bundle import changing, sha256_file
+from ..engines import make_sidecar, stale_reasons
+from ..errors import BundleError, EngineError, first_line
+from ..manifest import EngineEntry
+from .plan import check_precision_supported
+
+log = logging.getLogger(__name__)
+
+
+def _verify_graph(bundle, name: str, item: dict) -> None:
+    """Hash the graph and weights a build reads against the manifest (an engine bakes them in)."""
+    for file in (item["graph"], item["data"]):
+        if file and sha256_file(bundle.path / file) != bundle.manifest.files[file].sha256:
+            raise BundleError(f"bundle '{bundle.path}': {file} does not match its recorded sha256 (a corrupted or "
+                              f"replaced file); {bundle.remedy(file)}")
+
+
+def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool = True) -> dict[str, dict]:
+    """Build (or reuse) the engines of ``plan`` and publish them with their sidecars.
+
+    An engine is reused when its sidecar matches the graph's identity, the precision, the
+    optimization profile, the TensorRT version and the GPU, and the engine file still has
+    the sha256 the manifest records; otherwise it is rebuilt.
+
+    Args:
+        bundle_path: the bundle the plan was made for.
+        plan: from :func:`svdtrt.build.plan.plan_build`.
+        force: rebuild even engines that could be reused.
+    Returns:
+        ``{component: {"engine": path, "reused": bool, "seconds": build seconds, "bytes": size}}``.
+    Raises:
+        BackendUnavailableError: no TensorRT, Polygraphy or CUDA GPU here.
+        InputError: a precision the GPU has no tensor cores for.
+        BundleError: a graph no longer matches its recorded hash.
+        EngineError: TensorRT could not parse a graph or build an engine.
+    """
+    from tqdm import tqdm
+
+    from ..gpu import cuda_device, quiet_polygraphy, require_tensorrt
+
+    trt = require_tensorrt("svdtrt build")
+    quiet_polygraphy()
+    gpu = cuda_device()
+    precision = plan["precision"]
+    check_precision_supported(precision, gpu)
+    results = {}
+    with changing(bundle_path) as staged:
+        bundle = staged.old
+        for name, item in tqdm(plan["components"].items(), desc="build", unit="engine", disable=not progress):
+            _verify_graph(bundle, name, item)
+            graph_sha = bundle.graph_identity(name, precision)
+            expected = {"graph_sha256": graph_sha, "precision": precision, "tensorrt": trt.__version__,
+                        "gpu": gpu, "profile_kind": plan["profile"], "profile": item["profile"]}
+            key = f"{name}.{precision}"
+            current = bundle.manifest.engines.get(key)
+            sidecar = json.loads((bundle.path / current.sidecar).read_text()) if current else None
+            reasons = stale_reasons(sidecar, expected)
+            if current and not reasons and sha256_file(bundle.path / current.engine) != \
+                    bundle.manifest.files[current.engine].sha256:
+                reasons = ["the engine file does not match its recorded sha256"]
+            if not reasons and not force:
+                log.info("%s: reusing %s (same graph, profile, TensorRT and GPU)", name, current.engine)
+                results[name] = {"engine": str(bundle.path / current.engine), "reused": True, "seconds": 0.0,
+                                 "bytes": bundle.manifest.files[current.engine].bytes}
+                continue
+            log.info("%s: building %s because %s", name, item["engine"], "; ".join(reasons) or "--force")
+            start = time.perf_counter()
+            data = _build_serialized(trt, bundle.path / item["graph"], item["profile"], plan["flags"])
+            seconds = time.perf_counter() - start
+            sidecar = make_sidecar(name, precision, item["graph"], graph_sha, data, item["profile"], plan["profile"],
+                                   plan["flags"], trt.__version__, gpu, seconds, shapes=plan["shapes"])
+            engine = staged.path / item["engine"]
+            engine.parent.mkdir(parents=True, exist_ok=True)
+            staged.remove(item["engine"])
+            engine.write_bytes(data)
+            staged.write_json(item["sidecar"], sidecar)
+            staged.manifest.engines[key] = EngineEntry(component=name, precision=precision, engine=item["engine"],
+                                                       sidecar=item["sidecar"])
+            results[name] = {"engine": str(Path(bundle_path) / item["engine"]), "reused": False, "seconds": seconds,
+                             "bytes": len(data)}
+        staged.commit()
+    return results
+
+
+def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
+    """One engine through Polygraphy's loaders: strongly typed network, one optimization profile."""
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+    from polygraphy.exception import PolygraphyException
+
+    trt_profile = Profile()
+    for name, shapes in profile.items():
+        trt_profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    pools = ({trt.MemoryPoolType.WORKSPACE: flags["workspace_bytes"]} if flags.get("workspace_bytes") else None)
+    config = CreateConfig(profiles=[trt_profile], memory_pool_limits=pools, tf32=flags.get("tf32", False),
+                          load_timing_cache=flags.get("timing_cache"))
+    network = NetworkFromOnnxPath(str(graph), strongly_typed=flags.get("strongly_typed", True))
+    try:
+        data = EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.get("timing_cache"))()
+    except PolygraphyException as e:
+        raise EngineError(f"TensorRT could not build an engine from {graph.name}: {first_line(e)}; "
+                          "rerun with -v for TensorRT's log") from None
+    return bytes(data)

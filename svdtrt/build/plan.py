@@ -1,0 +1,110 @@
+"""Build plans: which engine each component gets, with its optimization profile (pure data).
+
+Precision lives in the graph (docs/architecture.md, "Precisions"): every engine is built from
+the bundle's ``<component>.<precision>.onnx`` as a *strongly typed* network, with no builder
+precision flags. That is the only mode TensorRT 11 has (it removed the fp16/int8/fp8 builder
+flags and the int8 calibrator) and TensorRT 10.x supports it
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED``), so one code path serves JetPack 6.1+
+(TensorRT 10.3), JetPack 7 (10.13) and workstations on 11.x. TF32 is left off (Polygraphy's
+``CreateConfig`` default), so an fp32 engine computes in fp32. Nothing here needs TensorRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..engines import engine_name, sidecar_name
+from ..errors import InputError
+from ..precisions import precision as lookup_precision
+from ..specs import COMPONENTS, Range, component, profile_shapes
+
+PROFILE_KINDS = ("static", "dynamic")
+
+
+def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range | None = None,
+               height: Range | None = None, width: Range | None = None,
+               components: list[str] | None = None, workspace_gb: float | None = None,
+               timing_cache: str | Path | None = None) -> dict:
+    """What ``svdtrt build`` will build: one engine per component, with its optimization profile.
+
+    Args:
+        bundle: the opened :class:`svdtrt.bundle.Bundle`.
+        precision: a precision of :mod:`svdtrt.precisions`; the bundle must have its graphs.
+        profile: ``"dynamic"``: each input's min/opt/max; ``"static"``: min = opt = max = the
+            optimal shape (fastest, one shape only).
+        frames, height, width: (min, opt, max) overrides of the bundle's clip-size ranges
+            (frames; pixels); any left None keeps the manifest's ``shapes``. Without overrides
+            the manifest's per-input profiles are used as they are.
+        components: which components (default all four).
+        workspace_gb: TensorRT workspace memory-pool limit in GiB (None: TensorRT's default,
+            the device's memory).
+        timing_cache: a tactic timing-cache file, read if present and updated after each build.
+    Returns:
+        A JSON-serialisable plan: ``{"bundle", "precision", "profile", "shapes", "flags",
+        "components": {name: {"graph", "data", "engine", "sidecar", "profile": {input:
+        {"min", "opt", "max"}}}}}``; shapes include the classifier-free-guidance batch (B = 2
+        for the UNet's opt and max).
+    Raises:
+        InputError: unknown precision, profile kind or component; a size the model cannot take;
+            a non-positive workspace.
+        BundleError: the bundle lacks a graph of ``precision`` (the message names the command
+            that creates it).
+    """
+    lookup_precision(precision)
+    if profile not in PROFILE_KINDS:
+        raise InputError(f"unknown profile '{profile}': choose static or dynamic")
+    if workspace_gb is not None and not workspace_gb > 0:
+        raise InputError(f"the workspace must be a positive number of GiB, got {workspace_gb}")
+    names = [component(n).name for n in components or COMPONENTS]
+
+    recorded = bundle.manifest.shapes
+    shapes = {k: getattr(recorded, k).as_tuple() for k in ("frames", "height", "width")}
+    overridden = any(r is not None for r in (frames, height, width))
+    shapes.update({k: tuple(v) for k, v in (("frames", frames), ("height", height), ("width", width)) if v})
+    for i in range(3):
+        bundle.dims.check_size(shapes["frames"][i], shapes["height"][i], shapes["width"][i])
+    if profile == "static":  # one shape: the optimal one
+        shapes = {k: (v[1],) * 3 for k, v in shapes.items()}
+
+    plan_components = {}
+    for name in names:
+        graph = bundle.graph(name, precision)
+        entry = bundle.manifest.components[name]
+        if overridden or profile == "static":
+            shapes_by_input = profile_shapes(COMPONENTS[name], bundle.dims, shapes["frames"],
+                                             shapes["height"], shapes["width"])
+        else:
+            shapes_by_input = {k: v.model_dump() for k, v in entry.profile.items()}
+        if profile == "static":
+            shapes_by_input = {k: {key: list(v["opt"]) for key in ("min", "opt", "max")}
+                               for k, v in shapes_by_input.items()}
+        engine = engine_name(name, precision)
+        plan_components[name] = {
+            "graph": graph.file, "data": graph.data, "engine": engine, "sidecar": sidecar_name(engine),
+            "profile": {k: {key: list(v[key]) for key in ("min", "opt", "max")} for k, v in shapes_by_input.items()},
+        }
+    return {
+        "bundle": str(bundle.path), "precision": precision, "profile": profile,
+        "shapes": {k: dict(zip(("min", "opt", "max"), v)) for k, v in shapes.items()},
+        "flags": {
+            "strongly_typed": True,
+            "builder_precision_flags": [],  # precision comes from the graph (TensorRT 11 has none)
+            "tf32": False,
+            "workspace_bytes": None if workspace_gb is None else int(workspace_gb * 2**30),
+            "timing_cache": None if timing_cache is None else str(timing_cache),
+        },
+        "components": plan_components,
+    }
+
+
+def check_precision_supported(precision: str, gpu: dict) -> None:
+    """Refuse precisions the GPU has no tensor cores for (the registry's ``min_compute_capability``).
+
+    Raises:
+        InputError: e.g. fp8 on Jetson Orin (8.7) or an A100 (8.0).
+    """
+    need = lookup_precision(precision).min_compute_capability
+    have = tuple(int(x) for x in gpu["compute_capability"].split("."))
+    if need and have < need:
+        raise InputError(f"{precision} needs compute capability {need[0]}.{need[1]} or higher; {gpu['name']} "
+                         f"has {gpu['compute_capability']}; build int8 or fp16 engines instead")
