@@ -86,7 +86,7 @@ def bad_bundles(tiny_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("which,needle", [
-    ("missing", "no bundle at"), ("empty", "is not a bundle"), ("corrupt", "corrupt manifest.json"),
+    ("missing", "is not found; create one with 'svdtrt export"), ("empty", "is not a bundle"), ("corrupt", "corrupt manifest.json"),
     ("old", "format version 0"),
 ])
 def test_bad_bundles(run_cli, bad_bundles, image_file, tmp_path, which, needle):

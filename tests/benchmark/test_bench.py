@@ -5,7 +5,6 @@ Timings are not asserted (they depend on the machine); accuracy and structure ar
 
 from __future__ import annotations
 
-import copy
 import importlib.metadata
 import json
 
@@ -90,7 +89,7 @@ def test_bench_reports_skipped_with_reason(bench_out):
     assert rows["onnxruntime", "int8"]["status"] == "skipped"
     assert "no int8 graph" in rows["onnxruntime", "int8"]["reason"]
     assert rows["torch", "int8"]["status"] == "skipped"
-    assert "fp32 or fp16" in rows["torch", "int8"]["reason"]
+    assert "the torch backend runs fp32, fp16, not int8" in rows["torch", "int8"]["reason"]
 
 
 def test_bench_markdown_has_a_row_per_result(bench_out):
@@ -128,9 +127,11 @@ def test_bench_refuses_existing_output(run_cli, tiny_bundle, tmp_path):
 
 
 def test_default_precisions_come_from_the_manifest(tiny_bundle):
-    manifest = copy.deepcopy(tiny_bundle.manifest)
-    manifest["components"]["unet"]["graphs"]["int8"] = {"file": "unet.int8.onnx"}
-    manifest["components"]["vae_decoder"]["graphs"]["fp16"] = {"file": "vae_decoder.fp16.onnx"}
+    from svdtrt.manifest import GraphEntry
+
+    manifest = tiny_bundle.manifest.model_copy(deep=True)
+    manifest.components["unet"].graphs["int8"] = GraphEntry(file="unet.int8.onnx", data=None, bytes=0)
+    manifest.components["vae_decoder"].graphs["fp16"] = GraphEntry(file="vae_decoder.fp16.onnx", data=None, bytes=0)
     assert bundle_precisions(Bundle(tiny_bundle.path, manifest)) == ["fp32", "fp16", "int8"]
 
 

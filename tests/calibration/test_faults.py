@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 
+from svdtrt.bundle import Bundle
 from svdtrt.calibration.shards import check_sample
 from svdtrt.errors import QuantizationError
 from svdtrt.specs import UNET, VAE_DECODER
 
+from ..helpers import rerecord
 from .conftest import copy_bundle, snapshot
 
 
@@ -57,22 +58,29 @@ def test_matching_tensors_pass(tiny_bundle):
 
 def test_mismatched_shard_stops_quantize(calibrated_bundle, tmp_path, run_cli):
     bundle = copy_bundle(calibrated_bundle, tmp_path)
-    shard = bundle.path / "calibration/default/unet-000.npz"
-    np.savez(shard, sample=np.zeros((2, 4, 8, 16, 16), np.float32))
+    shard = "calibration/default/unet-000.npz"
+    np.savez(bundle.path / shard, sample=np.zeros((2, 4, 8, 16, 16), np.float32))
+    rerecord(bundle.path, shard)  # recorded as the bundle's file: the shard's content is what is wrong
     _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8",
                    match="do not match the inputs of unet")
 
 
 def test_corrupt_shard_stops_quantize(calibrated_bundle, tmp_path, run_cli):
     bundle = copy_bundle(calibrated_bundle, tmp_path)
-    shard = bundle.path / "calibration/default/unet-001.npz"
-    shard.write_bytes(shard.read_bytes()[:200])
+    shard = "calibration/default/unet-001.npz"
+    (bundle.path / shard).write_bytes((bundle.path / shard).read_bytes()[:200])
+    # a truncated file is caught when the bundle is opened, naming the shard and what records it again
+    err = _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8",
+                         match=f"{shard} has 200 bytes, the manifest records")
+    assert f"svdtrt calibrate {bundle.path} --name default --force" in err
+    rerecord(bundle.path, shard)  # and a recorded one by the shard reader
     _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8", match="is corrupt")
 
 
 def test_pickled_shard_is_refused(calibrated_bundle, tmp_path, run_cli):
     bundle = copy_bundle(calibrated_bundle, tmp_path)
     np.savez(bundle.path / "calibration/default/unet-000.npz", sample=np.array([{"a": 1}], dtype=object))
+    rerecord(bundle.path, "calibration/default/unet-000.npz")
     _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8", match="is corrupt")
 
 
@@ -84,8 +92,11 @@ def test_quantize_without_calibration_set(tiny_bundle, tmp_path, run_cli):
 
 def test_quantize_component_without_samples(calibrated_bundle, tmp_path, run_cli):
     bundle = copy_bundle(calibrated_bundle, tmp_path)
-    bundle.manifest["calibration"]["default"]["components"]["vae_decoder"]["calibration"] = []
-    bundle.save_manifest()
+
+    def drop_samples(manifest):
+        manifest.calibration["default"].components["vae_decoder"].calibration = []
+
+    rerecord(bundle.path, edit=drop_samples)
     _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8",
                    match="no calibration samples for vae_decoder")
 
@@ -114,9 +125,10 @@ def test_interrupted_calibration_leaves_bundle_as_it_was(tiny_bundle, tmp_path, 
 
     monkeypatch.setattr(capture, "save_shard", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        calibrate_bundle(bundle, calibration_images(count=2), steps=2, progress=False)
+        calibrate_bundle(bundle.path, calibration_images(count=2), steps=2, progress=False)
     assert snapshot(bundle.path) == before
-    assert "calibration" not in json.loads((bundle.path / "manifest.json").read_text())
+    assert Bundle.open(bundle.path).manifest.calibration == {}
+    assert sorted(p.name for p in bundle.path.parent.iterdir()) == [".bundle.lock", "bundle"]  # no staged folder left
 
 
 def test_interrupted_quantization_leaves_bundle_as_it_was(calibrated_bundle, tmp_path, monkeypatch):
@@ -131,8 +143,9 @@ def test_interrupted_quantization_leaves_bundle_as_it_was(calibrated_bundle, tmp
     monkeypatch.setattr(quantize, "held_out_accuracy", interrupt, raising=False)
     monkeypatch.setattr("svdtrt.calibration.evaluate.held_out_accuracy", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        quantize.quantize_bundle(bundle, "int8", progress=False)
+        quantize.quantize_bundle(bundle.path, "int8", progress=False)
     assert snapshot(bundle.path) == before
+    assert sorted(p.name for p in bundle.path.parent.iterdir()) == [".bundle.lock", "bundle"]  # no scratch left
 
 
 @pytest.mark.parametrize("fault", ["non_zero_zero_point", "no_qdq"])
@@ -151,6 +164,7 @@ def test_check_refuses_invalid_quantized_graph(int8_bundle, tmp_path, run_cli, p
         zp.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(zp) + 1, zp.name))
         onnx.save(model, graph)
         match = "non-zero zero point"
+    rerecord(bundle.path, graph.name)  # the replaced graph is recorded: its content is what is wrong
     image = tmp_path / "photo.png"
     photo.save(image)
     _fails_cleanly(run_cli, bundle.path, "check", bundle.path, "--image", image, "--precision", "int8",

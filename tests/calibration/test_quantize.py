@@ -35,8 +35,8 @@ def test_default_recipe_keeps_embeddings_and_edge_convs_in_fp32(int8_bundle):
                  "/unet/up_blocks.0/resnets.0/spatial_res_block/conv_shortcut/Conv"):
         assert name not in quantized, name
     assert "/unet/down_blocks.0/resnets.0/spatial_res_block/conv1/Conv" in quantized
-    entry = int8_bundle.manifest["components"]["unet"]["graphs"]["int8"]
-    assert entry["exclude_patterns"] == list(DEFAULT_EXCLUDE) and "/unet/conv_in/Conv" in entry["excluded_nodes"]
+    q = int8_bundle.manifest.components["unet"].graphs["int8"].quantization
+    assert q.settings["exclude_patterns"] == list(DEFAULT_EXCLUDE) and "/unet/conv_in/Conv" in q.excluded_nodes
 
 
 def test_exclusion_patterns_select_nodes_by_name(tiny_bundle):
@@ -52,13 +52,15 @@ def test_exclusion_patterns_select_nodes_by_name(tiny_bundle):
 
 def test_held_out_accuracy_is_measured_against_fp32(int8_bundle):
     for name in ("unet", "vae_decoder"):
-        acc = int8_bundle.manifest["components"][name]["graphs"]["int8"]["held_out_accuracy"]
-        (metrics,) = acc["outputs"].values()
+        acc = int8_bundle.manifest.components[name].graphs["int8"].quantization.held_out_accuracy
+        (metrics,) = acc.outputs.values()
         # measured on the tiny preset: unet 0.994, vae_decoder 0.998 (docs/quantization.md)
         assert 0.98 < metrics["cosine"] < 1.0 and metrics["max_abs_error"] > 0
-    assert "psnr_db" in int8_bundle.manifest["components"]["vae_decoder"]["graphs"]["int8"]["held_out_accuracy"]["outputs"]["frames"]
+    decoder = int8_bundle.manifest.components["vae_decoder"].graphs["int8"]
+    assert "psnr_db" in decoder.quantization.held_out_accuracy.outputs["frames"]
     # components that run once per clip stay fp32
-    assert int8_bundle.manifest["components"]["image_encoder"]["graphs"]["int8"]["file"] == "image_encoder.fp32.onnx"
+    encoder = int8_bundle.manifest.components["image_encoder"].graphs["int8"]
+    assert encoder.file == "image_encoder.fp32.onnx" and encoder.kept_precision == "fp32"
 
 
 def _tamper(path, edit):
@@ -90,7 +92,7 @@ def test_graph_without_qdq_is_refused(tiny_bundle):
 
 def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibrated_bundle, tmp_path, photo):
     from svdtrt.cli import main
-    from svdtrt.runtime.backends import OnnxRuntimeBackend
+    from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
     from .conftest import copy_bundle
@@ -102,8 +104,8 @@ def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibra
     zero_points = [t for t in model.graph.initializer if t.name.endswith("_zero_point")]
     assert zero_points and {t.data_type for t in zero_points} == {onnx.TensorProto.FLOAT8E4M3FN}
     assert not any(numpy_helper.to_array(t).astype("float32").any() for t in zero_points)
-    entry = bundle.manifest["components"]["unet"]["graphs"]["fp8"]
-    assert entry["held_out_accuracy"]["measured_by"].startswith("simulated")
-    assert 0.5 < entry["held_out_accuracy"]["outputs"]["noise_pred"]["cosine"] < 1.0
+    accuracy = bundle.manifest.components["unet"].graphs["fp8"].quantization.held_out_accuracy
+    assert accuracy.measured_by.startswith("simulated")
+    assert 0.5 < accuracy.outputs["noise_pred"]["cosine"] < 1.0
     clip = SvdPipeline(OnnxRuntimeBackend(bundle, "fp8"), bundle)(photo, SamplingSettings(4, 64, 64, steps=2))
     assert clip.frames.shape == (4, 64, 64, 3) and 0 <= clip.frames.min() and clip.frames.max() <= 1

@@ -10,11 +10,16 @@ import onnx
 import pytest
 
 import svdtrt.gpu
-from svdtrt.bundle import Bundle
-from svdtrt.errors import EngineError
-from svdtrt.export import engine as engine_module
-from svdtrt.export import engine_cache as cache
-from svdtrt.export.engine import build_engines, plan_build
+from svdtrt import engines as cache
+from svdtrt.build import builder as builder_module
+from svdtrt.build.builder import build_engines
+from svdtrt.build.plan import plan_build
+from svdtrt.bundle import Bundle, changing
+from svdtrt.errors import BundleError, EngineError
+from svdtrt.manifest import EngineEntry
+from svdtrt.verify import verify_bundle
+
+from ..helpers import rerecord
 
 ORIN = {"name": "Orin", "compute_capability": "8.7"}
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -27,59 +32,77 @@ def bundle(tiny_bundle, tmp_path):
 
 def _save_fake_engine(bundle, component="unet", precision="fp32", tensorrt="10.3.0", gpu=ORIN,
                       data=b"not a real engine, but bytes all the same"):
-    engine = cache.engine_path(bundle.path, component, precision)
-    profile = bundle.manifest["components"][component]["profile"]
+    """Add a fake engine and its sidecar to the bundle in a transaction; returns (re-opened bundle,
+    engine path, engine bytes)."""
+    engine = cache.engine_name(component, precision)
+    profile = {k: v.model_dump() for k, v in bundle.manifest.components[component].profile.items()}
     sidecar = cache.make_sidecar(component, precision, f"{component}.{precision}.onnx",
-                                 cache.graph_sha256(bundle, component, precision), data, profile, "dynamic",
+                                 bundle.graph_identity(component, precision), data, profile, "dynamic",
                                  {"strongly_typed": True}, tensorrt, gpu, 1.25)
-    cache.save_engine(engine, data, sidecar)
-    return engine, data
+    with changing(bundle.path) as staged:
+        (staged.path / engine).parent.mkdir(parents=True, exist_ok=True)
+        (staged.path / engine).write_bytes(data)
+        staged.write_json(cache.sidecar_name(engine), sidecar)
+        staged.manifest.engines[f"{component}.{precision}"] = EngineEntry(
+            component=component, precision=precision, engine=engine, sidecar=cache.sidecar_name(engine))
+        bundle = staged.commit()
+    return bundle, bundle.path / engine, data
 
 
 def test_sidecar_records_what_the_engine_depends_on(bundle):
-    engine, data = _save_fake_engine(bundle)
+    bundle, engine, data = _save_fake_engine(bundle)
     path, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
     assert path == engine == bundle.path / "engines" / "unet.fp32.engine"
-    assert sidecar["graph"]["sha256"] == cache.graph_sha256(bundle, "unet", "fp32")
+    assert sidecar["graph"]["sha256"] == bundle.graph_identity("unet", "fp32")
     assert sidecar["precision"] == "fp32" and sidecar["tensorrt"] == "10.3.0"
     assert sidecar["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
-    assert sidecar["profile"] == bundle.manifest["components"]["unet"]["profile"]
+    assert sidecar["profile"] == {k: v.model_dump()
+                                  for k, v in bundle.manifest.components["unet"].profile.items()}
     assert sidecar["build_seconds"] == 1.25 and sidecar["built"]
-    assert cache.read_engine_bytes(path, sidecar) == data
+    # the engine is a bundle file: the manifest records the bytes the sidecar describes
+    record = bundle.manifest.files["engines/unet.fp32.engine"]
+    assert sidecar["engine"] == {"bytes": record.bytes, "sha256": record.sha256}
+    assert path.read_bytes() == data
+    assert verify_bundle(bundle.path) == []
 
 
 def test_graph_hash_covers_the_weights(bundle):
-    before = cache.graph_sha256(bundle, "unet", "fp32")
-    data = bundle.path / bundle.manifest["components"]["unet"]["graphs"]["fp32"]["data"]
+    before = bundle.graph_identity("unet", "fp32")
+    data = bundle.path / bundle.manifest.components["unet"].graphs["fp32"].data
     raw = bytearray(data.read_bytes())
     raw[-1] ^= 1
     data.write_bytes(bytes(raw))
-    assert cache.graph_sha256(bundle, "unet", "fp32") != before
+    # a changed weights file is noticed (same size: by 'svdtrt verify'), naming the file
+    assert any(p.startswith("unet.fp32.onnx.data: sha256 differs") for p in verify_bundle(bundle.path))
+    # and the graph's identity, from the manifest's records, covers the weights file
+    changed = rerecord(bundle.path, data.name)
+    assert changed.graph_identity("unet", "fp32") != before
 
 
 def test_engine_from_another_graph_is_refused_with_rebuild_command(bundle):
-    _save_fake_engine(bundle)
+    bundle, _, _ = _save_fake_engine(bundle)
     graph = bundle.graph_path("unet", "fp32")
     model = onnx.load(graph, load_external_data=False)
     model.doc_string = "re-exported"
     onnx.save(model, graph)
+    bundle = rerecord(bundle.path, graph.name)  # the graph replaced as a whole, manifest included
     with pytest.raises(EngineError) as e:
         cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
     message = str(e.value)
     assert "stale" in message and "another graph" in message
-    assert f"svdtrt build {bundle.path} --precision fp32 --profile dynamic --components unet" in message
+    assert f"svdtrt build {bundle.path} --precision fp32 --profile dynamic --components unet --force" in message
     assert "\n" not in message
 
 
 def test_engine_for_another_gpu_is_refused(bundle):
-    _save_fake_engine(bundle, gpu=H100)
+    bundle, _, _ = _save_fake_engine(bundle, gpu=H100)
     with pytest.raises(EngineError, match=r"built on a NVIDIA H100 80GB HBM3 \(compute capability 9.0\), "
                                           r"this is a Orin \(compute capability 8.7\).*rebuild it with 'svdtrt build"):
         cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
 
 
 def test_engine_from_another_tensorrt_version_is_refused(bundle):
-    _save_fake_engine(bundle, tensorrt="10.3.0")
+    bundle, _, _ = _save_fake_engine(bundle, tensorrt="10.3.0")
     with pytest.raises(EngineError, match=r"built with TensorRT 10.3.0, this is 10.13.0.*rebuild it with"):
         cache.usable_engine(bundle, "unet", "fp32", "10.13.0", ORIN)
 
@@ -87,18 +110,24 @@ def test_engine_from_another_tensorrt_version_is_refused(bundle):
 def test_missing_engine_or_sidecar_says_how_to_build(bundle):
     with pytest.raises(EngineError, match=r"no fp32 engine for unet.*svdtrt build .* --precision fp32 --components unet"):
         cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
-    engine, _ = _save_fake_engine(bundle)
-    cache.sidecar_path(engine).unlink()
-    with pytest.raises(EngineError, match="sidecar is missing"):
-        cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
+    bundle, engine, _ = _save_fake_engine(bundle)
+    (bundle.path / cache.sidecar_name("engines/unet.fp32.engine")).unlink()
+    with pytest.raises(EngineError, match=r"no fp32 engine for unet.*svdtrt build .* --precision fp32 --components unet"):
+        cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)  # opened before the sidecar went
+    with pytest.raises(BundleError, match=r"engines/unet.fp32.engine.json is missing; rebuild it with "
+                                          r"'svdtrt build .* --precision fp32 --components unet --force'"):
+        Bundle.open(bundle.path)
 
 
 def test_engine_bytes_that_differ_from_the_sidecar_are_refused(bundle):
-    engine, data = _save_fake_engine(bundle)
+    bundle, engine, data = _save_fake_engine(bundle)
     engine.write_bytes(data[:-3])  # e.g. a partial copy to the device
-    _, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
-    with pytest.raises(EngineError, match="not the engine its sidecar describes"):
-        cache.read_engine_bytes(engine, sidecar)
+    with pytest.raises(BundleError, match=r"engines/unet.fp32.engine has \d+ bytes, the manifest records \d+ .*"
+                                          r"rebuild it with 'svdtrt build .* --components unet --force'"):
+        Bundle.open(bundle.path)
+    engine.write_bytes(data[:-3] + b"xyz")  # same size, other bytes: 'svdtrt verify' notices
+    problems = verify_bundle(bundle.path)
+    assert any(p.startswith("engines/unet.fp32.engine: sha256 differs") for p in problems)
 
 
 def test_shapes_outside_the_profile_are_refused():
@@ -122,35 +151,37 @@ def fake_builder(monkeypatch):
         built.append(graph.name)
         return f"engine of {graph.name} for {profile}".encode()
 
-    monkeypatch.setattr(engine_module, "_build_serialized", build)
+    monkeypatch.setattr(builder_module, "_build_serialized", build)
     machine.built = built
     return machine
 
 
 def test_rebuild_with_the_same_inputs_reuses_the_cached_engine(bundle, fake_builder):
     plan = plan_build(bundle, "fp32", components=["unet", "vae_decoder"])
-    first = build_engines(bundle, plan, progress=False)
+    first = build_engines(bundle.path, plan, progress=False)
     assert fake_builder.built == ["unet.fp32.onnx", "vae_decoder.fp32.onnx"]
     assert not any(r["reused"] for r in first.values())
-    second = build_engines(bundle, plan, progress=False)
+    second = build_engines(bundle.path, plan, progress=False)
     assert fake_builder.built == ["unet.fp32.onnx", "vae_decoder.fp32.onnx"]  # nothing built again
     assert all(r["reused"] for r in second.values())
     # the engines written are usable by the runtime on this machine
+    bundle = Bundle.open(bundle.path)
     path, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
-    assert cache.read_engine_bytes(path, sidecar).startswith(b"engine of unet.fp32.onnx")
+    assert path.read_bytes().startswith(b"engine of unet.fp32.onnx")
+    assert verify_bundle(bundle.path) == []
 
 
 def test_changed_inputs_rebuild_the_engine(bundle, fake_builder):
-    build_engines(bundle, plan_build(bundle, "fp32", components=["unet"]), progress=False)
-    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
+    build_engines(bundle.path, plan_build(bundle, "fp32", components=["unet"]), progress=False)
+    build_engines(bundle.path, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
     assert len(fake_builder.built) == 2  # another profile
     fake_builder.trt.__version__ = "10.13.0"
-    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
+    build_engines(bundle.path, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
     assert len(fake_builder.built) == 3  # another TensorRT
     fake_builder.gpu = dict(H100, memory_bytes=2**36)
-    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
+    build_engines(bundle.path, plan_build(bundle, "fp32", "static", components=["unet"]), progress=False)
     assert len(fake_builder.built) == 4  # another GPU
-    build_engines(bundle, plan_build(bundle, "fp32", "static", components=["unet"]), force=True, progress=False)
+    build_engines(bundle.path, plan_build(bundle, "fp32", "static", components=["unet"]), force=True, progress=False)
     assert len(fake_builder.built) == 5  # --force
-    _, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.13.0", H100)
+    _, sidecar = cache.usable_engine(Bundle.open(bundle.path), "unet", "fp32", "10.13.0", H100)
     assert sidecar["profile_kind"] == "static"

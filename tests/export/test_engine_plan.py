@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 
 import pytest
 
-from svdtrt.bundle import Bundle
+from svdtrt.build.plan import check_precision_supported, plan_build
 from svdtrt.errors import InputError
-from svdtrt.export.engine import check_precision_supported, plan_build
 from svdtrt.specs import COMPONENTS
+
+from ..helpers import rerecord
 
 # The tiny preset: 4 latent channels (2C = 8), embedding width 32, latent scale 4, exported at 4 frames, 64x64.
 RANGES = ["--frames", "2:4:6", "--height", "64:64:128", "--width", "64"]
@@ -21,21 +21,49 @@ RANGES = ["--frames", "2:4:6", "--height", "64:64:128", "--width", "64"]
 def bundle(tiny_bundle, tmp_path):
     """A writable copy of the tiny bundle, with a stand-in fp16 graph entry (the fp32 files)."""
     path = shutil.copytree(tiny_bundle.path, tmp_path / "tiny")
-    b = Bundle.open(path)
-    for entry in b.manifest["components"].values():
-        entry["graphs"]["fp16"] = dict(entry["graphs"]["fp32"])
-    b.save_manifest()
-    return Bundle.open(path)
+
+    def add_fp16(manifest):
+        for entry in manifest.components.values():
+            entry.graphs["fp16"] = entry.graphs["fp32"].model_copy(deep=True)
+
+    return rerecord(path, edit=add_fp16)
 
 
-def _plan_file(bundle, precision):
-    return json.loads((bundle.path / "engines" / f"build-plan.{precision}.json").read_text())
+def _files(path):
+    return {p.relative_to(path).as_posix(): p.stat().st_mtime_ns for p in sorted(path.rglob("*"))}
+
+
+def _dry_run(bundle, run_cli, precision, *args):
+    """``svdtrt build --dry-run``: the plan it prints, which writes nothing into the bundle."""
+    before = _files(bundle.path)
+    code, out, err = run_cli("build", bundle.path, "--precision", precision, "--dry-run", *args)
+    assert code == 0, err
+    assert _files(bundle.path) == before  # a dry run writes nothing: no engine, no plan file
+    return out
+
+
+def _ranges(args):
+    """``RANGES`` as plan_build's keyword arguments."""
+    ranges = {}
+    for flag, value in zip(args[::2], args[1::2]):
+        parts = tuple(int(v) for v in value.split(":"))
+        ranges[flag.lstrip("-")] = parts * 3 if len(parts) == 1 else parts
+    return ranges
+
+
+def _printed(out, plan):
+    """The dry run prints every component of ``plan``: graph -> engine and each input's shapes."""
+    assert out.startswith(f"plan: {plan['precision']} engines, {plan['profile']} profile, strongly typed")
+    for name, item in plan["components"].items():
+        assert f"{name:14s} {item['graph']} -> {item['engine']}" in out
+        for tensor, p in item["profile"].items():
+            assert f"{tensor:22s} min {p['min']}  opt {p['opt']}  max {p['max']}" in out
 
 
 def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_cli):
-    code, out, err = run_cli("build", bundle.path, "--precision", "fp16", "--dry-run", *RANGES)
-    assert code == 0, err
-    plan = _plan_file(bundle, "fp16")
+    out = _dry_run(bundle, run_cli, "fp16", *RANGES)
+    plan = plan_build(bundle, "fp16", **_ranges(RANGES))
+    _printed(out, plan)
     assert list(plan["components"]) == list(COMPONENTS)
     assert plan["profile"] == "dynamic" and plan["precision"] == "fp16"
     assert plan["shapes"] == {"frames": {"min": 2, "opt": 4, "max": 6}, "height": {"min": 64, "opt": 64, "max": 128},
@@ -56,19 +84,19 @@ def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_c
     assert c["vae_decoder"]["profile"] == {"latents": {"min": [1, 4, 16, 16], "opt": [4, 4, 16, 16],
                                                        "max": [6, 4, 32, 16]}}
     for name, item in c.items():
-        assert item["graph"] == bundle.manifest["components"][name]["graphs"]["fp16"]["file"]
+        assert item["graph"] == bundle.manifest.components[name].graphs["fp16"].file
         assert item["engine"] == f"engines/{name}.fp16.engine"
         assert item["sidecar"] == f"engines/{name}.fp16.engine.json"
     assert plan["flags"] == {"strongly_typed": True, "builder_precision_flags": [], "tf32": False,
                              "workspace_bytes": None, "timing_cache": None}
-    assert "max [2, 6, 8, 32, 16]" in out and "build plan written to" in out
-    assert not list((bundle.path / "engines").glob("*.engine"))  # a dry run builds nothing
+    assert "max [2, 6, 8, 32, 16]" in out
+    assert not (bundle.path / "engines").exists()  # a dry run builds nothing
 
 
 def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli):
-    code, _, err = run_cli("build", bundle.path, "--precision", "fp16", "--profile", "static", "--dry-run", *RANGES)
-    assert code == 0, err
-    plan = _plan_file(bundle, "fp16")
+    out = _dry_run(bundle, run_cli, "fp16", "--profile", "static", *RANGES)
+    plan = plan_build(bundle, "fp16", "static", **_ranges(RANGES))
+    _printed(out, plan)
     assert plan["profile"] == "static"
     expected_opt = {"pixel_values": [1, 3, 224, 224], "image": [1, 3, 64, 64], "sample": [2, 4, 8, 16, 16],
                     "timestep": [2], "encoder_hidden_states": [2, 1, 32], "added_time_ids": [2, 3],
@@ -84,7 +112,7 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli)
 def test_dynamic_plan_without_overrides_is_the_manifests_profile(bundle):
     plan = plan_build(bundle, "fp32")
     for name, item in plan["components"].items():
-        assert item["profile"] == bundle.manifest["components"][name]["profile"]
+        assert item["profile"] == {k: v.model_dump() for k, v in bundle.manifest.components[name].profile.items()}
 
 
 def test_plan_flags_components_and_written_file(bundle, tmp_path):
@@ -102,9 +130,9 @@ def test_missing_precision_graph_says_how_to_make_it(bundle, run_cli, precision,
     assert err.count("\n") == 1 and f"no {precision} graph" in err and hint in err
 
 
-def test_missing_fp16_graph_points_at_export(tiny_bundle, run_cli):
+def test_missing_fp16_graph_points_at_convert(tiny_bundle, run_cli):
     code, _, err = run_cli("build", tiny_bundle.path, "--precision", "fp16", "--dry-run")
-    assert code == 2 and err.count("\n") == 1 and "svdtrt export --precision fp16" in err
+    assert code == 2 and err.count("\n") == 1 and f"svdtrt convert {tiny_bundle.path} --precision fp16" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,17 +16,17 @@ from svdtrt.specs import COMPONENTS
 
 def test_bundle_holds_four_validated_graphs_with_one_data_file_each(tiny_bundle):
     m = tiny_bundle.manifest
-    assert list(m["components"]) == ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
-    for name, entry in m["components"].items():
+    assert list(m.components) == ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
+    for name, entry in m.components.items():
         graph = onnx.load(str(tiny_bundle.graph_path(name)), load_external_data=False)
         locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
         assert locations == {f"{name}.fp32.onnx.data"}
         assert [i.name for i in graph.graph.input] == COMPONENTS[name].input_names
         assert [o.name for o in graph.graph.output] == COMPONENTS[name].output_names
-        for metrics in entry["graphs"]["fp32"]["validation"]["outputs"].values():
+        for metrics in entry.graphs["fp32"].validation.outputs.values():
             assert metrics["rel_error"] < 1e-4 and metrics["cosine"] > 0.99999
-    assert m["exporter"] == {"name": "torch.onnx.export", "dynamo": False, "opset": 17}
-    assert m["source"] == {"kind": "preset", "name": "tiny", "seed": 0}
+    assert m.exporter == {"name": "torch.onnx.export", "dynamo": False, "opset": 17}
+    assert m.source.model_dump() == {"kind": "preset", "name": "tiny", "seed": 0}
     assert (tiny_bundle.path / "scheduler" / "scheduler_config.json").is_file()
     assert (tiny_bundle.path / "feature_extractor" / "preprocessor_config.json").is_file()
 
@@ -73,14 +73,14 @@ def test_failed_export_leaves_no_bundle_and_keeps_an_existing_one(tiny_model, tm
     monkeypatch.setattr(export, "export_graph", fail)
     with pytest.raises(ExportError):
         export_bundle(tiny_model, tmp_path / "new", progress=False)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".new.lock"]  # the lock file stays by design; nothing else
 
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "manifest.json").write_text("{}")
     with pytest.raises(ExportError):
         export_bundle(tiny_model, existing, force=True, progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["existing"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".existing.lock", ".new.lock", "existing"]
     assert (existing / "manifest.json").read_text() == "{}"
 
 
@@ -120,6 +120,6 @@ def test_release_weights_frees_each_module_after_its_last_component(tmp_path):
     bundle = export_bundle(model, tmp_path / "b", progress=False, release_weights=True)
     assert {p.device.type for p in model.unet.parameters()} == {"meta"}
     assert {p.device.type for p in model.vae.parameters()} == {"meta"}
-    assert set(bundle.manifest["components"]) == set(COMPONENTS)
+    assert set(bundle.manifest.components) == set(COMPONENTS)
     # the VAE serves encoder and decoder, so it is released only after the decoder was validated
-    assert bundle.manifest["components"]["vae_decoder"]["graphs"]["fp32"]["validation"]["outputs"]["frames"]["cosine"] > 0.99999
+    assert bundle.manifest.components["vae_decoder"].graphs["fp32"].validation.outputs["frames"]["cosine"] > 0.99999

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from svdtrt.accuracy import clip_metrics
-from svdtrt.runtime.backends import OnnxRuntimeBackend, Recorder, TorchBackend
+from svdtrt.runtime.backends import Recorder
+from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
+from svdtrt.runtime.backends.pytorch import TorchBackend
 from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
 

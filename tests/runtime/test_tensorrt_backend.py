@@ -20,8 +20,11 @@ import torch
 from svdtrt.bundle import Bundle
 from svdtrt.components import example_inputs
 from svdtrt.errors import EngineError
-from svdtrt.runtime.backends import OnnxRuntimeBackend, create_backend, ort_tensorrt_options
+from svdtrt.runtime.backends import create_backend
+from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend, ort_tensorrt_cache, ort_tensorrt_options
 from svdtrt.specs import COMPONENTS
+
+from ..helpers import rerecord
 
 
 @pytest.fixture
@@ -61,13 +64,18 @@ def test_onnxruntime_gpu_backend_without_its_provider_is_one_line_exit_2(tiny_bu
     assert code == 2 and err.count("\n") == 1 and "lacks CUDAExecutionProvider" in err and "onnxruntime-gpu" in err
 
 
-def test_onnxruntime_tensorrt_provider_options_follow_the_profile(bundle):
+def test_onnxruntime_tensorrt_provider_options_follow_the_profile(bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = sorted(p.relative_to(bundle.path) for p in bundle.path.rglob("*"))
     options = ort_tensorrt_options(bundle, "unet", "fp16")
     assert options["trt_profile_min_shapes"] == "sample:1x4x8x16x16,timestep:1,encoder_hidden_states:1x1x32,added_time_ids:1x3"
     assert options["trt_profile_opt_shapes"] == "sample:2x4x8x16x16,timestep:2,encoder_hidden_states:2x1x32,added_time_ids:2x3"
     assert options["trt_engine_cache_enable"] and options["trt_fp16_enable"] and not options["trt_int8_enable"]
-    assert options["trt_engine_cache_path"] == str(bundle.path / "engines" / "onnxruntime-trt")
-    assert (bundle.path / "engines" / "onnxruntime-trt").is_dir()
+    # the provider's engines live in the user's cache, keyed by the bundle, never inside the bundle
+    cache = ort_tensorrt_cache(bundle)
+    assert cache.parent == tmp_path / "cache" / "svdtrt" / "ort-trt" and cache.is_dir()
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
+    assert sorted(p.relative_to(bundle.path) for p in bundle.path.rglob("*")) == before
 
 
 def _image(tmp_path):
@@ -104,6 +112,7 @@ def test_fp32_engines_match_onnxruntime_and_are_reused(bundle, run_cli):
 
     assert sidecar["tensorrt"] == tensorrt.__version__
     assert sidecar["gpu"]["name"] == torch.cuda.get_device_name()
+    bundle = Bundle.open(bundle.path)  # with the engines the build recorded
     _compare_with_onnxruntime(bundle, create_backend("tensorrt", bundle, "fp32"))
     code, out, _ = run_cli("build", bundle.path, "--precision", "fp32")
     assert code == 0 and out.count("reused (current)") == 4
@@ -113,6 +122,7 @@ def test_fp32_engines_match_onnxruntime_and_are_reused(bundle, run_cli):
 def test_static_unet_engine_with_cuda_graph_matches_without(bundle, run_cli):
     code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--profile", "static", "--components", "unet")
     assert code == 0, err
+    bundle = Bundle.open(bundle.path)  # with the engine the build recorded
     spec = COMPONENTS["unet"]
     inputs = {k: v.cuda() for k, v in example_inputs(spec, bundle.dims.sizes(2, 4, 64, 64)).items()}
     plain = create_backend("tensorrt", bundle, "fp32").component("unet")(inputs)["noise_pred"]
@@ -137,6 +147,7 @@ def test_engine_from_another_tensorrt_is_refused_on_the_gpu(bundle, run_cli):
     sidecar = json.loads(path.read_text())
     sidecar["tensorrt"] = "9.0.0"
     path.write_text(json.dumps(sidecar))
+    bundle = rerecord(bundle.path, "engines/image_encoder.fp32.engine.json")  # the sidecar replaced as a whole
     with pytest.raises(EngineError, match="built with TensorRT 9.0.0"):
         create_backend("tensorrt", bundle, "fp32").component("image_encoder")
 
