@@ -39,6 +39,7 @@ def test_check_refuses_a_model_the_bundle_was_not_exported_from(tiny_bundle, pho
                      model=load_model("small"))
 
 
+@pytest.mark.slow
 def test_second_config_meets_60_db(tmp_path, photo):
     """``small`` differs from ``tiny`` in depth, widths, frame count (6) and aspect ratio (64x96)."""
     small = load_model("small")

@@ -135,6 +135,7 @@ def test_bad_export_arguments(run_cli, tmp_path, args, needle):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_export_cli_and_console_script(tmp_path):
     """The installed entry point, as a user runs it: export works, bad input gives no traceback."""
     cmd = [sys.executable, "-m", "svdtrt"]
@@ -146,6 +147,7 @@ def test_export_cli_and_console_script(tmp_path):
     _one_line_error(bad.returncode, bad.stderr, "not found")
 
 
+@pytest.mark.slow
 def test_demo_writes_clip_and_passing_report(run_cli, tmp_path):
     code, out, _ = run_cli("demo", "--out", tmp_path / "demo")
     assert code == 0 and "PASSED" in out

@@ -134,6 +134,7 @@ def test_concurrent_int8_and_fp8_quantization_both_land(calibrated, tmp_path):
     assert svdtrt("verify", bundle).returncode == 0
 
 
+@pytest.mark.slow
 def test_export_does_not_replace_a_folder_that_appears_meanwhile(tmp_path, run_cli, monkeypatch):
     import svdtrt.export as export
 
@@ -152,6 +153,7 @@ def test_export_does_not_replace_a_folder_that_appears_meanwhile(tmp_path, run_c
     assert not [p for p in tmp_path.iterdir() if ".txn-" in p.name]
 
 
+@pytest.mark.slow
 def test_two_exports_to_one_path_cannot_both_succeed(tiny_bundle, tmp_path, run_cli, monkeypatch):
     import svdtrt.export as export
 

@@ -41,6 +41,7 @@ def _rows(results):
     return {(r["backend"], r["precision"]): r for r in results["rows"]}
 
 
+@pytest.mark.slow
 def test_bench_writes_all_files(bench_out):
     assert sorted(p.name for p in bench_out.iterdir()) == sorted(FILES)
     for name in ("stages.png", "tradeoff.png"):

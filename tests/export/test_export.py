@@ -113,6 +113,7 @@ def test_bundle_open_refuses_other_versions_and_missing_graphs(tiny_bundle, tmp_
         Bundle.open(copy_dir)
 
 
+@pytest.mark.slow
 def test_release_weights_frees_each_module_after_its_last_component(tmp_path):
     from svdtrt.models import build_preset
 
