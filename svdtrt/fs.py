@@ -33,7 +33,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from .errors import InputError
 
@@ -433,23 +433,3 @@ class OutputFile:
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
             self.discard()
-
-
-@contextlib.contextmanager
-def writing_file(target: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """``with writing_file(path, force) as part: write(part)``: publish on success, discard on error."""
-    out = OutputFile(target, force)
-    try:
-        out.write(lambda part: None)
-        yield out.part
-    except BaseException:
-        out.discard()
-        raise
-    out.publish()
-
-
-def write_bytes(target: str | os.PathLike, data: bytes, force: bool = False) -> Path:
-    """Publish ``data`` as the file ``target`` (see :class:`OutputFile`)."""
-    out = OutputFile(target, force)
-    out.write(lambda part: part.write_bytes(data))
-    return out.publish()
