@@ -20,7 +20,7 @@ from .plan import check_precision_supported
 log = logging.getLogger(__name__)
 
 
-def _verify_graph(bundle, name: str, item: dict) -> None:
+def _verify_graph(bundle, item: dict) -> None:
     """Hash the graph and weights a build reads against the manifest (an engine bakes them in)."""
     for file in (item["graph"], item["data"]):
         if file and sha256_file(bundle.path / file) != bundle.manifest.files[file].sha256:
@@ -60,7 +60,7 @@ def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool =
     with changing(bundle_path) as staged:
         bundle = staged.old
         for name, item in tqdm(plan["components"].items(), desc="build", unit="engine", disable=not progress):
-            _verify_graph(bundle, name, item)
+            _verify_graph(bundle, item)
             graph_sha = bundle.graph_identity(name, precision)
             expected = {"graph_sha256": graph_sha, "precision": precision, "tensorrt": trt.__version__,
                         "gpu": gpu, "profile_kind": plan["profile"], "profile": item["profile"]}

@@ -38,7 +38,7 @@ from .shards import SPLITS, CalibrationSet
 log = logging.getLogger(__name__)
 
 
-def check_precision(precision: str) -> dict:
+def check_precision(precision: str, bundle="BUNDLE") -> dict:
     """The quantizer settings of ``precision`` (from :mod:`svdtrt.precisions`).
 
     Raises:
@@ -47,7 +47,7 @@ def check_precision(precision: str) -> dict:
     p = lookup_precision(precision)
     if not p.quantized:
         raise InputError(f"quantize makes {', '.join(made_by('quantize'))} graphs; {precision} is made with "
-                         f"'{p.make_command('BUNDLE')}'")
+                         f"'{p.make_command(bundle)}'")
     return p.quantizer
 
 
@@ -205,7 +205,7 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
     from ..models import reference_model
     from .evaluate import held_out_accuracy
 
-    check_precision(precision)
+    check_precision(precision, bundle_path)
     exclude = list(exclude)
     with changing(bundle_path) as staged:
         bundle = staged.old

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import shlex
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -171,6 +172,7 @@ class SvdPipeline:
 
         self.backend = backend
         self.dims: ModelDims = model_info.dims
+        self.bundle_path = getattr(model_info, "path", None)  # for the verify hint; None for a model
         self.scheduler_config = model_info.scheduler_config
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.dims.latent_scale)
         self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
@@ -265,7 +267,8 @@ class SvdPipeline:
             if not torch.isfinite(frames).all():
                 raise NumericalError(
                     f"the {self.backend.name} backend decoded NaN or infinite values: a corrupted graph or engine "
-                    "(run 'svdtrt verify BUNDLE'), or an overflow in a lower precision (try --precision fp32)")
+                    f"(run 'svdtrt verify {shlex.quote(str(self.bundle_path or 'BUNDLE'))}'), or an overflow in a lower "
+                    "precision (try --precision fp32)")
             # [F, 3, H, W] -> [1, 3, F, H, W], the layout diffusers' VideoProcessor takes
             frames = frames.reshape(-1, s.frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
             frames = self.video_processor.postprocess_video(video=frames, output_type="np")[0]
