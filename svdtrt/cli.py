@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -105,6 +106,17 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
                    help="torch: where the PyTorch modules run (default cpu)")
     p.add_argument("--model", help="source model for the torch backend and the reference "
                                    "(default: the one recorded in the bundle's manifest)")
+
+
+def _ray_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("Ray (an embedded local Ray unless --address)")
+    g.add_argument(f"--{what}", type=int, default=1,
+                   help=f"{what}, each with one warm backend: one GPU each for a GPU backend (default 1)")
+    g.add_argument(f"--cpus-per-{what[:-1]}", type=float, dest="cpus",
+                   help="CPUs each asks Ray for, and its ONNX Runtime / PyTorch threads "
+                        "(default: the cluster's CPUs shared evenly; 1 next to a GPU)")
+    g.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT of 'ray start --head', "
+                                     "ray://HOST:10001) instead of starting a local Ray")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +228,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory to create: results.json, results.md, stages.png, tradeoff.png "
                         "(default svdtrt-bench)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    _sampling_options(p)
+
+    p = sub.add_parser("serve", help="serve clips over HTTP on Ray Serve (POST /v1/clips, GET /healthz)")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    _backend_options(p)
+    _ray_options(p, "replicas")
+    p.add_argument("--max-queued", type=int, default=8,
+                   help="requests that may wait for a replica; more answer 503 with Retry-After (default 8)")
+    p.add_argument("--request-timeout", type=float, default=600, metavar="SECONDS",
+                   help="a request still unanswered after this answers 408 (default 600)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+
+    p = sub.add_parser("batch", help="make clips for a folder or list of images on Ray workers")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--images", required=True, type=Path,
+                   help="folder of images, or a text file with one image path per line")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for the clips (<image stem>.mp4) and clips.jsonl; a re-run skips published clips")
+    p.add_argument("--format", default="mp4", choices=("mp4", "npy"),
+                   help="mp4, or npy: float32 [F, H, W, 3] in [0, 1] as --save-frames writes (default mp4)")
+    _backend_options(p)
+    _ray_options(p, "workers")
     _sampling_options(p)
 
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
@@ -559,9 +594,66 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _worker_options(args, count: int):
+    """The serving layer's WorkerOptions from ``serve``'s or ``batch``'s options, checked here
+    first (bundle, backend, precision) so that a mistake is one line, not a replica's traceback."""
+    from .bundle import Bundle
+    from .runtime.backends import create_backend
+    from .serving.cluster import connect, cpus_each
+    from .serving.worker import WorkerOptions
+    from .specs import COMPONENTS
+
+    bundle = Bundle.open(args.bundle)
+    if args.backend.startswith("onnxruntime"):  # cheap: checks the precision and the providers, loads nothing
+        create_backend(args.backend, bundle, args.precision)
+        for name in COMPONENTS:
+            bundle.graph(name, args.precision)
+    options = WorkerOptions(bundle=str(args.bundle.resolve()), backend=args.backend, precision=args.precision,
+                            device=args.device, model=args.model, cuda_graph=args.cuda_graph,
+                            one_engine_at_a_time=args.one_engine_at_a_time)
+    connect(args.address)
+    what = "replicas" if args.command == "serve" else "workers"
+    cpus = cpus_each(count, args.cpus, options.needs_gpu, what)
+    return bundle, dataclasses.replace(options, cpus=cpus)
+
+
+def _cmd_serve(args) -> int:
+    bundle, worker = _worker_options(args, args.replicas)
+    from .serving.app import ServeOptions, serve_forever
+
+    if args.max_queued < 0 or not args.request_timeout > 0:
+        raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
+    serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
+                  args.request_timeout)
+    return 0
+
+
+def _cmd_batch(args) -> int:
+    from .bundle import Bundle
+    from .serving.batch import JOURNAL, BatchJob, list_images, output_names
+
+    bundle = Bundle.open(args.bundle)
+    settings = _settings(args, bundle)
+    _check_memory(bundle, settings, args.backend, args.precision, args.device)
+    _warn_outside_range(bundle, settings)
+    images = list_images(args.images)
+    output_names(images, args.format)  # before Ray starts
+    _, worker = _worker_options(args, args.workers)
+    from .serving.batch import run_batch
+
+    summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))
+    print(f"{len(summary.made)} clip(s) made, {len(summary.skipped)} already in {args.out}, "
+          f"{len(summary.failed)} failed, in {summary.seconds:.1f} s; records in {args.out / JOURNAL}")
+    if summary.failed:
+        print(f"failed: {', '.join(summary.failed)}; run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS = {"export": _cmd_export, "run": _cmd_run, "check": _cmd_check, "demo": _cmd_demo,
             "convert": _cmd_convert, "calibrate": _cmd_calibrate, "quantize": _cmd_quantize, "build": _cmd_build,
-            "verify": _cmd_verify, "doctor": _cmd_doctor, "bench": _cmd_bench}
+            "verify": _cmd_verify, "doctor": _cmd_doctor, "bench": _cmd_bench, "serve": _cmd_serve,
+            "batch": _cmd_batch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -53,12 +54,27 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image '{path}' not found; give the path of a PNG or JPEG file")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> PIL.Image.Image:
+    """Decode an image received as bytes (an upload named ``name``) as RGB, with the checks and
+    one-line messages of :func:`load_image`.
+
+    Raises:
+        InputError: not an image, or of a size :func:`check_image_size` refuses.
+    """
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name: str) -> PIL.Image.Image:
+    """``source`` (a path or a binary file object) as an RGB image; ``name`` is what messages call it."""
     try:
         with warnings.catch_warnings():
             # PIL warns (and goes on decoding) above its own limit: an error here, never a decode
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(path) as image:
-                check_image_size(image, f"image '{path}'")
+            with PIL.Image.open(source) as image:
+                check_image_size(image, f"image '{name}'")
                 image.load()
                 # Palette and gray-with-alpha images go through RGBA: PIL's direct conversion to RGB
                 # mishandles palette transparency.
@@ -66,13 +82,13 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
                     return image.convert("RGBA").convert("RGB")
                 return image.convert("RGB")
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
-        raise InputError(f"image '{path}' is too large to read ({first_line(e).split(',')[0]}); "
+        raise InputError(f"image '{name}' is too large to read ({first_line(e).split(',')[0]}); "
                          f"svdtrt reads at most {MAX_IMAGE_PIXELS / 1e6:.1f} million pixels, so scale it "
                          "down first") from None
     except PermissionError:
-        raise InputError(f"image '{path}' cannot be read (permission denied)") from None
+        raise InputError(f"image '{name}' cannot be read (permission denied)") from None
     except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InputError(f"'{path}' is not a readable image ({type(e).__name__}); give a PNG or JPEG file") from None
+        raise InputError(f"'{name}' is not a readable image ({type(e).__name__}); give a PNG or JPEG file") from None
 
 
 #: Real photographs shipped by scikit-image (``skimage.data``), used by the demo and calibration.

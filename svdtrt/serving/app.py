@@ -1,0 +1,317 @@
+"""``svdtrt serve``: a Ray Serve application that turns images into clips over HTTP (docs/serving.md).
+
+Two deployments, as Ray Serve's model-composition pattern has it:
+
+- ``svdtrt`` (:class:`Ingress`), the FastAPI ingress: parses and checks each request (the image
+  and the settings, with the limits of :meth:`SamplingSettings.check` and the bundle's exported
+  range) and answers bad input with 400 or 413 and the one-line message ``svdtrt run`` prints, before
+  any replica's time is spent; it takes no CPU of its own, and serves ``/healthz`` and the OpenAPI
+  schema (``/docs``, ``/openapi.json``) even while every replica is busy.
+- ``ClipModel`` (:class:`ClipModel`), the replicas: each holds one warm backend
+  (:class:`~svdtrt.serving.worker.ClipMaker`) and makes one clip at a time
+  (``max_ongoing_requests=1``: a second clip on the same GPU or CPUs only slows the first);
+  at most ``max_queued`` more requests wait, and any beyond answer 503 with ``Retry-After``.
+
+HTTP API (``POST /v1/clips``, ``GET /healthz``): see the README and :func:`Ingress.clips`.
+"""
+
+
+import asyncio
+import dataclasses
+import json
+import logging
+import typing
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import pydantic
+from fastapi import FastAPI, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from ..errors import InputError, SvdtrtError, first_line
+from ..runtime.pipeline import SamplingSettings
+from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
+
+log = logging.getLogger(__name__)
+
+#: Largest upload taken: 32 MiB, above a 4K (3840x2160) 24-bit PNG (about 25 MB); SVD uses at most
+#: 1024x576, so larger photographs are better scaled down by the caller. Refused with 413 from the
+#: request's Content-Length, before the body is read, where the client sends one.
+MAX_UPLOAD_BYTES = 32 * 2**20
+#: The name of the replicas' deployment (the config file's ``deployments`` entry).
+MODEL_DEPLOYMENT = "ClipModel"
+#: The name of the ingress deployment.
+INGRESS_DEPLOYMENT = "svdtrt"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the application is deployed.
+
+    Attributes:
+        worker: what each replica loads and the resources it asks for.
+        replicas: ``ClipModel`` replicas (one per GPU for a GPU backend).
+        max_queued: requests that may wait for a replica, in each caller's queue (Ray Serve's
+            ``max_queued_requests``); more answer 503.
+        retry_after_s: the ``Retry-After`` of a 503, seconds (about one clip's time).
+    """
+
+    worker: WorkerOptions
+    replicas: int = 1
+    max_queued: int = 8
+    retry_after_s: float = 10.0
+
+
+def _settings_form_fields() -> dict:
+    """The settings' form fields, one per :class:`SamplingSettings` attribute with its default
+    (so an option added there is a field here too); the clip size defaults to the bundle's."""
+    hints = typing.get_type_hints(SamplingSettings)
+    fields = {}
+    for f in dataclasses.fields(SamplingSettings):
+        default = None if f.default is dataclasses.MISSING else f.default
+        flag = f"--{f.name.replace('_', '-')}"
+        what = "the bundle's default" if default is None and f.name in ("frames", "height", "width") else default
+        fields[f.name] = (hints[f.name] | None, pydantic.Field(default, description=f"as `svdtrt run {flag}` "
+                                                                                    f"(default: {what})"))
+    return fields
+
+
+#: The multipart form of ``POST /v1/clips``: ``image``, ``format`` and the sampling settings.
+ClipRequest = pydantic.create_model(
+    "ClipRequest",
+    __config__=pydantic.ConfigDict(extra="forbid"),
+    image=(UploadFile, pydantic.Field(description="the conditioning image (PNG, JPEG, ...)")),
+    format=(Literal["mp4", "npy"], pydantic.Field("mp4", description="mp4 (H.264), or npy: float32 "
+                                                                     "[F, H, W, 3] in [0, 1], as `run --save-frames`")),
+    **_settings_form_fields(),
+)
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingSettings))
+
+api = FastAPI(
+    title="svdtrt",
+    summary="Stable Video Diffusion clips from images, on Ray Serve",
+    description="POST an image to /v1/clips and get the clip back; GET /healthz. Bad input answers 400 or "
+                "413 with `{\"detail\": one line}`, the message `svdtrt run` prints; a full queue or a "
+                "replica lost mid-clip answers 503 with Retry-After; a replica's error answers 500 with one line.",
+)
+
+
+def _error(status: int, message: str, retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's list of validation errors as the first one, in one line, with status 400."""
+    e = exc.errors()[0]
+    field = str(e["loc"][-1]) if e.get("loc") else "request"
+    if e["type"] == "extra_forbidden":
+        known = ", ".join(ClipRequest.model_fields)
+        return _error(400, f"unknown field '{field}'; the fields are {known}")
+    if e["type"] == "missing":
+        return _error(400, f"field '{field}' is required" + (" (the image file)" if field == "image" else ""))
+    got = e.get("input")
+    got = f" (got {got!r:.60})" if isinstance(got, (str, int, float)) else ""
+    return _error(400, f"{field}: {e['msg']}{got}")
+
+
+@api.middleware("http")
+async def _refuse_oversize_uploads(request: Request, call_next):
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 2**16:  # + the form's other fields
+        return _error(413, _too_large(int(length)))
+    return await call_next(request)
+
+
+def _too_large(size: int) -> str:
+    return (f"the upload is {size / 2**20:.1f} MiB, more than this service takes ({MAX_UPLOAD_BYTES / 2**20:.0f} MiB); "
+            "scale the image down first (SVD uses at most 1024x576)")
+
+
+@dataclass
+class Made:
+    """A replica's answer: the clip's bytes and per-stage seconds, or an HTTP status and one line."""
+
+    data: bytes = b""
+    timings: dict = dataclasses.field(default_factory=dict)
+    status: int = 200
+    error: str = ""
+
+
+class ClipModel:
+    """A replica: one warm backend, one clip at a time.
+
+    Args:
+        options: what to load (:class:`~svdtrt.serving.worker.WorkerOptions`).
+    """
+
+    def __init__(self, options: WorkerOptions):
+        self.maker = ClipMaker(options)
+
+    async def make(self, image, settings: SamplingSettings, fmt: str) -> Made:
+        """The clip of ``image`` (RGB PIL image) with ``settings``, encoded as ``fmt`` (mp4, npy).
+        Sampling runs on a thread, so that the replica keeps answering Ray's health checks."""
+        return await asyncio.to_thread(self._make, image, settings, fmt)
+
+    def _make(self, image, settings: SamplingSettings, fmt: str) -> Made:
+        try:
+            clip = self.maker.make(image, settings)
+            return Made(data=encode_clip(clip.frames, fmt, settings.fps), timings=clip.timings)
+        except InputError as e:
+            return Made(status=400, error=first_line(e))
+        except SvdtrtError as e:  # a corrupt graph, NaN frames, a missing provider: the service's fault
+            log.error("clip failed: %s", e)
+            return Made(status=500, error=first_line(e))
+        except Exception as e:  # a bug: the traceback goes to the replica's log, one line to the caller
+            log.exception("clip failed")
+            return Made(status=500, error=f"the replica failed ({type(e).__name__}: {first_line(e)[:200]}); "
+                                          "see the replica's log")
+
+
+@serve.ingress(api)
+class Ingress:
+    """The HTTP front: checks requests, forwards clips to the ``ClipModel`` replicas.
+
+    Args:
+        model: the ``ClipModel`` deployment's handle.
+        bundle: the bundle's path (read for its default clip size and exported range).
+        retry_after_s: ``Retry-After`` of a 503.
+    """
+
+    def __init__(self, model, bundle: str, retry_after_s: float = 10.0):
+        from ..bundle import Bundle
+
+        self.model, self.retry_after_s = model, retry_after_s
+        self.bundle = Bundle.open(bundle)
+
+    def settings(self, form) -> SamplingSettings:
+        """The form's settings, with the bundle's clip size where not given, checked as ``run``
+        checks them (the service runs only the bundle's exported size range).
+
+        Raises:
+            InputError: a setting out of its range, or a size outside the bundle's range.
+        """
+        values = {k: v for k in SETTINGS_FIELDS if (v := getattr(form, k)) is not None}
+        frames, height, width = self.bundle.default_shape
+        settings = SamplingSettings(**{"frames": frames, "height": height, "width": width, **values})
+        settings.check(self.bundle.dims)
+        outside = self.bundle.outside_range(settings.frames, settings.height, settings.width)
+        if outside:
+            raise InputError(f"{outside}; this service makes clips within the bundle's exported range")
+        return settings
+
+    @api.post("/v1/clips", response_class=Response, responses={
+        200: {"content": {t: {} for t in FORMATS.values()},
+              "description": "the clip; per-stage times in the Server-Timing header (milliseconds), the "
+                             "settings used in X-Svdtrt-Settings (JSON)"},
+        400: {"description": "bad input: `{\"detail\": one line}`"},
+        413: {"description": "the upload is too large"},
+        500: {"description": "a replica's error, one line"},
+        503: {"description": "every replica busy and the queue full, or a replica lost mid-clip; "
+                             "retry after Retry-After seconds"}})
+    async def clips(self, form: Annotated[ClipRequest, Form()]) -> Response:
+        """Make a clip from ``image`` with the settings given (the others at ``svdtrt run``'s
+        defaults): the same seed and settings give the same frames as ``svdtrt run``."""
+        from ..images import decode_image
+
+        if form.image.size is not None and form.image.size > MAX_UPLOAD_BYTES:
+            return _error(413, _too_large(form.image.size))
+        data = await form.image.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            return _error(413, _too_large(len(data)))
+        try:
+            image = await asyncio.to_thread(decode_image, data, form.image.filename or "upload")
+            settings = self.settings(form)
+        except InputError as e:
+            return _error(400, first_line(e))
+        try:
+            made = await self.model.make.remote(image, settings, form.format)
+        except BackPressureError:
+            return _error(503, "every replica is busy and the queue is full; retry later", self.retry_after_s)
+        except (RayActorError, DeploymentUnavailableError) as e:
+            log.warning("replica lost: %s", first_line(e))
+            return _error(503, "the replica making this clip stopped before it finished (its process died); "
+                               "send the request again", self.retry_after_s)
+        if made.error:
+            return _error(made.status, made.error)
+        timing = ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in made.timings.items())
+        return Response(made.data, media_type=FORMATS[form.format], headers={
+            "Server-Timing": timing, "X-Svdtrt-Settings": json.dumps(dataclasses.asdict(settings)),
+            "Content-Disposition": f'attachment; filename="clip.{form.format}"'})
+
+    @api.get("/healthz", responses={503: {"description": "some replica is not running (yet)"}})
+    async def healthz(self) -> JSONResponse:
+        """200 once every ``ClipModel`` replica has its backend loaded; 503 while some is starting or
+        being replaced."""
+        app = serve.get_replica_context().app_name
+        status = await asyncio.to_thread(serve.status)
+        deployment = status.applications[app].deployments[MODEL_DEPLOYMENT]
+        running = int(deployment.replica_states.get("RUNNING", 0))
+        if deployment.status != "HEALTHY":
+            return _error(503, f"replicas are not all running ({deployment.status.lower()}, {running} running)",
+                          self.retry_after_s)
+        return JSONResponse({"status": "ok", "replicas": running})
+
+
+def build_app(options: ServeOptions) -> serve.Application:
+    """The application: the ingress bound to ``options.replicas`` ``ClipModel`` replicas."""
+    model = serve.deployment(ClipModel, name=MODEL_DEPLOYMENT).options(
+        num_replicas=options.replicas, ray_actor_options=options.worker.ray_resources(),
+        max_ongoing_requests=1, max_queued_requests=options.max_queued,
+        # a replica's health check must not fail while it loads a large bundle
+        health_check_timeout_s=120)
+    # The ingress takes no CPU from the replicas; it only parses forms and waits on them.
+    ingress = serve.deployment(Ingress, name=INGRESS_DEPLOYMENT).options(
+        num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+    return ingress.bind(model.bind(options.worker), options.worker.bundle, options.retry_after_s)
+
+
+def app_builder(args: dict) -> serve.Application:
+    """The application for a Ray Serve config file (``import_path: svdtrt.serving.app:app_builder``),
+    from ``args``: ``bundle`` (required), ``backend``, ``precision``, ``device``, ``cpus`` (per
+    replica), ``replicas``, ``max_queued``, ``retry_after_s``.
+
+    Raises:
+        InputError: an unknown or missing argument.
+    """
+    args = dict(args)
+    if "bundle" not in args:
+        raise InputError("the application's args need 'bundle', the bundle's path on every node")
+    serve_keys = {f.name for f in dataclasses.fields(ServeOptions)} - {"worker"}
+    worker_keys = {f.name for f in dataclasses.fields(WorkerOptions)}
+    unknown = set(args) - serve_keys - worker_keys
+    if unknown:
+        raise InputError(f"unknown application args {', '.join(sorted(unknown))}; the args are "
+                         f"{', '.join(sorted(serve_keys | worker_keys))}")
+    worker = WorkerOptions(**{k: v for k, v in args.items() if k in worker_keys})
+    return build_app(ServeOptions(worker, **{k: v for k, v in args.items() if k in serve_keys}))
+
+
+def serve_forever(options: ServeOptions, host: str, port: int, request_timeout_s: float) -> None:
+    """Deploy the application on the connected Ray (:func:`svdtrt.serving.cluster.connect`), serve
+    HTTP on ``host:port`` until Ctrl-C, then remove it.
+
+    Raises:
+        InputError: Ray Serve cannot start the application (the replicas' error, one line).
+    """
+    import time
+
+    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
+    try:
+        serve.run(build_app(options), name="svdtrt", route_prefix="/")
+    except RuntimeError as e:
+        raise InputError(f"the service did not start: {first_line(e)[:300]}") from None
+    print(f"serving {options.worker.bundle} on http://{host}:{port} ({options.replicas} replica(s) of "
+          f"{options.worker.backend} {options.worker.precision}); API docs at http://{host}:{port}/docs; "
+          "Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.delete("svdtrt")
+        print("svdtrt: stopped serving", flush=True)

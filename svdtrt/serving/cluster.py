@@ -1,0 +1,63 @@
+"""Joining Ray: an embedded local Ray by default, or an existing cluster (``--address``), and how
+many CPUs each replica or worker gets."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from ..errors import InputError, first_line
+
+
+def connect(address: str | None = None) -> None:
+    """Start an embedded local Ray (``address`` None) or join the cluster at ``address``
+    (``auto``, ``HOST:PORT`` of a ``ray start --head``, or ``ray://HOST:10001``); nothing if this
+    process is already connected.
+
+    The local Ray runs without its dashboard: it is the slowest part of Ray's start and the heaviest
+    in memory; start a cluster (``ray start --head``) and pass ``--address`` to have it.
+
+    Raises:
+        InputError: the cluster at ``address`` cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise InputError(f"cannot join the Ray cluster at '{address}' ({first_line(e)[:200]}); start one with "
+                         "'ray start --head' or leave out --address to run on this machine") from None
+
+
+def cpus_each(count: int, given: float | None, gpu: bool, what: str) -> float:
+    """CPUs to ask Ray for per replica or worker: ``given``, else 1 next to a GPU, else the
+    cluster's CPUs shared evenly between the ``count`` of them.
+
+    Raises:
+        InputError: ``count`` below 1, ``given`` not positive, or more GPU ``what`` than the
+            cluster has GPUs (each takes one whole GPU).
+    """
+    import ray
+
+    if count < 1:
+        raise InputError(f"--{what} must be at least 1, got {count}")
+    if given is not None and not given > 0:
+        raise InputError(f"CPUs per {what[:-1]} must be more than 0, got {given}")
+    resources = ray.cluster_resources()
+    if gpu and resources.get("GPU", 0) < count:
+        raise InputError(f"{count} {what} on a GPU backend need {count} GPUs (one each); the Ray cluster has "
+                         f"{int(resources.get('GPU', 0))}: lower --{what} or add GPU nodes")
+    if given is not None:
+        if given > 1 and given != int(given):
+            raise InputError(f"CPUs per {what[:-1]} above 1 must be a whole number (Ray's rule), got {given}")
+        return given
+    if gpu:
+        return 1.0
+    share = resources.get("CPU", 1) / count
+    # Ray takes whole numbers above 1 and fractions (to 1e-4) below
+    return float(math.floor(share)) if share >= 1 else max(math.floor(share * 1e4) / 1e4, 1e-4)
