@@ -18,7 +18,7 @@ SHARED = {"svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtr
           "svdtrt.bundle", "svdtrt.engines", "svdtrt.accuracy", "svdtrt.images", "svdtrt.models",
           "svdtrt.presets", "svdtrt.components", "svdtrt.gpu"}
 STAGES = ("svdtrt.export", "svdtrt.calibration", "svdtrt.build", "svdtrt.runtime", "svdtrt.check",
-          "svdtrt.benchmark", "svdtrt.cli", "svdtrt.demo", "svdtrt.verify", "svdtrt.doctor")
+          "svdtrt.benchmark", "svdtrt.serving", "svdtrt.cli", "svdtrt.demo", "svdtrt.verify", "svdtrt.doctor")
 
 
 def _module_name(path: Path) -> str:
@@ -96,6 +96,20 @@ def test_shared_modules_import_no_stage_and_the_runtime_no_producing_stage():
         if name.startswith(("svdtrt.export", "svdtrt.build")):
             assert not [e for e in edges if e.startswith(("svdtrt.runtime", "svdtrt.calibration", "svdtrt.check",
                                                           "svdtrt.benchmark", "svdtrt.cli"))], name
+        if not name.startswith("svdtrt.cli"):  # serving sits below the CLI only
+            assert not [e for e in edges if e.startswith("svdtrt.serving")] or name.startswith("svdtrt.serving"), name
+
+
+def test_only_the_serving_layer_imports_ray():
+    """Ray is an optional extra (``serve``): a runtime-only install never needs it."""
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        imported = {a.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(node, ast.Import) for a in node.names}
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.ImportFrom) and not node.level}
+        if "ray" in imported:
+            assert name.startswith("svdtrt.serving"), name
 
 
 def _modules_after(code: str) -> set[str]:
@@ -124,6 +138,7 @@ SvdPipeline(create_backend("onnxruntime", bundle), bundle)(load_image({str(image
     assert "svdtrt.runtime.backends.onnxrt" in loaded and "svdtrt.runtime.backends.trt" in loaded
     assert not {m for m in loaded if m.startswith(("svdtrt.export", "svdtrt.build", "svdtrt.calibration"))}
     assert "onnxslim" not in loaded and "onnxruntime.quantization" not in loaded
+    assert not {m for m in loaded if m.startswith("svdtrt.serving") or m == "ray" or m.startswith("ray.")}
     # diffusers (the loop's scheduler) imports torch._dynamo, which loads torch.onnx on its own;
     # svdtrt adds no torch.onnx module of its own beyond that.
     by_diffusers = _modules_after("import diffusers.schedulers.scheduling_euler_discrete")
