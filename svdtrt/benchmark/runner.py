@@ -160,7 +160,7 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
                "unet": model.unet, "vae_decode": model.vae.decoder}
     runs, frames = [], None
     for i in range(warmup + repeat):
-        timer = StageTimer(sync)
+        timer = StageTimer(sync, timed=True)
         with _timed_modules(timer, modules), timer.stage("total"):
             frames = pipe(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
         if i >= warmup:
@@ -189,7 +189,7 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
         pipeline = SvdPipeline(backend, bundle)
         runs, frames = [], None
         for i in range(warmup + repeat):
-            clip = pipeline(image, settings)
+            clip = pipeline(image, settings, timings=True)
             frames = clip.frames
             if i >= warmup:
                 runs.append(clip.timings)
