@@ -599,6 +599,13 @@ def main(argv: list[str] | None = None) -> int:
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] != "onnxruntime":
+            raise
+        from .gpu import ORT_HINT
+
+        print(f"svdtrt: error: ONNX Runtime is not installed; {ORT_HINT}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("svdtrt: interrupted; nothing was left half-written", file=sys.stderr)
         return 130

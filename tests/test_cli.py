@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
+import torch  # noqa: F401  (read by a skipif condition)
 
 from svdtrt.runtime.video import read_mp4
 
@@ -122,7 +123,8 @@ def test_bad_images(run_cli, tiny_bundle, tmp_path):
     (["--backend", "cuda-magic"], "invalid choice"),
     (["--fps", "0"], "fps must be at least 1"),
     (["--motion-bucket-id", "-1"], "motion bucket id"),
-    (["--backend", "torch", "--device", "cuda"], "needs a CUDA GPU"),
+    pytest.param(["--backend", "torch", "--device", "cuda"], "needs a CUDA GPU",
+                 marks=pytest.mark.skipif("torch.cuda.is_available()", reason="a CUDA GPU is here")),
 ])
 def test_bad_settings(run_cli, tiny_bundle, image_file, tmp_path, args, needle):
     code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4", *args)

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from ..accuracy import clip_metrics
-from ..errors import BackendUnavailableError, BundleError, InputError
+from ..errors import BackendUnavailableError, BundleError, EngineError, InputError
 from ..images import image_sha256
 from ..precisions import NAMES
 from ..runtime import backends as runtime_backends
@@ -194,8 +194,9 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
             if i >= warmup:
                 runs.append(clip.timings)
             bar.update()
-    except (BackendUnavailableError, BundleError, InputError) as e:
-        # BundleError: a graph of this precision is missing; InputError: the backend does not run
+    except (BackendUnavailableError, BundleError, EngineError, InputError) as e:
+        # BundleError: a graph of this precision is missing; EngineError: no current engine
+        # (tensorrt's default state before 'svdtrt build'); InputError: the backend does not run
         # this precision.
         return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}
     row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),
