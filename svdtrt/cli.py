@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, type=Path, help="conditioning image (PNG, JPEG, ...)")
     p.add_argument("--out", required=True, type=Path, help="mp4 file to write")
     p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] as .npy")
+    p.add_argument("--timings", type=Path, metavar="FILE.json",
+                   help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
+                        "stage, which the default run does not")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     _backend_options(p)
     _sampling_options(p)
@@ -384,6 +387,9 @@ def _backend_kwargs(args) -> dict:
 
 
 def _cmd_run(args) -> int:
+    import json
+    from dataclasses import asdict
+
     from .bundle import Bundle
     from .fs import OutputFile
     from .images import load_image
@@ -392,8 +398,12 @@ def _cmd_run(args) -> int:
     from .runtime.pipeline import SvdPipeline
     from .runtime.video import save_frames, write_mp4
 
-    if args.save_frames and os.path.abspath(args.save_frames) == os.path.abspath(args.out):
-        raise InputError(f"--out and --save-frames are both '{args.out}'; give the frames another file name")
+    outputs = [("--out", args.out), ("--save-frames", args.save_frames), ("--timings", args.timings)]
+    named = [(flag, os.path.abspath(path)) for flag, path in outputs if path]
+    for i, (flag, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if path == other_path:
+                raise InputError(f"{other} and {flag} are both '{path}'; give each output its own file name")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
@@ -405,13 +415,20 @@ def _cmd_run(args) -> int:
     with _discarded_on_error(clip_out):
         frames_out = OutputFile(args.save_frames, args.force) if args.save_frames else None
     with _discarded_on_error(clip_out, frames_out):
+        timings_out = OutputFile(args.timings, args.force) if args.timings else None
+    with _discarded_on_error(clip_out, frames_out, timings_out):
         model = reference_model(bundle, load_model(args.model)) if args.model else None
         backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
-        clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
+        clip = SvdPipeline(backend, bundle)(image, settings, progress=True, timings=bool(args.timings))
         clip_out.write(lambda part: write_mp4(clip.frames, part, fps=settings.fps))
         if frames_out:
             frames_out.write(lambda part: save_frames(clip.frames, part))
             frames_out.publish()
+        if timings_out:
+            record = {"backend": args.backend, "precision": args.precision, "settings": asdict(settings),
+                      "seconds": clip.timings}
+            timings_out.write(lambda part: part.write_text(json.dumps(record, indent=2) + "\n"))
+            timings_out.publish()
         clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
           f"({args.backend}, {args.precision})")
@@ -673,6 +690,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] != "onnxruntime":
+            raise
+        from .gpu import ORT_HINT
+
+        print(f"svdtrt: error: ONNX Runtime is not installed; {ORT_HINT}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("svdtrt: interrupted; nothing was left half-written", file=sys.stderr)

@@ -61,6 +61,12 @@ class VaeDecoder(torch.nn.Module):
         return self.vae.decode(latents, num_frames=latents.shape[0]).sample
 
 
+#: Inputs a module takes in float32 whatever its dtype, as in diffusers' fp16 pipeline: the
+#: scheduler's timesteps are float32 and the UNet's sinusoidal time projection computes in
+#: float32 (``get_timestep_embedding``); ``added_time_ids`` follow the module's dtype there.
+FP32_INPUTS = frozenset({"timestep"})
+
+
 def torch_modules(model) -> dict[str, torch.nn.Module]:
     """Spec-shaped modules of an :class:`svdtrt.models.SvdModel`, keyed by component name."""
     return {

@@ -3,7 +3,10 @@ optional TensorRT and Polygraphy packages, imported lazily so that the rest of s
 without them (docs/architecture.md, "Environment").
 
 TensorRT's Python package comes from NVIDIA's index (``pypi.nvidia.com``) or, on Jetson,
-with JetPack; Polygraphy is on PyPI. Both are in the ``gpu`` extra of ``pyproject.toml``.
+with JetPack; Polygraphy is on PyPI. Both are in the ``tensorrt`` extra of ``pyproject.toml``,
+with ``onnxruntime-gpu``; the ``cuda`` extra has ``onnxruntime-gpu`` alone, ``cpu`` the CPU
+``onnxruntime``. Exactly one ONNX Runtime may be installed: both packages own the
+``onnxruntime`` module (docs/architecture.md, "Installing").
 """
 
 from __future__ import annotations
@@ -14,8 +17,21 @@ import importlib.metadata
 from .errors import BackendUnavailableError
 
 #: How to get the optional GPU packages, quoted in every "missing" message.
-INSTALL_HINT = ("pip install 'svdtrt[gpu]' --extra-index-url https://pypi.nvidia.com "
-                "(on Jetson, TensorRT comes with JetPack)")
+INSTALL_HINT = ("pip uninstall -y onnxruntime; pip install -e '.[tensorrt]' --extra-index-url "
+                "https://pypi.nvidia.com (in svdtrt's clone; on Jetson, TensorRT comes with JetPack)")
+#: How to get ONNX Runtime with the CUDA and TensorRT providers (onnxruntime-gpu).
+ORT_GPU_HINT = "pip uninstall -y onnxruntime; pip install -e '.[cuda]' (in svdtrt's clone)"
+#: How to get ONNX Runtime at all.
+ORT_HINT = ("pip install -e '.[cpu]' in svdtrt's clone ('.[cuda]' for onnxruntime-gpu on a CUDA machine); "
+            "install one of onnxruntime and onnxruntime-gpu, never both")
+
+
+def onnxruntime_package() -> str | None:
+    """Which ONNX Runtime distribution provides the ``onnxruntime`` module: ``"onnxruntime-gpu"``,
+    ``"onnxruntime"``, or None when neither is installed. Distribution names, not the module, are
+    what ``importlib.metadata`` knows: ``version("onnxruntime")`` raises where only
+    onnxruntime-gpu is installed (the GPU setup)."""
+    return next((p for p in ("onnxruntime-gpu", "onnxruntime") if package_version(p)), None)
 
 
 def package_version(name: str) -> str | None:
@@ -99,5 +115,7 @@ def tool_versions() -> dict[str, str | None]:
 
     from . import __version__
 
-    return {"python": platform.python_version(), "svdtrt": __version__,
-            **{name: package_version(name) for name in TOOLS}}
+    versions = {name: package_version(name) for name in TOOLS}
+    ort = onnxruntime_package()
+    versions["onnxruntime"] = package_version(ort) if ort else None  # the module's version, either package
+    return {"python": platform.python_version(), "svdtrt": __version__, **versions}

@@ -79,6 +79,8 @@ class ComponentSpec:
     the cosine similarity of each output, both measured on ONNX Runtime's CPU provider;
     ``fp16`` holds the fp16 graph's tolerances and ``fp16_fp32_ops`` the op types its fp16
     conversion keeps in float32 (measured need only; see :mod:`svdtrt.export.fp16`).
+    ``fp16_upcast`` names a ``(module, config key)`` that, when true in the model's configs,
+    keeps the whole component in fp32 under the fp16 precision (:func:`runs_fp32_in_fp16`).
     """
 
     name: str
@@ -90,6 +92,7 @@ class ComponentSpec:
     batch: tuple[int, int, int] = (1, 1, 1)
     fp16: Fp16Tolerance = Fp16Tolerance()
     fp16_fp32_ops: tuple[str, ...] = ()
+    fp16_upcast: tuple[str, str] | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -116,6 +119,9 @@ VAE_ENCODER = ComponentSpec(
     "vae_encoder",
     inputs=(TensorSpec("image", ("B", "3", "H", "W")),),
     outputs=(TensorSpec("latents", ("B", "C", "h", "w")),),
+    # diffusers' StableVideoDiffusionPipeline encodes in fp32 when the VAE config sets
+    # force_upcast (SVD's does), also in an fp16 pipeline; it decodes in fp16.
+    fp16_upcast=("vae", "force_upcast"),
 )
 UNET = ComponentSpec(
     "unet",
@@ -256,3 +262,13 @@ def profile_shapes(spec: ComponentSpec, dims: ModelDims, frames: Range, height: 
             for i, key in enumerate(("min", "opt", "max"))
         }
     return profile
+
+
+def runs_fp32_in_fp16(spec: ComponentSpec, configs: Mapping[str, Mapping]) -> bool:
+    """Whether the fp16 precision keeps component ``spec`` in fp32 for this model, as diffusers'
+    fp16 pipeline does: true when the spec's ``fp16_upcast`` config flag is set in ``configs``
+    (``{module: config}``, a manifest's ``configs`` or :meth:`SvdModel.configs`)."""
+    if spec.fp16_upcast is None:
+        return False
+    module, key = spec.fp16_upcast
+    return bool(configs.get(module, {}).get(key, False))

@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from ..accuracy import clip_metrics
-from ..errors import BackendUnavailableError, BundleError, InputError
+from ..errors import BackendUnavailableError, BundleError, EngineError, InputError
 from ..images import image_sha256
 from ..precisions import NAMES
 from ..runtime import backends as runtime_backends
@@ -160,7 +160,7 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
                "unet": model.unet, "vae_decode": model.vae.decoder}
     runs, frames = [], None
     for i in range(warmup + repeat):
-        timer = StageTimer(sync)
+        timer = StageTimer(sync, timed=True)
         with _timed_modules(timer, modules), timer.stage("total"):
             frames = pipe(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
         if i >= warmup:
@@ -189,13 +189,14 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
         pipeline = SvdPipeline(backend, bundle)
         runs, frames = [], None
         for i in range(warmup + repeat):
-            clip = pipeline(image, settings)
+            clip = pipeline(image, settings, timings=True)
             frames = clip.frames
             if i >= warmup:
                 runs.append(clip.timings)
             bar.update()
-    except (BackendUnavailableError, BundleError, InputError) as e:
-        # BundleError: a graph of this precision is missing; InputError: the backend does not run
+    except (BackendUnavailableError, BundleError, EngineError, InputError) as e:
+        # BundleError: a graph of this precision is missing; EngineError: no current engine
+        # (tensorrt's default state before 'svdtrt build'); InputError: the backend does not run
         # this precision.
         return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}
     row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),

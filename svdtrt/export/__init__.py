@@ -18,7 +18,7 @@ from ..gpu import tool_versions
 from ..manifest import CONFIG_FILES, Accuracy, ComponentEntry, GraphEntry, build
 from ..precisions import made_by, precision as lookup_precision
 from ..specs import COMPONENTS, DEFAULT_OPSET, Range, check_ranges, component, profile_shapes, validation_shape
-from .convert import convert_component
+from .convert import fp16_graph
 from .deployability import check_deployable
 from .exporter import EXPORTER, export_graph
 from .external_data import data_filename, graph_bytes
@@ -136,7 +136,8 @@ def _export_components(staged: Staged, model, names: list[str], opset: int, prec
         entry, validation = _export_component(name, modules[name], model.dims, staged.path, opset, ranges, vshape,
                                               release)
         if "fp16" in precisions:
-            entry.graphs["fp16"] = convert_component(staged.path, staged.path, name, *validation)
+            entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path, staged.path, name,
+                                              *validation)
         manifest.components[name] = entry
         gc.collect()
         checkpoint("export-component")

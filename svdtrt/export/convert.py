@@ -20,13 +20,25 @@ from ..components import example_inputs
 from ..errors import InputError
 from ..manifest import Accuracy, GraphEntry
 from ..precisions import made_by, precision as lookup_precision
-from ..specs import COMPONENTS
+from ..specs import COMPONENTS, runs_fp32_in_fp16
 from .deployability import check_deployable
 from .external_data import data_filename, graph_bytes
 from .fp16 import convert_to_fp16
 from .validation import cpu_session, validate_graph
 
 log = logging.getLogger(__name__)
+
+
+def fp16_graph(configs: dict, fp32: GraphEntry, source: Path, folder: Path, name: str, sizes: dict[str, int],
+               inputs: dict[str, torch.Tensor], expected: list[torch.Tensor]) -> GraphEntry:
+    """The fp16 precision's graph of component ``name``: the fp32 graph itself where the model's
+    ``configs`` keep the component in fp32 under fp16 as diffusers does
+    (:func:`svdtrt.specs.runs_fp32_in_fp16`: SVD's VAE encoder, ``force_upcast``), else
+    :func:`convert_component`'s fp16 graph (same arguments)."""
+    if runs_fp32_in_fp16(COMPONENTS[name], configs):
+        log.info("%s: fp16 runs the fp32 graph (the model's config sets %s)", name, COMPONENTS[name].fp16_upcast[1])
+        return GraphEntry(file=fp32.file, data=fp32.data, bytes=fp32.bytes, kept_precision="fp32")
+    return convert_component(source, folder, name, sizes, inputs, expected)
 
 
 def convert_component(source: Path, folder: Path, name: str, sizes: dict[str, int],
@@ -100,9 +112,9 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
             expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
                 n: inputs[n].numpy() for n in spec.input_names})]
             del session
-            components[name].graphs[precision] = convert_component(staged.old.path, staged.path, name,
-                                                                   fp32.validation.shape,
-                                                                   inputs, expected)
+            components[name].graphs[precision] = fp16_graph(staged.manifest.configs, fp32, staged.old.path,
+                                                            staged.path, name, fp32.validation.shape,
+                                                            inputs, expected)
         return staged.commit()
 
 

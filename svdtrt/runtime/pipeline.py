@@ -103,29 +103,36 @@ class SamplingSettings:
 
 
 class StageTimer:
-    """Seconds per stage, with the backend synchronised around each stage.
+    """Seconds per stage; on a GPU only when asked for, because timing one costs a sync.
 
-    On a CUDA device a stage is timed with CUDA events recorded on torch's current stream; the
-    end event is recorded after the backend has synchronised, so work a backend queues on its
-    own stream is counted too. Elsewhere it is wall-clock time (``time.perf_counter``).
-    Stages may nest (a denoising ``step`` holds its ``unet`` call).
+    On a CPU device every stage is timed by wall clock (``time.perf_counter``): the work is done
+    when a call returns, so timing is free. On a CUDA device a true stage time needs the device
+    synchronised around the stage, which stalls the queue the loop otherwise keeps full, so stages
+    are timed only when ``timed`` is set (``run --timings``, ``bench``), with CUDA events on
+    torch's current stream recorded after the backend has synchronised (so work a backend queues
+    on its own stream counts too). Untimed, a stage costs nothing and is left out of
+    :meth:`summary`. Stages may nest (a denoising ``step`` holds its ``unet`` call).
     """
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, timed: bool = False):
         self.backend = backend
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self._cuda = backend.device.type == "cuda"
+        self.timed = timed or not self._cuda
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        self.backend.synchronize()
+        if not self.timed:
+            yield
+            return
         if self._cuda:
+            self.backend.synchronize()
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
         start = time.perf_counter()
         yield
-        self.backend.synchronize()
         if self._cuda:
+            self.backend.synchronize()
             end.record()
             end.synchronize()
             self.seconds[name].append(begin.elapsed_time(end) / 1000.0)  # elapsed_time is in ms
@@ -150,8 +157,9 @@ class StageTimer:
 @dataclass
 class Clip:
     """A generated clip: ``frames`` float32 [F, H, W, 3] in [0, 1], ``timings`` seconds per stage
-    (``clip``, ``vae_encode``, ``step`` and ``unet`` summed over the steps, ``vae_decode``, ``total``,
-    and the per-step figures of :meth:`StageTimer.summary`)."""
+    (``clip``, ``vae_encode``, ``step`` and ``unet`` summed over the steps, ``vae_decode``, and the
+    per-step figures of :meth:`StageTimer.summary`; on a GPU only when the clip was made with
+    ``timings=True``) and ``total``, always (the frames are on the host then, so it is true)."""
 
     frames: np.ndarray
     timings: dict[str, float]
@@ -177,8 +185,12 @@ class SvdPipeline:
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.dims.latent_scale)
         self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
 
-    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool = False) -> Clip:
+    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool = False,
+                 timings: bool = False) -> Clip:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
+
+        ``timings`` asks for per-stage seconds on a GPU, at the cost of synchronising the device
+        around every stage (:class:`StageTimer`); without it the loop queues work unhindered.
 
         Raises:
             InputError: settings the model cannot run, or an image too small or too large
@@ -191,7 +203,7 @@ class SvdPipeline:
         s = settings
         s.check(self.dims)
         check_image_size(image)
-        device, timer = self.backend.device, StageTimer(self.backend)
+        device, timer = self.backend.device, StageTimer(self.backend, timed=timings)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         guided = s.max_guidance_scale > 1
         encode_image = self.backend.component("image_encoder")
