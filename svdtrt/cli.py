@@ -628,8 +628,10 @@ def _worker_options(args, count: int):
     options = WorkerOptions(bundle=str(args.bundle.resolve()), backend=args.backend, precision=args.precision,
                             device=args.device, model=args.model, cuda_graph=args.cuda_graph,
                             one_engine_at_a_time=args.one_engine_at_a_time)
-    connect(args.address)
     what = "replicas" if args.command == "serve" else "workers"
+    if count < 1:  # before Ray starts
+        raise InputError(f"--{what} must be at least 1, got {count}")
+    connect(args.address)
     cpus = cpus_each(count, args.cpus, options.needs_gpu, what)
     return bundle, dataclasses.replace(options, cpus=cpus)
 

@@ -294,22 +294,25 @@ def app_builder(args: dict) -> serve.Application:
 
 def serve_forever(options: ServeOptions, host: str, port: int, request_timeout_s: float) -> None:
     """Deploy the application on the connected Ray (:func:`svdtrt.serving.cluster.connect`), serve
-    HTTP on ``host:port`` until Ctrl-C, then remove it.
+    HTTP on ``host:port`` until Ctrl-C or SIGTERM, then remove it.
 
     Raises:
         InputError: Ray Serve cannot start the application (the replicas' error, one line).
     """
+    import signal
     import time
 
+    # SIGTERM (docker stop, systemd, Kubernetes) stops it as Ctrl-C does, removing the application
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
     try:
-        serve.run(build_app(options), name="svdtrt", route_prefix="/")
-    except RuntimeError as e:
-        raise InputError(f"the service did not start: {first_line(e)[:300]}") from None
-    print(f"serving {options.worker.bundle} on http://{host}:{port} ({options.replicas} replica(s) of "
-          f"{options.worker.backend} {options.worker.precision}); API docs at http://{host}:{port}/docs; "
-          "Ctrl-C stops", flush=True)
-    try:
+        try:
+            serve.run(build_app(options), name="svdtrt", route_prefix="/")
+        except RuntimeError as e:
+            raise InputError(f"the service did not start: {first_line(e)[:300]}") from None
+        print(f"serving {options.worker.bundle} on http://{host}:{port} ({options.replicas} replica(s) of "
+              f"{options.worker.backend} {options.worker.precision}); API docs at http://{host}:{port}/docs; "
+              "Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -24,6 +24,8 @@ def connect(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    if address is not None:
+        _check_reachable(address)
     try:
         if address is None:
             ray.init(include_dashboard=False, logging_level=logging.WARNING)
@@ -32,6 +34,21 @@ def connect(address: str | None = None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot join the Ray cluster at '{address}' ({first_line(e)[:200]}); start one with "
                          "'ray start --head' or leave out --address to run on this machine") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse at once a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing listens: Ray itself
+    retries for minutes before it gives up."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise InputError(f"cannot join the Ray cluster at '{address}' (nothing answers: {e.strerror or e}); start "
+                         "one with 'ray start --head' or leave out --address to run on this machine") from None
 
 
 def cpus_each(count: int, given: float | None, gpu: bool, what: str) -> float:
