@@ -159,7 +159,7 @@ def main() -> int:
     photo.save(buffer, format="PNG")
     image = buffer.getvalue()
 
-    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     port = _free_port()
     load = [round(x, 2) for x in os.getloadavg()]
     results = {"bundle": args.bundle, "steps": args.steps, "cpus": os.cpu_count(), "load_at_start": load,

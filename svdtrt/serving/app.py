@@ -74,7 +74,7 @@ def _settings_form_fields() -> dict:
     for f in dataclasses.fields(SamplingSettings):
         default = None if f.default is dataclasses.MISSING else f.default
         flag = f"--{f.name.replace('_', '-')}"
-        what = "the bundle's default" if default is None and f.name in ("frames", "height", "width") else default
+        what = ("the bundle's" if f.name in ("frames", "height", "width") else "run's") if default is None else default
         fields[f.name] = (hints[f.name] | None, pydantic.Field(default, description=f"as `svdtrt run {flag}` "
                                                                                     f"(default: {what})"))
     return fields

@@ -28,7 +28,8 @@ def connect(address: str | None = None) -> None:
         _check_reachable(address)
     try:
         if address is None:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+            # "local": a new Ray of our own, even where a "ray start" cluster runs on this machine
+            ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -72,6 +73,9 @@ def cpus_each(count: int, given: float | None, gpu: bool, what: str) -> float:
     if given is not None:
         if given > 1 and given != int(given):
             raise InputError(f"CPUs per {what[:-1]} above 1 must be a whole number (Ray's rule), got {given}")
+        if given * count > resources.get("CPU", 0):  # Ray would leave the rest pending, waiting for CPUs
+            raise InputError(f"{count} {what} x {given:g} CPUs need {given * count:g} CPUs; the Ray cluster has "
+                             f"{resources.get('CPU', 0):g}: lower --{what} or --cpus-per-{what[:-1]}")
         return given
     if gpu:
         return 1.0

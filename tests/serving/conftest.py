@@ -15,8 +15,10 @@ import pytest
 def local_ray():
     """A local Ray for the module (as ``svdtrt serve`` and ``batch`` start one), shut down after it."""
     ray = pytest.importorskip("ray", reason="needs Ray: pip install 'svdtrt[serve]'")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, logging_level="WARNING",
-             log_to_driver=False)  # the workers' logs would mix into the CLI output the tests read
+    # "local": a new Ray even where a "ray start" cluster runs here; without the workers' logs, which
+    # would mix into the CLI output the tests read
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20,
+             logging_level="WARNING", log_to_driver=False)
     yield ray
     try:
         from ray import serve
