@@ -39,7 +39,9 @@ class TorchBackend:
         @torch.no_grad()
         def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             args = [inputs[n].to(self.device, self.dtype) for n in spec.input_names]
-            return {spec.output_names[0]: module(*args).float()}
+            outputs = module(*args)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            return {n: t.float() for n, t in zip(spec.output_names, outputs)}
 
         return run
 
