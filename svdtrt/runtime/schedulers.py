@@ -102,3 +102,15 @@ def step_kwargs(name: str, generator) -> dict:
     others get none, as in diffusers: Euler draws (and, with ``s_churn = 0``, discards) noise every
     step, which would otherwise be drawn on the CPU and copied to the device."""
     return {"generator": generator} if scheduler_choice(name).stochastic else {}
+
+
+def use_scheduler(pipe, name: str, generator) -> None:
+    """Give diffusers' ``StableVideoDiffusionPipeline`` ``pipe`` scheduler ``name`` made as the loop
+    makes it (from the pipeline's scheduler config); for a stochastic one, its ``step`` draws from
+    ``generator``, the generator passed to the pipeline call, as the loop's does (:func:`step_kwargs`)."""
+    import functools
+
+    scheduler = make_scheduler(name, dict(pipe.scheduler.config))
+    if scheduler_choice(name).stochastic:
+        scheduler.step = functools.partial(scheduler.step, generator=generator)
+    pipe.scheduler = scheduler
