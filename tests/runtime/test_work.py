@@ -151,3 +151,17 @@ def test_settings_are_checked():
             SamplingSettings(**SIZE, **bad).check(dims)
     with pytest.raises(InputError, match="no block caching"):
         SamplingSettings(**SIZE, cache_interval=2).pipeline_kwargs()
+
+
+def test_caching_graphs_read_the_unet_weights_file(tiny_bundle):
+    from svdtrt.bundle import owned_files
+    from svdtrt.verify import verify_bundle
+
+    m = tiny_bundle.manifest
+    for name in ("unet_full", "unet_shallow"):
+        graph = m.components[name].graphs["fp32"]
+        assert graph.data == "unet.fp32.onnx.data"
+        assert not (tiny_bundle.path / f"{name}.fp32.onnx.data").exists()
+        assert owned_files(m, name, graph) == [graph.file]  # replacing it keeps the UNet's weights
+    assert owned_files(m, "unet", m.components["unet"].graphs["fp32"]) == ["unet.fp32.onnx"]
+    assert verify_bundle(tiny_bundle.path) == []
