@@ -148,8 +148,9 @@ def test_torch_fp16_keeps_the_timestep_and_the_upcast_vae_encoder_in_fp32(tiny_m
 
     assert tiny_model.configs()["vae"]["force_upcast"]
     backend = TorchBackend(tiny_model, "cpu", torch.float16)
-    assert backend.dtypes == {"image_encoder": torch.float16, "vae_encoder": torch.float32,
-                              "unet": torch.float16, "vae_decoder": torch.float16}
+    assert {k: backend.dtypes[k] for k in ("image_encoder", "vae_encoder", "unet", "vae_decoder")} == {
+        "image_encoder": torch.float16, "vae_encoder": torch.float32, "unet": torch.float16,
+        "vae_decoder": torch.float16}
     seen = {}
     backend._modules["unet"].unet.register_forward_pre_hook(
         lambda module, args, kwargs: seen.update(timestep=args[1].dtype, added_time_ids=kwargs["added_time_ids"].dtype,
