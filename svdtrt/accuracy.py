@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from .specs import UNET_COMPONENTS
+
 #: PSNR of identical inputs is infinite; it is reported as this cap so reports stay valid JSON.
 PSNR_CAP_DB = 200.0
 
@@ -93,16 +95,19 @@ def _pick_unet_calls(calls: list) -> list:
 def compare_components(recorded: dict[str, list], backend, every_call: bool = False) -> dict[str, dict]:
     """Replay recorded PyTorch calls on ``backend`` and measure each output's error.
 
-    UNet calls are sampled (first, middle and last step) unless ``every_call``.
+    UNet calls (of each UNet graph) are sampled (first, middle and last) unless ``every_call``;
+    components that were not called are left out.
 
     Returns ``{component: {output: {"max_abs_error", "mean_abs_error", "cosine"[, "psnr_db"]}}}``,
     the worst value over the replayed calls; ``psnr_db`` for decoded frames (range [-1, 1]).
     """
     report = {}
     for name, calls in recorded.items():
+        if not calls:
+            continue
         fn = backend.component(name)
         worst: dict[str, dict] = {}
-        for inputs, expected in (_pick_unet_calls(calls) if name == "unet" and not every_call else calls):
+        for inputs, expected in (_pick_unet_calls(calls) if name in UNET_COMPONENTS and not every_call else calls):
             actual = fn(inputs)
             for out, ref in expected.items():
                 m = tensor_metrics(actual[out], ref)

@@ -22,6 +22,7 @@ from .precisions import precision as lookup_precision
 from .runtime.backends import Recorder, create_backend
 from .runtime.backends.pytorch import TorchBackend
 from .runtime.pipeline import SamplingSettings, SvdPipeline
+from .runtime.schedulers import use_scheduler
 
 
 def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, backend: str = "onnxruntime",
@@ -42,6 +43,9 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         ``failures`` (a list of strings) and ``passed``.
 
     Pass/fail limits are the precision's ``thresholds`` in :mod:`svdtrt.precisions`.
+    The end-to-end reference is diffusers' pipeline with the same scheduler; for settings it has
+    no counterpart for (block caching, guidance truncation) it is the PyTorch modules' clip
+    through svdtrt's loop with the same settings (``end_to_end["reference_clip"]`` says which).
     For a quantized precision on the ``onnxruntime`` backend, the quantized graphs are first
     checked to be symmetric Q/DQ graphs, and the clip is also compared with the clip of the
     bundle's fp32 graphs (``end_to_end["vs_fp32_graphs"]``); every reference is fp32.
@@ -60,12 +64,17 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     start = time.perf_counter()
     options = backend_options or {}
     tested = create_backend(backend, bundle, precision, model=model, **options)  # first: a missing backend fails fast
-    reference = model.pipeline()(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
-    recorder = Recorder(TorchBackend(model))
+    recorder = Recorder(TorchBackend(model, cache_depth=bundle.dims.cache_depth))
     torch_clip = SvdPipeline(recorder, bundle)(image, settings)
+    if settings.full_compute:
+        pipe, kwargs = model.pipeline(), settings.pipeline_kwargs()
+        use_scheduler(pipe, settings.scheduler, kwargs["generator"])
+        reference, reference_clip = pipe(image, output_type="np", **kwargs).frames[0], "diffusers"
+    else:
+        reference, reference_clip = torch_clip.frames, "svdtrt loop over the PyTorch modules, same settings"
     clip = SvdPipeline(tested, bundle)(image, settings, progress=progress)
     components = compare_components(recorder.calls, tested)
-    end_to_end = {"reference": "fp32"}
+    end_to_end = {"reference": "fp32", "reference_clip": reference_clip}
     if quantized:
         fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings)
         end_to_end["vs_fp32_graphs"] = clip_metrics(clip.frames, fp32_clip.frames)

@@ -34,7 +34,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from ..errors import InputError, SvdtrtError, first_line
 from ..runtime.pipeline import SamplingSettings
-from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
+from ..specs import COMPONENTS
+from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encode_clip
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,11 @@ def _settings_form_fields() -> dict:
     hints = typing.get_type_hints(SamplingSettings)
     fields = {}
     for f in dataclasses.fields(SamplingSettings):
-        default = None if f.default is dataclasses.MISSING else f.default
+        # steps: the scheduler's default, as 'run' has it (Ingress.settings)
+        default = None if f.default is dataclasses.MISSING or f.name == "steps" else f.default
         flag = f"--{f.name.replace('_', '-')}"
-        what = ("the bundle's" if f.name in ("frames", "height", "width") else "run's") if default is None else default
+        what = {"frames": "the bundle's", "height": "the bundle's", "width": "the bundle's",
+                "steps": "the scheduler's"}.get(f.name, "run's") if default is None else default
         fields[f.name] = (hints[f.name] | None, pydantic.Field(default, description=f"as `svdtrt run {flag}` "
                                                                                     f"(default: {what})"))
     return fields
@@ -179,15 +182,17 @@ class Ingress:
 
     Args:
         model: the ``ClipModel`` deployment's handle.
-        bundle: the bundle's path (read for its default clip size and exported range).
+        worker: the replicas' options (the ingress reads the bundle's default clip size, exported
+            range and block-caching graphs).
         retry_after_s: ``Retry-After`` of a 503.
     """
 
-    def __init__(self, model, bundle: str, retry_after_s: float = 10.0):
+    def __init__(self, model, worker: WorkerOptions, retry_after_s: float = 10.0):
         from ..bundle import Bundle
 
         self.model, self.retry_after_s = model, retry_after_s
-        self.bundle = Bundle.open(bundle)
+        self.backend, self.precision = worker.backend, worker.precision
+        self.bundle = Bundle.open(worker.bundle)
 
     def settings(self, form) -> SamplingSettings:
         """The form's settings, with the bundle's clip size where not given, checked as ``run``
@@ -196,13 +201,24 @@ class Ingress:
         Raises:
             InputError: a setting out of its range, or a size outside the bundle's range.
         """
+        from ..runtime.schedulers import scheduler_choice
+
         values = {k: v for k in SETTINGS_FIELDS if (v := getattr(form, k)) is not None}
         frames, height, width = self.bundle.default_shape
-        settings = SamplingSettings(**{"frames": frames, "height": height, "width": width, **values})
+        scheduler = values.get("scheduler", SamplingSettings.scheduler)
+        defaults = {"frames": frames, "height": height, "width": width,
+                    "steps": scheduler_choice(scheduler).default_steps}
+        settings = SamplingSettings(**{**defaults, **values})
         settings.check(self.bundle.dims)
         outside = self.bundle.outside_range(settings.frames, settings.height, settings.width)
         if outside:
             raise InputError(f"{outside}; this service makes clips within the bundle's exported range")
+        caching = {n for n, spec in COMPONENTS.items() if spec.shares_weights_with}
+        missing = caching - set(components_to_load(self.bundle, self.backend, self.precision))
+        if settings.cache_interval > 1 and missing:
+            raise InputError(f"this service's bundle has no block-caching {self.precision} "
+                             f"{'engines' if self.backend == 'tensorrt' else 'graphs'} ({', '.join(sorted(missing))}); "
+                             "send cache_interval 1, or deploy a bundle exported with them")
         return settings
 
     @api.post("/v1/clips", response_class=Response, responses={
@@ -268,7 +284,7 @@ def build_app(options: ServeOptions) -> serve.Application:
     # The ingress takes no CPU from the replicas; it only parses forms and waits on them.
     ingress = serve.deployment(Ingress, name=INGRESS_DEPLOYMENT).options(
         num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-    return ingress.bind(model.bind(options.worker), options.worker.bundle, options.retry_after_s)
+    return ingress.bind(model.bind(options.worker), options.worker, options.retry_after_s)
 
 
 def app_builder(args: dict) -> serve.Application:

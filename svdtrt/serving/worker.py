@@ -92,8 +92,8 @@ class ClipMaker:
                                       device=options.device, cuda_graph=options.cuda_graph,
                                       one_engine_at_a_time=options.one_engine_at_a_time, threads=options.threads)
         if not options.one_engine_at_a_time:
-            for name in COMPONENTS:  # sessions and engines load now, not in the first request
-                self.backend.component(name)
+            for name in components_to_load(self.bundle, options.backend, options.precision):
+                self.backend.component(name)  # sessions and engines load now, not in the first request
         self.pipeline = SvdPipeline(self.backend, self.bundle)
         log.info("%s (%s) loaded from %s with %d threads", options.backend, options.precision, options.bundle,
                  options.threads)
@@ -102,6 +102,22 @@ class ClipMaker:
         """A :class:`~svdtrt.runtime.pipeline.Clip` from ``image`` (RGB PIL image) with ``settings``
         (checked :class:`~svdtrt.runtime.pipeline.SamplingSettings`)."""
         return self.pipeline(image, settings)
+
+
+def components_to_load(bundle, backend: str, precision: str) -> list[str]:
+    """The components a replica loads before its first request: SVD's four, and the block-caching
+    graphs (``--cache-interval``) where the bundle has them for ``backend`` and ``precision``
+    (engines for ``tensorrt``, graphs for ``onnxruntime*``; the ``torch`` backend makes them from the
+    source model)."""
+    def available(name: str) -> bool:
+        if not COMPONENTS[name].shares_weights_with or backend == "torch":
+            return True
+        if backend == "tensorrt":
+            return f"{name}.{precision}" in bundle.manifest.engines
+        entry = bundle.manifest.components.get(name)
+        return entry is not None and precision in entry.graphs
+
+    return [name for name in COMPONENTS if available(name)]
 
 
 def encode_clip(frames, fmt: str, fps: int) -> bytes:

@@ -100,7 +100,7 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli)
     assert plan["profile"] == "static"
     expected_opt = {"pixel_values": [1, 3, 224, 224], "image": [1, 3, 64, 64], "sample": [2, 4, 8, 16, 16],
                     "timestep": [2], "encoder_hidden_states": [2, 1, 32], "added_time_ids": [2, 3],
-                    "latents": [4, 4, 16, 16]}
+                    "latents": [4, 4, 16, 16], "deep_feature": [2, 4, 64, 16, 16]}
     seen = set()
     for item in plan["components"].values():
         for name, p in item["profile"].items():

@@ -82,8 +82,10 @@ def test_health_and_openapi_list_the_settings(service):
     assert "/v1/clips" in schema["paths"] and "/healthz" in schema["paths"]
     fields = schema["components"]["schemas"]["ClipRequest"]["properties"]
     assert {"image", "format", "seed", "steps", "frames", "height", "width", "fps", "motion_bucket_id",
-            "noise_aug_strength", "min_guidance_scale", "max_guidance_scale", "decode_chunk_size"} <= set(fields)
-    assert fields["steps"]["default"] == 25 and fields["format"]["default"] == "mp4"
+            "noise_aug_strength", "min_guidance_scale", "max_guidance_scale", "decode_chunk_size",
+            "scheduler", "cache_interval", "guidance_steps"} <= set(fields)
+    assert fields["fps"]["default"] == 7 and fields["format"]["default"] == "mp4"
+    assert fields["cache_interval"]["default"] == 1 and fields["scheduler"]["default"] == "euler"
 
 
 def test_four_concurrent_requests_give_the_clips_of_svdtrt_run(service, image_bytes, tiny_bundle, run_cli,
@@ -110,6 +112,21 @@ def test_four_concurrent_requests_give_the_clips_of_svdtrt_run(service, image_by
     assert mp4.status_code == 200 and mp4.headers["content-type"] == "video/mp4" and mp4.content[4:8] == b"ftyp"
 
 
+def test_work_reduction_fields_give_the_clip_of_run_with_those_options(service, image_bytes, tiny_bundle, run_cli,
+                                                                      tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(image_bytes)
+    work = {"scheduler": "edm-dpmsolver", "cache_interval": 2, "guidance_steps": 3}
+    response = _post(service, image_bytes, seed=4, format="npy", **work)
+    assert '"steps": 15' in response.headers["X-Svdtrt-Settings"]  # the scheduler's default, as in 'run'
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image, "--out", tmp_path / "c.mp4", "--seed", 4,
+                           "--save-frames", tmp_path / "c.npy", *[a for k, v in work.items()
+                                                                  for a in (f"--{k.replace('_', '-')}", v)])
+    assert code == 0, err
+    frames, expected = _frames(response), np.load(tmp_path / "c.npy")
+    assert np.array_equal(frames, expected) or psnr(frames, expected) >= 100
+
+
 def test_bad_inputs_answer_400_with_the_cli_message(service, image_bytes, tiny_bundle, run_cli, tmp_path):
     image = tmp_path / "photo.png"
     image.write_bytes(image_bytes)
@@ -126,7 +143,7 @@ def test_bad_inputs_answer_400_with_the_cli_message(service, image_bytes, tiny_b
         return err.strip().removeprefix("svdtrt: error: ")
 
     for field, value in (("steps", 0), ("fps", 99), ("motion_bucket_id", 300), ("seed", 2**64),
-                         ("decode_chunk_size", 0), ("min_guidance_scale", -1)):
+                         ("decode_chunk_size", 0), ("min_guidance_scale", -1), ("cache_interval", 0)):
         detail = _one_line(_post(service, image_bytes, **{field: value}), 400)
         assert detail == cli_message("--image", image, f"--{field.replace('_', '-')}", value)
     # files: the CLI names the path, the service the upload's file name
@@ -138,6 +155,7 @@ def test_bad_inputs_answer_400_with_the_cli_message(service, image_bytes, tiny_b
     assert detail.split(";")[0] == cli_message("--image", image, "--frames", 8).split(";")[0]
     # what the CLI's parser refuses before any check: one line naming the field
     assert "finite" in _one_line(_post(service, image_bytes, noise_aug_strength="nan"), 400)
+    assert _one_line(_post(service, image_bytes, scheduler="ddim"), 400).startswith("unknown scheduler 'ddim'")
     assert _one_line(_post(service, image_bytes, steps="4.5"), 400).startswith("steps:")
     assert _one_line(_post(service, image_bytes, stepz=4), 400).startswith("unknown field 'stepz'")
     assert _one_line(_post(service, image_bytes, format="gif"), 400).startswith("format:")

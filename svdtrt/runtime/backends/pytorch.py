@@ -24,13 +24,16 @@ class TorchBackend:
         model: an :class:`svdtrt.models.SvdModel`.
         device: ``"cpu"`` or ``"cuda"``; inputs are moved there, outputs come back there (float32).
         dtype: ``torch.float32`` (reference) or ``torch.float16`` (GPU).
+        cache_depth: the block-caching depth of ``unet_full`` / ``unet_shallow`` (the bundle's,
+            ``bundle.dims.cache_depth``; default the model's).
     Attributes:
         dtypes: ``{component: dtype it computes in}``.
     """
 
     name = "torch"
 
-    def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 cache_depth: int | None = None):
         self.device, self.dtype = torch.device(device), dtype
         self.dtypes = {name: torch.float32 if dtype == torch.float16 and runs_fp32_in_fp16(spec, model.configs())
                        else dtype for name, spec in COMPONENTS.items()}
@@ -39,7 +42,7 @@ class TorchBackend:
             # fp32 CPU reference of the same run) stays as it was.
             model = dataclasses.replace(model, image_encoder=copy.deepcopy(model.image_encoder),
                                         vae=copy.deepcopy(model.vae), unet=copy.deepcopy(model.unet))
-        modules = torch_modules(model)
+        modules = torch_modules(model, cache_depth)
         if self.dtypes["vae_encoder"] != self.dtypes["vae_decoder"]:
             # The two VAE components share one module; the encoder gets its own copy in its dtype
             # (without the decoder it never runs), as diffusers upcasts the VAE around encoding.
@@ -55,7 +58,9 @@ class TorchBackend:
         def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             args = [inputs[n].to(self.device, torch.float32 if n in FP32_INPUTS else dtype)
                     for n in spec.input_names]
-            return {spec.output_names[0]: module(*args).float()}
+            outputs = module(*args)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            return {n: t.float() for n, t in zip(spec.output_names, outputs)}
 
         return run
 
