@@ -683,16 +683,15 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _worker_options(args, count: int):
+def _worker_options(args, bundle, count: int):
     """The serving layer's WorkerOptions from ``serve``'s or ``batch``'s options, checked here
-    first (bundle, backend, precision) so that a mistake is one line, not a replica's traceback."""
-    from .bundle import Bundle
+    first (backend, precision, count) so that a mistake is one line, not a replica's traceback;
+    then joins Ray (:func:`svdtrt.serving.cluster.connect`) to share out its CPUs."""
     from .runtime.backends import create_backend
     from .serving.cluster import connect, cpus_each
     from .serving.worker import WorkerOptions
     from .specs import COMPONENTS
 
-    bundle = Bundle.open(args.bundle)
     if args.backend.startswith("onnxruntime"):  # cheap: checks the precision and the providers, loads nothing
         create_backend(args.backend, bundle, args.precision)
         for name, spec in COMPONENTS.items():
@@ -705,16 +704,17 @@ def _worker_options(args, count: int):
     if count < 1:  # before Ray starts
         raise InputError(f"--{what} must be at least 1, got {count}")
     connect(args.address)
-    cpus = cpus_each(count, args.cpus, options.needs_gpu, what)
-    return bundle, dataclasses.replace(options, cpus=cpus)
+    return dataclasses.replace(options, cpus=cpus_each(count, args.cpus, options.needs_gpu, what))
 
 
 def _cmd_serve(args) -> int:
-    bundle, worker = _worker_options(args, args.replicas)
-    from .serving.app import ServeOptions, serve_forever
+    from .bundle import Bundle
 
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
+    worker = _worker_options(args, Bundle.open(args.bundle), args.replicas)
+    from .serving.app import ServeOptions, serve_forever
+
     serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
                   args.request_timeout)
     return 0
@@ -730,7 +730,7 @@ def _cmd_batch(args) -> int:
     _warn_outside_range(bundle, settings)
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts
-    _, worker = _worker_options(args, args.workers)
+    worker = _worker_options(args, bundle, args.workers)
     from .serving.batch import run_batch
 
     summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))
