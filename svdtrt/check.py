@@ -8,6 +8,8 @@ of diffusers' own ``StableVideoDiffusionPipeline`` for the same seed and setting
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from dataclasses import asdict
 
@@ -23,10 +25,12 @@ from .runtime.backends import Recorder, create_backend
 from .runtime.backends.pytorch import TorchBackend
 from .runtime.pipeline import SamplingSettings, SvdPipeline
 
+log = logging.getLogger(__name__)
+
 
 def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, backend: str = "onnxruntime",
                  precision: str = "fp32", model=None, progress: bool = False,
-                 backend_options: dict | None = None) -> dict:
+                 backend_options: dict | None = None, clips: dict | None = None) -> dict:
     """Measure the accuracy of ``backend`` over ``bundle`` against PyTorch and diffusers.
 
     Args:
@@ -37,6 +41,10 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         model: the source :class:`SvdModel`; rebuilt from the manifest's source if None.
         backend_options: further :func:`create_backend` keywords for the backend under test
             (``device``, ``cuda_graph``, ``one_engine_at_a_time``, ``threads``).
+        progress: show a progress bar per stage, labelled ``check i/n: <stage>``, and log each
+            stage's wall time at INFO.
+        clips: if given, receives the frames (float32 [F, H, W, 3] in [0, 1]) of the tested clip
+            (``"tested"``) and of diffusers' (``"diffusers"``), e.g. for a picture of both.
     Returns:
         A JSON-serialisable report with ``components``, ``end_to_end``, ``thresholds``,
         ``failures`` (a list of strings) and ``passed``.
@@ -60,15 +68,26 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     start = time.perf_counter()
     options = backend_options or {}
     tested = create_backend(backend, bundle, precision, model=model, **options)  # first: a missing backend fails fast
-    reference = model.pipeline()(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
+    stages = _Stages(5 if quantized else 4, progress)
+    with stages("diffusers reference") as label:
+        pipe = model.pipeline()
+        pipe.set_progress_bar_config(desc=label, unit="step", disable=not progress)
+        reference = pipe(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
     recorder = Recorder(TorchBackend(model))
-    torch_clip = SvdPipeline(recorder, bundle)(image, settings)
-    clip = SvdPipeline(tested, bundle)(image, settings, progress=progress)
-    components = compare_components(recorder.calls, tested)
+    with stages("PyTorch loop, recording each component's inputs") as label:
+        torch_clip = SvdPipeline(recorder, bundle)(image, settings, progress=label)
+    with stages(f"{backend} {precision} clip") as label:
+        clip = SvdPipeline(tested, bundle)(image, settings, progress=label)
+    with stages(f"{backend} {precision} components on the recorded inputs") as label:
+        components = compare_components(recorder.calls, tested, progress=label)
     end_to_end = {"reference": "fp32"}
     if quantized:
-        fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings)
+        with stages(f"{backend} fp32 clip, for comparison") as label:
+            fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings,
+                                                                                                progress=label)
         end_to_end["vs_fp32_graphs"] = clip_metrics(clip.frames, fp32_clip.frames)
+    if clips is not None:
+        clips.update(tested=clip.frames, diffusers=np.asarray(reference, dtype=np.float32))
 
     limits = vars(p.thresholds)
     vs_diffusers = clip_metrics(clip.frames, reference)
@@ -91,3 +110,19 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         **({"qdq": qdq} if qdq else {}),
         "thresholds": dict(limits), "failures": failures, "passed": not failures,
     }
+
+
+class _Stages:
+    """Numbered stages of a check: each gives its progress bar a label (``check 2/4: PyTorch
+    loop``) and logs its wall time at INFO (what ``-v`` shows)."""
+
+    def __init__(self, total: int, progress: bool):
+        self.total, self.progress, self.done = total, progress, 0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.done += 1
+        label = f"check {self.done}/{self.total}: {name}"
+        start = time.perf_counter()
+        yield label if self.progress else False
+        log.info("%s took %.1f s", label, time.perf_counter() - start)

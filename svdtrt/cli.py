@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import InputError, SvdtrtError
 from .precisions import NAMES as PRECISIONS, made_by
 from .runtime.backends import BACKENDS
@@ -108,8 +109,9 @@ def _backend_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="svdtrt", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser = _Parser(prog="svdtrt", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"svdtrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("export", help="export a model's four components to a bundle of ONNX graphs")
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="measure a bundle's accuracy against PyTorch and diffusers")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--image", required=True, type=Path, help="conditioning image")
+    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     _backend_options(p)
@@ -221,7 +223,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
     p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
     p.add_argument("--force", action="store_true", help="replace an existing directory")
+    _verbose_everywhere(sub)
     return parser
+
+
+#: What ``svdtrt --help`` says svdtrt is (plain text: argparse prints it as it is).
+DESCRIPTION = ("Stable Video Diffusion exported to ONNX and TensorRT, run and checked against diffusers. "
+               "Start with 'svdtrt demo'.")
+EPILOG = "Each command's options: svdtrt COMMAND --help. Bad input ends with one line and exit code 2."
+VERBOSE_HELP = "also log each stage's details and timings (model loads, sessions, files written)"
+
+
+def _verbose_everywhere(sub) -> None:
+    """Accept ``-v`` after the command too (``svdtrt check B -v``). SUPPRESS as the default keeps
+    a subcommand from resetting a ``-v`` given before it."""
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def _given(value, default):
@@ -390,14 +407,14 @@ def _cmd_check(args) -> int:
     from .bundle import Bundle
     from .check import check_bundle
     from .fs import OutputFile
-    from .images import load_image
+    from .images import load_image, sample_image
     from .models import load_model, reference_model
     from .precisions import precision as lookup_precision
 
     report_out = OutputFile(args.report, args.force) if args.report else None  # before minutes of work
     with _discarded_on_error(report_out):
         bundle = Bundle.open(args.bundle)
-        image = load_image(args.image)
+        image = load_image(args.image) if args.image else sample_image()
         settings = _settings(args, bundle)
         # the tested, the PyTorch and diffusers' clips, and the fp32 graphs' for a quantized precision
         clips = 4 if lookup_precision(args.precision).quantized and args.backend == "onnxruntime" else 3
@@ -577,8 +594,11 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")
         _quiet_libraries(args.verbose)
         # Each command imports its modules lazily, inside this try: a Ctrl-C during an import
-        # is handled as any other.
-        return COMMANDS[args.command](args)
+        # is handled as any other. -v's log lines go through tqdm, so they do not tear a bar.
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]) if args.verbose else contextlib.nullcontext():
+            return COMMANDS[args.command](args)
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)
         return 2

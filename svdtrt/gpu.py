@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 
+from . import hints
 from .errors import BackendUnavailableError
 
-#: How to get the optional GPU packages, quoted in every "missing" message.
-INSTALL_HINT = ("pip install 'svdtrt[gpu]' --extra-index-url https://pypi.nvidia.com "
-                "(on Jetson, TensorRT comes with JetPack)")
+#: How to get the optional GPU packages, quoted in every "missing" message: the pip command that
+#: works from where svdtrt was installed (:func:`svdtrt.hints.install_extra`).
+INSTALL_HINT = f"{hints.install_extra(hints.GPU_EXTRA)} (on Jetson, TensorRT comes with JetPack)"
 
 
 def package_version(name: str) -> str | None:

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
+from . import hints
 from .errors import BundleError
 from .precisions import NAMES as PRECISION_NAMES
 from .specs import COMPONENTS
@@ -297,19 +298,18 @@ def parse(text: str | bytes, where: str) -> Manifest:
     try:
         raw = json.loads(text)
     except ValueError as e:
-        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not JSON: {e}); re-export it "
-                          f"with 'svdtrt export MODEL --out {shlex.quote(where)} --force'") from None
+        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not JSON: {e}); "
+                          f"{_reexport(where, _source_name(text))}") from None
     if not isinstance(raw, dict):
-        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not a JSON object); re-export it "
-                          f"with 'svdtrt export MODEL --out {shlex.quote(where)} --force'")
+        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not a JSON object); "
+                          f"{_reexport(where, _source_name(text))}")
     source = raw.get("source", {}).get("name") if isinstance(raw.get("source"), dict) else None
-    model = shlex.quote(source) if isinstance(source, str) and source else "MODEL"
+    source = source if isinstance(source, str) and source else _source_name(text)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle '{where}' has format version {version}, this svdtrt reads version "
-                          f"{FORMAT_VERSION}; re-export it with this svdtrt ('svdtrt export {model} --out "
-                          f"{shlex.quote(where)} --force')")
-    fix = f"re-export the bundle ('svdtrt export {model} --out {shlex.quote(where)} --force') or restore the manifest"
+                          f"{FORMAT_VERSION}; {_reexport(where, source)}")
+    fix = f"{_reexport(where, source)}, or restore the manifest"
     try:
         manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:
@@ -321,6 +321,25 @@ def parse(text: str | bytes, where: str) -> Manifest:
     if problem:
         raise BundleError(f"bundle '{where}' has an invalid {MANIFEST}: {problem}; {fix}")
     return manifest
+
+
+def _source_name(text: str | bytes) -> str | None:
+    """The source model's name, read from a manifest too damaged to parse (``source`` comes
+    early in the file, so a truncated one usually still names it)."""
+    import re
+
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    match = re.search(r'"source"\s*:\s*\{[^{}]*?"name"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    return json.loads(f'"{match.group(1)}"') if match else None
+
+
+def _reexport(where: str, source: str | None) -> str:
+    """The advice to export the bundle again, as a command when the source model is known."""
+    if source:
+        return f"re-export it with '{hints.export(source, where, force=True)}'"
+    return (f"re-export it from the model it came from: svdtrt export followed by that model (a diffusers "
+            f"directory, a hub id or a preset), then --out {shlex.quote(where)} --force")
 
 
 def dump(manifest: Manifest) -> bytes:

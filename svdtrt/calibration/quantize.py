@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import changing, graph_filename
+from ..bundle import Bundle, changing, graph_filename
 from ..errors import InputError, QuantizationError
 from ..fs import checkpoint
 from ..gpu import package_version
@@ -38,16 +38,20 @@ from .shards import SPLITS, CalibrationSet
 log = logging.getLogger(__name__)
 
 
-def check_precision(precision: str, bundle="BUNDLE") -> dict:
+def check_precision(precision: str, bundle=None) -> dict:
     """The quantizer settings of ``precision`` (from :mod:`svdtrt.precisions`).
 
+    Args:
+        bundle: the bundle's path, to name the command that makes ``precision`` in it.
     Raises:
         InputError: an unknown precision, or one not made by quantization.
+        BundleError: ``bundle`` is given, ``precision`` is not quantized and ``bundle`` is no bundle.
     """
     p = lookup_precision(precision)
     if not p.quantized:
-        raise InputError(f"quantize makes {', '.join(made_by('quantize'))} graphs; {precision} is made with "
-                         f"'{p.make_command(bundle)}'")
+        made = (f"'{Bundle.open(bundle).make_command(p.name)}'" if bundle is not None
+                else f"svdtrt's {p.made_by} command")
+        raise InputError(f"quantize makes {', '.join(made_by('quantize'))} graphs; {precision} is made with {made}")
     return p.quantizer
 
 

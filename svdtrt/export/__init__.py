@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 
+from .. import hints
 from ..bundle import Bundle, Staged, changing, creating, graph_filename
 from ..components import example_inputs, torch_modules
 from ..errors import BundleError, InputError
@@ -73,7 +74,8 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     for p in precisions:
         if lookup_precision(p).name not in PRECISIONS:
             raise InputError(f"export writes {', '.join(PRECISIONS)} graphs, not {p}; "
-                             f"{lookup_precision(p).make_command(out)} makes {p} graphs from a bundle")
+                             f"'{hints.make_precision(out, lookup_precision(p).name, model.source['name'])}' "
+                             f"makes {p} graphs from a bundle")
     if "fp32" not in precisions:
         raise InputError("export always writes the fp32 graphs: include fp32 in the precisions")
     out = Path(out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import shlex
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .. import hints
 from ..errors import InputError, NumericalError
 from ..images import check_image_size
 from ..specs import CLIP_INPUT_SIZE, ModelDims
@@ -177,8 +177,11 @@ class SvdPipeline:
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.dims.latent_scale)
         self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
 
-    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool = False) -> Clip:
+    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool | str = False) -> Clip:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
+
+        ``progress`` shows a bar over the denoising steps; a string is the bar's label (the stage
+        a command is in), True labels it ``denoise``.
 
         Raises:
             InputError: settings the model cannot run, or an image too small or too large
@@ -241,7 +244,8 @@ class SvdPipeline:
 
         # 6. Denoising loop: both guidance branches in one UNet batch.
         #    Each step is timed as a whole too, so that the loop's own cost is known.
-        for t in tqdm(scheduler.timesteps, desc="denoise", unit="step", disable=not progress):
+        for t in tqdm(scheduler.timesteps, desc=progress if isinstance(progress, str) else "denoise", unit="step",
+                      disable=not progress):
             with timer.stage("step"):
                 latent_model_input = torch.cat([latents] * 2) if guided else latents
                 latent_model_input = scheduler.scale_model_input(latent_model_input, t)
@@ -265,9 +269,10 @@ class SvdPipeline:
             frames = torch.cat([decode_vae({"latents": latents[i:i + chunk]})["frames"]
                                 for i in range(0, latents.shape[0], chunk)])
             if not torch.isfinite(frames).all():
+                verify = f"run '{hints.verify(self.bundle_path)}'" if self.bundle_path else "verify the bundle"
                 raise NumericalError(
                     f"the {self.backend.name} backend decoded NaN or infinite values: a corrupted graph or engine "
-                    f"(run 'svdtrt verify {shlex.quote(str(self.bundle_path or 'BUNDLE'))}'), or an overflow in a lower "
+                    f"({verify}), or an overflow in a lower "
                     "precision (try --precision fp32)")
             # [F, 3, H, W] -> [1, 3, F, H, W], the layout diffusers' VideoProcessor takes
             frames = frames.reshape(-1, s.frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()
