@@ -117,7 +117,7 @@ class Bundle:
             text = (path / MANIFEST).read_bytes()
         except FileNotFoundError:
             if not any(path.iterdir()):  # an empty folder: nothing to lose in replacing it
-                raise BundleError(f"'{path}' is an empty folder, not a bundle; create one there with "
+                raise BundleError(f"'{path}' is not a bundle (an empty folder); create one there with "
                                   f"'{hints.export(hints.EXAMPLE_MODEL, path, force=True)}'") from None
             beside = Path(os.path.abspath(path)).name + ".bundle"  # abspath: '.' has no name of its own
             raise BundleError(f"'{path}' is a folder but not a bundle (no {MANIFEST}); create a bundle beside it "

@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="make a clip from an image with a bundle")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
     p.add_argument("--image", required=True, type=Path, help="conditioning image (PNG, JPEG, ...)")
-    p.add_argument("--out", required=True, type=Path, help="mp4 file to write")
-    p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] as .npy")
+    p.add_argument("--out", required=True, type=Path, help="clip to write: .mp4 (H.264), .webm (VP9) or .gif, "
+                                                         "by its extension")
+    p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] to this .npy file")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     _backend_options(p)
     _sampling_options(p)
@@ -372,8 +373,11 @@ def _cmd_run(args) -> int:
     from .models import load_model, reference_model
     from .runtime.backends import create_backend
     from .runtime.pipeline import SvdPipeline
-    from .runtime.video import save_frames, write_mp4
+    from .runtime.video import check_clip_path, check_frames_path, save_frames, write_clip
 
+    clip_format = check_clip_path(args.out)
+    if args.save_frames:
+        check_frames_path(args.save_frames)
     if args.save_frames and os.path.abspath(args.save_frames) == os.path.abspath(args.out):
         raise InputError(f"--out and --save-frames are both '{args.out}'; give the frames another file name")
     bundle = Bundle.open(args.bundle)
@@ -390,15 +394,23 @@ def _cmd_run(args) -> int:
         model = reference_model(bundle, load_model(args.model)) if args.model else None
         backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
         clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
-        clip_out.write(lambda part: write_mp4(clip.frames, part, fps=settings.fps))
+        clip_out.write(lambda part: write_clip(clip.frames, part, fps=settings.fps, suffix=clip_format))
         if frames_out:
             frames_out.write(lambda part: save_frames(clip.frames, part))
             frames_out.publish()
         clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
           f"({args.backend}, {args.precision})")
+    _print_random_weights(bundle)
     _print_timings(clip.timings)
     return 0
+
+
+def _print_random_weights(bundle) -> None:
+    """Say so when the bundle's model has seeded random weights: its clips are not videos of the photo."""
+    note = bundle.manifest.source.random_weights_note()
+    if note:
+        print(f"note: {note}")
 
 
 def _cmd_check(args) -> int:

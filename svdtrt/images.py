@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 
 from .errors import InputError, first_line
+from .fs import path_kind
 
 
 #: Most pixels an input image may have: 2**26 (67.1 million, "64 megapixels"; a 64 MP camera's
@@ -52,7 +53,7 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image '{path}' not found; give the path of a PNG or JPEG file")
+        raise InputError(f"image '{path}' is {path_kind(path)}; give the path of a PNG or JPEG file")
     try:
         with warnings.catch_warnings():
             # PIL warns (and goes on decoding) above its own limit: an error here, never a decode

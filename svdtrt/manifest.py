@@ -123,6 +123,16 @@ class Source(Schema):
     name: str
     seed: int | None = None
 
+    def random_weights_note(self) -> str | None:
+        """What a clip of this model shows when it has seeded random weights (every preset: see
+        :mod:`svdtrt.presets`), or None for a trained model."""
+        if self.kind != "preset":
+            return None
+        return (f"the model is the '{self.name}' preset, an SVD-architecture model with seeded random weights "
+                f"(seed {self.seed}), not a trained one: its clip is noise-like texture, not a video of the "
+                "photo; it shows that svdtrt computes the same clip as diffusers ('svdtrt check' measures "
+                "how closely). For real video, export a trained SVD model (a diffusers directory or hub id)")
+
 
 class Dims(Schema):
     """:class:`svdtrt.specs.ModelDims` as recorded."""

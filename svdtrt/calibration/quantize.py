@@ -226,7 +226,10 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
         model = reference_model(bundle, model)
         scratch = staged.scratch("quantize")
         entries = {}
-        for name in tqdm(QUANTIZED_COMPONENTS, desc=f"quantize {precision}", unit="graph", disable=not progress):
+        for i, name in enumerate(QUANTIZED_COMPONENTS, 1):
+            # Two bars per graph, each naming its stage: the quantizer's calibration pass (it reads
+            # the samples one by one) and the held-out evaluation against PyTorch.
+            stage = f"quantize {precision} {i}/{len(QUANTIZED_COMPONENTS)} {name}"
             # The quantizer writes its shape-inferred copy beside the source: give it a copy in
             # the scratch folder (a copy, not a link: onnx refuses external data with several links).
             fp32 = bundle.graph(name, "fp32")
@@ -234,10 +237,14 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
                 shutil.copyfile(bundle.path / file, scratch / file)
             target = scratch / graph_filename(name, precision)
             start = time.perf_counter()
-            done = quantize_graph(scratch / fp32.file, target, calib.samples(name), precision, exclude, quantize_bias)
+            samples = tqdm(calib.samples(name), total=len(calib.files(name)), desc=f"{stage}: calibrating",
+                           unit="sample", disable=not progress)
+            done = quantize_graph(scratch / fp32.file, target, samples, precision, exclude, quantize_bias)
+            samples.close()
             seconds = time.perf_counter() - start
             qdq = validate_qdq_graph(target)
-            accuracy = held_out_accuracy(target, name, precision, calib, model)
+            accuracy = held_out_accuracy(target, name, precision, calib, model,
+                                         progress=f"{stage}: held-out evaluation" if progress else False)
             log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)
             checkpoint("quantize-component")
             entries[name] = GraphEntry(

@@ -132,12 +132,14 @@ def _export_components(staged: Staged, model, names: list[str], opset: int, prec
     owners = {"image_encoder": model.image_encoder, "vae_encoder": model.vae, "unet": model.unet,
               "vae_decoder": model.vae}
     last_user = {id(owners[n]): n for n in names}
-    for name in tqdm(names, desc="export", unit="graph", disable=not progress):
+    bar = tqdm(names, desc="export", unit="graph", disable=not progress)
+    for name in bar:
         _drop_component(staged, name)
         release = owners[name] if release_weights and last_user[id(owners[name])] == name else None
         entry, validation = _export_component(name, modules[name], model.dims, staged.path, opset, ranges, vshape,
-                                              release)
+                                              release, stage=lambda what: bar.set_postfix_str(f"{name}: {what}"))
         if "fp16" in precisions:
+            bar.set_postfix_str(f"{name}: fp16 conversion and validation")
             entry.graphs["fp16"] = convert_component(staged.path, staged.path, name, *validation)
         manifest.components[name] = entry
         gc.collect()
@@ -161,8 +163,10 @@ def _drop_component(staged: Staged, name: str) -> None:
             del staged.manifest.engines[key]
 
 
-def _export_component(name, module, dims, folder: Path, opset: int, ranges, vshape, release=None):
-    """Trace, validate and check one component's fp32 graph into ``folder``.
+def _export_component(name, module, dims, folder: Path, opset: int, ranges, vshape, release=None,
+                      stage=lambda what: None):
+    """Trace, validate and check one component's fp32 graph into ``folder``; ``stage(what)`` is
+    told each step as it starts (the progress bar names it).
 
     Returns:
         (manifest entry, (the validation sizes, inputs, and PyTorch's outputs on them)).
@@ -170,16 +174,20 @@ def _export_component(name, module, dims, folder: Path, opset: int, ranges, vsha
     spec = COMPONENTS[name]
     sizes = dims.sizes(spec.batch[1], *vshape)
     inputs = example_inputs(spec, sizes)
+    stage("PyTorch reference outputs")
     expected = reference_outputs(module, spec, inputs)
     path = folder / graph_filename(name, "fp32")
     start = time.perf_counter()
+    stage("ONNX export")
     export_graph(module, spec, inputs, path, opset)
     seconds = time.perf_counter() - start
     if release is not None:  # validation needs only ``expected``; free the weights before ORT loads its copy
         release.to("meta")
         gc.collect()
+    stage("validation on ONNX Runtime")
     metrics = validate_graph(path, spec, None, inputs, expected=expected)
     log.info("%s: exported in %.1f s, validated: %s", name, seconds, metrics)
+    stage("deployability check")
     graph_axes = _graph_axes(path)
     entry = ComponentEntry(
         inputs=[{"name": t.name, "dims": list(t.dims), "dtype": t.dtype} for t in spec.inputs],
