@@ -507,11 +507,14 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    from .bundle import Bundle
     from .demo import run_demo
 
     report = run_demo(args.out, args.force)
     _print_report(report)
-    print(f"demo written to {args.out}/ (clip.mp4, report.json, bundle/) in {report['demo_seconds']:.1f} s")
+    print(f"demo written to {args.out}/ in {report['demo_seconds']:.1f} s: clip.mp4 (the ONNX Runtime clip), "
+          "side_by_side.png (input, ONNX Runtime and diffusers frames, their difference), report.json, bundle/")
+    _print_random_weights(Bundle.open(args.out / "bundle"))
     return 0 if report["passed"] else 1
 
 
