@@ -61,7 +61,10 @@ def write_clip(frames: np.ndarray, path: str | os.PathLike, fps: int = 7, suffix
     """
     import av
 
-    container_format, codec, pix_fmt, defaults = CLIP_FORMATS[check_clip_path(suffix or path)]
+    suffix = suffix.lower() if suffix else check_clip_path(path)
+    if suffix not in CLIP_FORMATS:
+        raise InputError(f"no clip format '{suffix}': svdtrt writes clips as {', '.join(CLIP_FORMATS)}")
+    container_format, codec, pix_fmt, defaults = CLIP_FORMATS[suffix]
     options = {**defaults, **(options or {})}
     pixels = to_uint8(frames)
     pad = ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0))
