@@ -62,7 +62,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     """
     p = lookup_precision(precision)
     quantized = p.quantized and backend == "onnxruntime"
-    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision))
+    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision), bundle.make_command(precision, force=True))
            for name in QUANTIZED_COMPONENTS} if quantized else None
     model = reference_model(bundle, model)
     start = time.perf_counter()

@@ -37,8 +37,6 @@ def test_help_is_plain_text_and_version_is_the_package_version(run_cli):
     sub = next(a for a in parser._actions if a.dest == "command")
     for text in [parser.format_help()] + [p.format_help() for p in sub.choices.values()]:
         assert "``" not in text and ":func:" not in text and ":class:" not in text
-    with pytest.raises(SystemExit):
-        parser.parse_args(["--version"])
     code, out, _ = run_cli("--version")
     assert code == 0 and out.strip() == f"svdtrt {svdtrt.__version__}"
 

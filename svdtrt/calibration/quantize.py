@@ -123,8 +123,9 @@ def _data_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".data")
 
 
-def validate_qdq_graph(path: Path) -> dict:
-    """Check that the graph at ``path`` is an explicit, symmetric Q/DQ graph.
+def validate_qdq_graph(path: Path, remedy: str | None = None) -> dict:
+    """Check that the graph at ``path`` is an explicit, symmetric Q/DQ graph; ``remedy`` is the
+    command that makes it again, for the messages.
 
     Returns:
         ``{"quantize_linear": n, "dequantize_linear": n, "quantized_ops": {"Conv": n, "MatMul": n, ...},
@@ -141,13 +142,13 @@ def validate_qdq_graph(path: Path) -> dict:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # OSError, or protobuf's DecodeError (which has no stable import path)
         raise QuantizationError(f"quantized graph '{path}' is unreadable ({type(e).__name__}); "
-                                "run 'svdtrt quantize --force' again") from None
+                                f"{_again(remedy)}") from None
     graph = model.graph
     ops = Counter(n.op_type for n in graph.node)
     if not ops["QuantizeLinear"] or not ops["DequantizeLinear"]:
         raise QuantizationError(f"'{path.name}' has no Q/DQ node (QuantizeLinear {ops['QuantizeLinear']}, "
                                 f"DequantizeLinear {ops['DequantizeLinear']}); it is not a quantized graph, "
-                                "run 'svdtrt quantize' again")
+                                f"{_again(remedy)}")
     initializers = {t.name: t for t in graph.initializer}
     constants = {n.output[0]: n.attribute[0].t for n in graph.node
                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
@@ -174,6 +175,10 @@ def validate_qdq_graph(path: Path) -> dict:
                                 "check the --exclude patterns")
     return {"quantize_linear": ops["QuantizeLinear"], "dequantize_linear": ops["DequantizeLinear"],
             "quantized_ops": dict(quantized), "zero_points": checked}
+
+
+def _again(remedy: str | None) -> str:
+    return f"make it again with '{remedy}'" if remedy else "quantize the bundle again with --force"
 
 
 def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
