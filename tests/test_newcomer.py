@@ -49,8 +49,11 @@ def test_verbose_is_accepted_before_and_after_the_command(argv, verbose):
     assert build_parser().parse_args(argv).verbose is verbose
 
 
-def test_check_defaults_to_the_bundled_photo_and_names_each_stage(run_cli, tiny_bundle):
-    code, out, err = run_cli("check", tiny_bundle.path, "--steps", "2", "-v")
+def test_check_defaults_to_the_bundled_photo_and_names_each_stage(tiny_bundle):
+    # a process of its own, as a user runs it: in-process, pytest's log capture owns the root logger
+    done = subprocess.run([sys.executable, "-m", "svdtrt", "check", str(tiny_bundle.path), "--steps", "2", "-v"],
+                          capture_output=True, text=True, timeout=900)
+    code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0 and "PASSED" in out, err
     for stage in ("check 1/4: diffusers reference", "check 2/4: PyTorch loop",
                   "check 3/4: onnxruntime fp32 clip", "check 4/4: onnxruntime fp32 components"):
