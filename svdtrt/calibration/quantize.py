@@ -242,10 +242,10 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
                 shutil.copyfile(bundle.path / file, scratch / file)
             target = scratch / graph_filename(name, precision)
             start = time.perf_counter()
-            samples = tqdm(calib.samples(name), total=len(calib.files(name)), desc=f"{stage}: calibrating",
-                           unit="sample", disable=not progress)
-            done = quantize_graph(scratch / fp32.file, target, samples, precision, exclude, quantize_bias)
-            samples.close()
+            bar = tqdm(calib.samples(name), total=len(calib.files(name)), desc=f"{stage}: calibrating",
+                       unit="sample", disable=not progress)
+            done = quantize_graph(scratch / fp32.file, target, iter(bar), precision, exclude, quantize_bias)
+            bar.close()
             seconds = time.perf_counter() - start
             qdq = validate_qdq_graph(target)
             accuracy = held_out_accuracy(target, name, precision, calib, model,
