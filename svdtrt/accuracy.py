@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from .specs import UNET_COMPONENTS
+
 #: PSNR of identical inputs is infinite; it is reported as this cap so reports stay valid JSON.
 PSNR_CAP_DB = 200.0
 
@@ -94,20 +96,23 @@ def compare_components(recorded: dict[str, list], backend, every_call: bool = Fa
                        progress: bool | str = False) -> dict[str, dict]:
     """Replay recorded PyTorch calls on ``backend`` and measure each output's error.
 
-    UNet calls are sampled (first, middle and last step) unless ``every_call``. ``progress``
-    shows a bar over the replayed calls (a string: its label).
+    UNet calls (of each UNet graph) are sampled (first, middle and last) unless ``every_call``;
+    components that were not called are left out. ``progress`` shows a bar over the replayed
+    calls (a string: its label).
 
     Returns ``{component: {output: {"max_abs_error", "mean_abs_error", "cosine"[, "psnr_db"]}}}``,
     the worst value over the replayed calls; ``psnr_db`` for decoded frames (range [-1, 1]).
     """
     from tqdm import tqdm
 
-    replayed = {name: _pick_unet_calls(calls) if name == "unet" and not every_call else calls
+    replayed = {name: _pick_unet_calls(calls) if calls and name in UNET_COMPONENTS and not every_call else calls
                 for name, calls in recorded.items()}
     bar = tqdm(total=sum(len(c) for c in replayed.values()), desc=progress if isinstance(progress, str) else "compare",
                unit="call", disable=not progress)
     report = {}
     for name, calls in replayed.items():
+        if not calls:
+            continue
         fn = backend.component(name)
         worst: dict[str, dict] = {}
         bar.set_postfix_str(name)

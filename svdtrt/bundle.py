@@ -35,6 +35,18 @@ def graph_filename(component: str, precision: str) -> str:
     return f"{component}.{precision}.onnx"
 
 
+def owned_files(manifest: Manifest, component: str, graph: GraphEntry | None) -> list[str]:
+    """The files of ``component``'s ``graph`` that go with it when it is replaced or removed: its
+    graph file and weights file, except a file another component's graph also reads (the
+    block-caching graphs read the UNet's weights file, docs/architecture.md "Block caching"); none
+    for an entry that points at another precision's graph (``kept_precision``)."""
+    if graph is None or graph.kept_precision:
+        return []
+    others = {f for name, entry in manifest.components.items() if name != component
+              for g in entry.graphs.values() for f in (g.file, g.data) if f}
+    return [f for f in (graph.file, graph.data) if f and f not in others]
+
+
 class HashCache:
     """sha256 of files, remembered per file version in ``$XDG_CACHE_HOME/svdtrt/sha256.json``
     (``~/.cache`` by default): a file whose (device, inode, size, mtime) is unchanged is not

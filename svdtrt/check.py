@@ -24,6 +24,7 @@ from .precisions import precision as lookup_precision
 from .runtime.backends import Recorder, create_backend
 from .runtime.backends.pytorch import TorchBackend
 from .runtime.pipeline import SamplingSettings, SvdPipeline
+from .runtime.schedulers import use_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         ``failures`` (a list of strings) and ``passed``.
 
     Pass/fail limits are the precision's ``thresholds`` in :mod:`svdtrt.precisions`.
+    The end-to-end reference is diffusers' pipeline with the same scheduler; for settings it has
+    no counterpart for (block caching, guidance truncation) it is the PyTorch modules' clip
+    through svdtrt's loop with the same settings (``end_to_end["reference_clip"]`` says which).
     For a quantized precision on the ``onnxruntime`` backend, the quantized graphs are first
     checked to be symmetric Q/DQ graphs, and the clip is also compared with the clip of the
     bundle's fp32 graphs (``end_to_end["vs_fp32_graphs"]``); every reference is fp32.
@@ -68,19 +72,23 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     start = time.perf_counter()
     options = backend_options or {}
     tested = create_backend(backend, bundle, precision, model=model, **options)  # first: a missing backend fails fast
-    stages = _Stages(5 if quantized else 4, progress)
-    with stages("diffusers reference") as label:
-        pipe = model.pipeline()
-        pipe.set_progress_bar_config(desc=label, unit="step", disable=not progress)
-        reference = pipe(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
-    recorder = Recorder(TorchBackend(model))
+    stages = _Stages(3 + settings.full_compute + quantized, progress)
+    recorder = Recorder(TorchBackend(model, cache_depth=bundle.dims.cache_depth))
     with stages("PyTorch loop, recording each component's inputs") as label:
         torch_clip = SvdPipeline(recorder, bundle)(image, settings, progress=label)
+    if settings.full_compute:
+        with stages("diffusers reference") as label:
+            pipe, kwargs = model.pipeline(), settings.pipeline_kwargs()
+            pipe.set_progress_bar_config(desc=label, unit="step", disable=not progress)
+            use_scheduler(pipe, settings.scheduler, kwargs["generator"])
+            reference, reference_clip = pipe(image, output_type="np", **kwargs).frames[0], "diffusers"
+    else:
+        reference, reference_clip = torch_clip.frames, "svdtrt loop over the PyTorch modules, same settings"
     with stages(f"{backend} {precision} clip") as label:
         clip = SvdPipeline(tested, bundle)(image, settings, progress=label)
     with stages(f"{backend} {precision} components on the recorded inputs") as label:
         components = compare_components(recorder.calls, tested, progress=label)
-    end_to_end = {"reference": "fp32"}
+    end_to_end = {"reference": "fp32", "reference_clip": reference_clip}
     if quantized:
         with stages(f"{backend} fp32 clip, for comparison") as label:
             fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings,

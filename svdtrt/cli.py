@@ -67,12 +67,13 @@ def _component_list(text: str) -> list[str]:
     return names
 
 
-def _sampling_options(p: argparse.ArgumentParser) -> None:
+def _sampling_options(p: argparse.ArgumentParser, work_lists: bool = False) -> None:
     from .runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
 
     g = p.add_argument_group("sampling (defaults: the bundle's shape and diffusers' pipeline defaults)")
     g.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator, 0 to 2**64-1 (default 0)")
-    g.add_argument("--steps", type=int, default=25, help=f"denoising steps, 1 to {MAX_STEPS} (default 25)")
+    g.add_argument("--steps", type=int, help=f"denoising steps, 1 to {MAX_STEPS} (default: the scheduler's, "
+                                             "25 for euler)")
     g.add_argument("--frames", type=int, help="frames of the clip (default and range: the bundle's)")
     g.add_argument("--height", type=int, help="clip height in pixels (default and range: the bundle's)")
     g.add_argument("--width", type=int, help="clip width in pixels (default and range: the bundle's)")
@@ -90,6 +91,24 @@ def _sampling_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-guidance-scale", type=_finite_float, default=3.0,
                    help="guidance at the last frame, >= 0; <= 1 turns guidance off (default 3)")
     g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default: all)")
+    _work_options(p, lists=work_lists)
+
+
+def _work_options(p: argparse.ArgumentParser, lists: bool = False) -> None:
+    """Fewer and cheaper UNet calls (``bench`` takes comma-separated lists of each)."""
+    from .runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+    g = p.add_argument_group("work reduction" + (" (comma-separated lists: one row per combination)" if lists
+                                                  else ""))
+    choices = ", ".join(f"{n} ({c.summary}, {c.default_steps} steps)" for n, c in SCHEDULERS.items())
+    g.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=None if lists else tuple(SCHEDULERS),
+                   help=f"diffusers scheduler: {choices} (default {DEFAULT_SCHEDULER})")
+    g.add_argument("--cache-interval", default="1" if lists else 1, type=str if lists else int,
+                   help="block caching: the full UNet every N-th step, the shallow UNet between (default 1: "
+                        "no caching)")
+    g.add_argument("--guidance-steps", default=None, type=str if lists else int,
+                   help="classifier-free guidance on the first K steps only, batch-1 UNet calls after "
+                        "(default: every step" + ("; 'all' in a list" if lists else "") + ")")
 
 
 def _backend_options(p: argparse.ArgumentParser) -> None:
@@ -130,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "does (default fp32)")
     p.add_argument("--components", type=_component_list,
                    help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
+    p.add_argument("--cache-depth", type=int, default=1,
+                   help="block caching: the deep feature enters the D-th up block from the last (default 1: "
+                        "the last; deeper caches less and saves less)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
 
     p = sub.add_parser("run", help="make a clip from an image with a bundle")
@@ -138,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="clip to write: .mp4 (H.264), .webm (VP9) or .gif, "
                                                          "by its extension")
     p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] to this .npy file")
+    p.add_argument("--timings", type=Path, metavar="FILE.json",
+                   help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
+                        "stage, which the default run does not")
     p.add_argument("--force", action="store_true", help="replace existing output files")
     _backend_options(p)
     _sampling_options(p)
@@ -216,10 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
     p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
     p.add_argument("--out", type=Path, default=Path("svdtrt-bench"),
-                   help="directory to create: results.json, results.md, stages.png, tradeoff.png "
+                   help="directory to create: results.json, results.md, stages.png, tradeoff.png, work.png "
                         "(default svdtrt-bench)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    _sampling_options(p)
+    _sampling_options(p, work_lists=True)
 
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
     p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
@@ -246,19 +271,26 @@ def _given(value, default):
     return default if value is None else value
 
 
-def _settings(args, bundle):
+def _settings(args, bundle, **work):
     """The sampling settings of ``run``, ``check`` and ``bench``, checked: their limits
     (:meth:`SamplingSettings.check`) and the bundle's exported size range, unless
     ``--allow-outside-range`` (whose warning :func:`_warn_outside_range` prints once every other
-    check has passed)."""
+    check has passed). ``work``: ``scheduler``, ``cache_interval``, ``guidance_steps`` in place of
+    the arguments' (``bench`` passes each of its combinations). ``--steps`` defaults to the
+    scheduler's."""
     from .runtime.pipeline import SamplingSettings
+    from .runtime.schedulers import scheduler_choice
 
+    work = {"scheduler": args.scheduler, "cache_interval": args.cache_interval,
+            "guidance_steps": args.guidance_steps, **work}
     frames, height, width = bundle.default_shape
     settings = SamplingSettings(
         frames=_given(args.frames, frames), height=_given(args.height, height), width=_given(args.width, width),
-        steps=args.steps, fps=args.fps, motion_bucket_id=args.motion_bucket_id,
+        steps=_given(args.steps, scheduler_choice(work["scheduler"]).default_steps), fps=args.fps,
+        motion_bucket_id=args.motion_bucket_id,
         noise_aug_strength=args.noise_aug_strength, min_guidance_scale=args.min_guidance_scale,
         max_guidance_scale=args.max_guidance_scale, decode_chunk_size=args.decode_chunk_size, seed=args.seed,
+        **work,
     )
     settings.check(bundle.dims)
     outside = bundle.outside_range(settings.frames, settings.height, settings.width)
@@ -307,7 +339,8 @@ def _cmd_export(args) -> int:
     model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
     bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force,
-                           components=args.components, precisions=precisions, release_weights=True)
+                           components=args.components, precisions=precisions, release_weights=True,
+                           cache_depth=args.cache_depth)
     print(f"bundle written to {bundle.path}")
     _print_graphs(bundle, args.components)
     return 0
@@ -367,6 +400,9 @@ def _backend_kwargs(args) -> dict:
 
 
 def _cmd_run(args) -> int:
+    import json
+    from dataclasses import asdict
+
     from .bundle import Bundle
     from .fs import OutputFile
     from .images import load_image
@@ -378,8 +414,12 @@ def _cmd_run(args) -> int:
     clip_format = check_clip_path(args.out)
     if args.save_frames:
         check_frames_path(args.save_frames)
-    if args.save_frames and os.path.abspath(args.save_frames) == os.path.abspath(args.out):
-        raise InputError(f"--out and --save-frames are both '{args.out}'; give the frames another file name")
+    outputs = [("--out", args.out), ("--save-frames", args.save_frames), ("--timings", args.timings)]
+    named = [(flag, os.path.abspath(path)) for flag, path in outputs if path]
+    for i, (flag, path) in enumerate(named):
+        for other, other_path in named[:i]:
+            if path == other_path:
+                raise InputError(f"{other} and {flag} are both '{path}'; give each output its own file name")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
     settings = _settings(args, bundle)
@@ -391,16 +431,29 @@ def _cmd_run(args) -> int:
     with _discarded_on_error(clip_out):
         frames_out = OutputFile(args.save_frames, args.force) if args.save_frames else None
     with _discarded_on_error(clip_out, frames_out):
+        timings_out = OutputFile(args.timings, args.force) if args.timings else None
+    with _discarded_on_error(clip_out, frames_out, timings_out):
         model = reference_model(bundle, load_model(args.model)) if args.model else None
         backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
-        clip = SvdPipeline(backend, bundle)(image, settings, progress=True)
+        clip = SvdPipeline(backend, bundle)(image, settings, progress=True, timings=bool(args.timings))
         clip_out.write(lambda part: write_clip(clip.frames, part, fps=settings.fps, suffix=clip_format))
         if frames_out:
             frames_out.write(lambda part: save_frames(clip.frames, part))
             frames_out.publish()
+        if timings_out:
+            from .flops import clip_unet_flops
+
+            work = clip_unet_flops(bundle.manifest.configs["unet"], bundle.dims, clip.unet_calls, settings.frames,
+                                   settings.height, settings.width)
+            record = {"backend": args.backend, "precision": args.precision, "settings": asdict(settings),
+                      "seconds": clip.timings, "unet_calls": work["unet_calls"], "unet_flops": work["unet_flops"],
+                      "unet_graphs": work["graphs"]}
+            timings_out.write(lambda part: part.write_text(json.dumps(record, indent=2) + "\n"))
+            timings_out.publish()
         clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
-          f"({args.backend}, {args.precision})")
+          f"({args.backend}, {args.precision}; {settings.scheduler}, {settings.steps} steps, "
+          f"{len(clip.unet_calls)} UNet calls)")
     _print_random_weights(bundle)
     _print_timings(clip.timings)
     return 0
@@ -560,6 +613,39 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
+def _work_variants(args) -> list[dict]:
+    """``bench``'s ``--scheduler``, ``--cache-interval`` and ``--guidance-steps`` lists as one
+    settings dict per combination, the full-compute base first (the first scheduler, no caching,
+    guidance on every step), each combination once."""
+    import itertools
+
+    from .benchmark import parse_names
+    from .runtime.schedulers import SCHEDULERS
+
+    def integers(text, what, words=()):
+        values = []
+        for item in (t.strip() for t in text.split(",") if t.strip()):
+            if item in words:
+                values.append(None)
+                continue
+            try:
+                values.append(int(item))
+            except ValueError:
+                raise InputError(f"--{what} takes comma-separated integers{' or ' + '/'.join(words) if words else ''}, "
+                                 f"got '{item}'") from None
+        if not values:
+            raise InputError(f"--{what} is empty")
+        return values
+
+    schedulers = parse_names(args.scheduler, tuple(SCHEDULERS), "scheduler")
+    intervals = integers(args.cache_interval, "cache-interval")
+    guidance = integers(args.guidance_steps or "all", "guidance-steps", ("all",))
+    base = {"scheduler": schedulers[0], "cache_interval": 1, "guidance_steps": None}
+    variants = [base] + [{"scheduler": a, "cache_interval": b, "guidance_steps": c}
+                         for a, b, c in itertools.product(schedulers, intervals, guidance)]
+    return [dict(v) for v in dict.fromkeys(tuple(v.items()) for v in variants)]
+
+
 def _cmd_bench(args) -> int:
     import shlex
 
@@ -576,7 +662,9 @@ def _cmd_bench(args) -> int:
         raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
-    settings = _settings(args, bundle)
+    variants = _work_variants(args)
+    settings = _settings(args, bundle, **variants[0])  # the base: full compute
+    work = [_settings(args, bundle, **v) for v in variants[1:]]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     for backend in backends or BACKENDS:  # one row at a time: the largest row must fit
         for precision in precisions or bundle.precisions():
@@ -584,7 +672,8 @@ def _cmd_bench(args) -> int:
     _warn_outside_range(bundle, settings)
     model = reference_model(bundle, load_model(args.model) if args.model else None)
     results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
-                            device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True)
+                            device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True,
+                            work=work)
     write_results(results, args.out, args.force)
     print(markdown(results), end="")
     print(f"results written to {args.out}/ in {results['seconds']:.1f} s")
@@ -616,6 +705,13 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args)
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] != "onnxruntime":
+            raise
+        from .gpu import ORT_HINT
+
+        print(f"svdtrt: error: ONNX Runtime is not installed; {ORT_HINT}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("svdtrt: interrupted; nothing was left half-written", file=sys.stderr)

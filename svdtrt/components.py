@@ -9,6 +9,7 @@ from typing import Mapping
 
 import torch
 
+from .block_cache import UnetFull, UnetShallow
 from .specs import COMPONENTS, ComponentSpec
 
 
@@ -61,13 +62,23 @@ class VaeDecoder(torch.nn.Module):
         return self.vae.decode(latents, num_frames=latents.shape[0]).sample
 
 
-def torch_modules(model) -> dict[str, torch.nn.Module]:
-    """Spec-shaped modules of an :class:`svdtrt.models.SvdModel`, keyed by component name."""
+#: Inputs a module takes in float32 whatever its dtype, as in diffusers' fp16 pipeline: the
+#: scheduler's timesteps are float32 and the UNet's sinusoidal time projection computes in
+#: float32 (``get_timestep_embedding``); ``added_time_ids`` follow the module's dtype there.
+FP32_INPUTS = frozenset({"timestep"})
+
+
+def torch_modules(model, cache_depth: int | None = None) -> dict[str, torch.nn.Module]:
+    """Spec-shaped modules of an :class:`svdtrt.models.SvdModel`, keyed by component name; the
+    block-caching pair at ``cache_depth`` (default ``model.dims.cache_depth``)."""
+    depth = cache_depth or model.dims.cache_depth
     return {
         "image_encoder": ImageEncoder(model.image_encoder).eval(),
         "vae_encoder": VaeEncoder(model.vae).eval(),
         "unet": Unet(model.unet).eval(),
         "vae_decoder": VaeDecoder(model.vae).eval(),
+        "unet_full": UnetFull(model.unet, depth).eval(),
+        "unet_shallow": UnetShallow(model.unet, depth).eval(),
     }
 
 

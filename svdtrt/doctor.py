@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 
-from .gpu import cuda_device, import_optional, package_version, tensorrt_version
+from .gpu import INSTALL_HINT, ORT_GPU_HINT, ORT_HINT, cuda_device, import_optional, onnxruntime_package, package_version, tensorrt_version
 
 
 def diagnose() -> dict:
@@ -22,7 +22,8 @@ def diagnose() -> dict:
 
     ort = import_optional("onnxruntime")
     providers = list(ort.get_available_providers()) if ort is not None else []
-    ort_package = next((p for p in ("onnxruntime-gpu", "onnxruntime") if package_version(p)), None)
+    ort_package = onnxruntime_package()
+    both = package_version("onnxruntime") and package_version("onnxruntime-gpu")
     gpu = cuda_device()
     trt = tensorrt_version()
     polygraphy = package_version("polygraphy")
@@ -37,16 +38,29 @@ def diagnose() -> dict:
         "onnxruntime": {"version": getattr(ort, "__version__", None), "package": ort_package,
                         "providers": providers},
     }
+    if both:
+        report["onnxruntime"]["warning"] = ("both onnxruntime and onnxruntime-gpu are installed; they own the same "
+                                            "module and the last installed wins: pip uninstall -y onnxruntime "
+                                            "onnxruntime-gpu, then install one")
     needs_trt = [what for what, ok in (("TensorRT", trt), ("Polygraphy", polygraphy), ("a CUDA GPU", gpu)) if not ok]
     report["backends"] = {
         "torch": "ready (cpu" + (", cuda)" if gpu else ")"),
-        "onnxruntime": "ready" if "CPUExecutionProvider" in providers else "needs onnxruntime",
-        "onnxruntime-cuda": "ready" if "CUDAExecutionProvider" in providers else "needs onnxruntime-gpu and CUDA",
-        "onnxruntime-trt": ("ready" if "TensorrtExecutionProvider" in providers
-                            else "needs onnxruntime-gpu, TensorRT and CUDA"),
+        "onnxruntime": _ort_backend(ort, "CPUExecutionProvider", ORT_HINT),
+        "onnxruntime-cuda": _ort_backend(ort, "CUDAExecutionProvider", ORT_GPU_HINT),
+        "onnxruntime-trt": _ort_backend(ort, "TensorrtExecutionProvider", INSTALL_HINT),
         "tensorrt": "ready" if not needs_trt else "needs " + ", ".join(needs_trt),
     }
     return report
+
+
+def _ort_backend(ort, provider: str, hint: str) -> str:
+    """'ready' when a session on ``provider`` loads here (not merely compiled in), else why not."""
+    if ort is None:
+        return f"needs ONNX Runtime: {ORT_HINT}"
+    from .runtime.backends.onnxrt import provider_loads
+
+    problem = provider_loads(provider)
+    return "ready" if problem is None else f"{problem}; {hint}"
 
 
 def format_report(report: dict) -> list[str]:
@@ -65,6 +79,8 @@ def format_report(report: dict) -> list[str]:
                          if ort["version"] else "not installed"),
     ]
     out = [f"{k:13s} {v}" for k, v in lines]
+    if ort.get("warning"):
+        out.append(f"{'':13s} warning: {ort['warning']}")
     out.append("backends:")
     out += [f"  {k:17s} {v}" for k, v in report["backends"].items()]
     return out

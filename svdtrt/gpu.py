@@ -3,7 +3,10 @@ optional TensorRT and Polygraphy packages, imported lazily so that the rest of s
 without them (docs/architecture.md, "Environment").
 
 TensorRT's Python package comes from NVIDIA's index (``pypi.nvidia.com``) or, on Jetson,
-with JetPack; Polygraphy is on PyPI. Both are in the ``gpu`` extra of ``pyproject.toml``.
+with JetPack; Polygraphy is on PyPI. Both are in the ``tensorrt`` extra of ``pyproject.toml``,
+with ``onnxruntime-gpu``; the ``cuda`` extra has ``onnxruntime-gpu`` alone, ``cpu`` the CPU
+``onnxruntime``. Exactly one ONNX Runtime may be installed: both packages own the
+``onnxruntime`` module (docs/architecture.md, "Installing").
 """
 
 from __future__ import annotations
@@ -14,9 +17,23 @@ import importlib.metadata
 from . import hints
 from .errors import BackendUnavailableError
 
-#: How to get the optional GPU packages, quoted in every "missing" message: the pip command that
-#: works from where svdtrt was installed (:func:`svdtrt.hints.install_extra`).
-INSTALL_HINT = f"{hints.install_extra(hints.GPU_EXTRA)} (on Jetson, TensorRT comes with JetPack)"
+#: How to get the optional GPU packages, quoted in every "missing" message: pip commands that work
+#: from where svdtrt was installed (:func:`svdtrt.hints.install_extra`); onnxruntime and
+#: onnxruntime-gpu own the same module, so a GPU install replaces the CPU one.
+INSTALL_HINT = f"{hints.install_extra('tensorrt', replace_onnxruntime=True)} (on Jetson, TensorRT comes with JetPack)"
+#: How to get ONNX Runtime with the CUDA and TensorRT providers (onnxruntime-gpu).
+ORT_GPU_HINT = hints.install_extra("cuda", replace_onnxruntime=True)
+#: How to get ONNX Runtime at all.
+ORT_HINT = (f"{hints.install_extra('cpu')} (or {hints.install_extra('cuda')} for onnxruntime-gpu on a CUDA machine); "
+            "install one of onnxruntime and onnxruntime-gpu, never both")
+
+
+def onnxruntime_package() -> str | None:
+    """Which ONNX Runtime distribution provides the ``onnxruntime`` module: ``"onnxruntime-gpu"``,
+    ``"onnxruntime"``, or None when neither is installed. Distribution names, not the module, are
+    what ``importlib.metadata`` knows: ``version("onnxruntime")`` raises where only
+    onnxruntime-gpu is installed (the GPU setup)."""
+    return next((p for p in ("onnxruntime-gpu", "onnxruntime") if package_version(p)), None)
 
 
 def package_version(name: str) -> str | None:
@@ -100,5 +117,7 @@ def tool_versions() -> dict[str, str | None]:
 
     from . import __version__
 
-    return {"python": platform.python_version(), "svdtrt": __version__,
-            **{name: package_version(name) for name in TOOLS}}
+    versions = {name: package_version(name) for name in TOOLS}
+    ort = onnxruntime_package()
+    versions["onnxruntime"] = package_version(ort) if ort else None  # the module's version, either package
+    return {"python": platform.python_version(), "svdtrt": __version__, **versions}

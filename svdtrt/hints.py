@@ -22,8 +22,8 @@ from .specs import COMPONENTS
 EXAMPLE_MODEL = "tiny"
 
 #: The optional-dependency group of ``pyproject.toml`` that holds TensorRT, Polygraphy and
-#: onnxruntime-gpu.
-GPU_EXTRA = "gpu"
+#: onnxruntime-gpu (docs/architecture.md, "Installing": cpu, cuda, tensorrt, test).
+GPU_EXTRA = "tensorrt"
 
 #: NVIDIA's package index: TensorRT's libraries are published there, its PyPI wheel redirects to it
 #: (docs/tensorrt.md).
@@ -136,12 +136,15 @@ def source_root() -> Path | None:
     return root if (root / "pyproject.toml").is_file() else None
 
 
-def install_extra(extra: str = GPU_EXTRA) -> str:
+def install_extra(extra: str = GPU_EXTRA, replace_onnxruntime: bool = False) -> str:
     """The pip command that adds the optional packages of ``extra`` to this installation.
 
     From a clone (svdtrt is not on PyPI) it names the clone's own folder, so it works from any
-    working directory; TensorRT's libraries come from NVIDIA's index.
+    working directory; TensorRT's libraries come from NVIDIA's index. ``replace_onnxruntime``
+    removes the CPU ``onnxruntime`` first: it owns the same module as ``onnxruntime-gpu``.
     """
     root = source_root()
     target = ["-e", f"{root}[{extra}]"] if root else [f"svdtrt[{extra}]"]
-    return shlex.join(["pip", "install", *target, "--extra-index-url", NVIDIA_INDEX])
+    index = ["--extra-index-url", NVIDIA_INDEX] if extra == GPU_EXTRA else []
+    install = shlex.join(["pip", "install", *target, *index])
+    return chain("pip uninstall -y onnxruntime" if replace_onnxruntime else "", install)

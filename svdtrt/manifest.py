@@ -143,6 +143,9 @@ class Dims(Schema):
     unet_downsamples: Annotated[int, Field(ge=0)]
     scaling_factor: Annotated[float, AfterValidator(_finite), Field(gt=0)]
     default_frames: Positive
+    #: Block caching (absent in bundles exported before it: the defaults).
+    cache_depth: Positive = 1
+    deep_channels: Annotated[int, Field(ge=0)] = 0
 
 
 class TensorEntry(Schema):

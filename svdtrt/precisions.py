@@ -72,12 +72,13 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               "onnxruntime CPU running the fp16 graph (fp16 kernels where it has them)",
               backends=("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt")),
     Precision("int8", "int8", "quantize", Thresholds(28.0, 0.98),
-              "onnxruntime CPU running the int8 Q/DQ graph (int8 kernels where it fuses Q/DQ, else "
-              "dequantize + fp32)",
+              "onnxruntime CPU running the int8 Q/DQ graph on its fp16 base (int8 kernels where it fuses "
+              "Q/DQ; fp16 ops without a CPU kernel computed in fp32 on fp16-rounded values)",
               backends=("onnxruntime", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt"),
               quantizer={"quant_type": "QInt8", "calibrate_method": "MinMax", "per_channel": True}),
     Precision("fp8", "float8_e4m3fn", "quantize", Thresholds(20.0, 0.88),
-              "simulated: onnxruntime CPU running the fp8 Q/DQ nodes unfused, other ops in fp32",
+              "simulated: onnxruntime CPU running the fp8 Q/DQ nodes unfused on the fp16 base (fp16 ops "
+              "without a CPU kernel computed in fp32 on fp16-rounded values)",
               backends=("onnxruntime", "tensorrt"),
               quantizer={"quant_type": "QFLOAT8E4M3FN", "calibrate_method": "Distribution", "per_channel": True},
               min_compute_capability=(8, 9)),

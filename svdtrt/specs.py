@@ -12,6 +12,8 @@ Shape symbols:
     D  image-embedding width (``image_encoder.config.projection_dim``)
     S  CLIP input size (224: diffusers' SVD pipeline resizes to 224x224)
     H, W  image size in pixels; h, w  latent size (H / latent_scale, W / latent_scale)
+    K  channels of the block-caching deep feature (``unet.config.block_out_channels[d]``, cache depth d)
+    hk, wk  size of the deep feature (h / 2**(d - 1), w / 2**(d - 1); :mod:`svdtrt.block_cache`)
 A symbol may carry an integer factor (``2C``) and a plain integer is a fixed size.
 """
 
@@ -24,11 +26,15 @@ from typing import Mapping
 from .errors import InputError
 
 #: Symbols that stay dynamic in the exported graphs.
-DYNAMIC_SYMBOLS = frozenset({"B", "F", "N", "H", "W", "h", "w"})
+DYNAMIC_SYMBOLS = frozenset({"B", "F", "N", "H", "W", "h", "w", "hk", "wk"})
 
 #: The ONNX opset graphs are exported at unless ``svdtrt export --opset`` says otherwise (17: the
 #: first with LayerNormalization, which TensorRT 10.x imports as one normalization layer).
 DEFAULT_OPSET = 17
+
+#: The block-caching depth unless ``svdtrt export --cache-depth`` says otherwise: the deep feature
+#: enters the last up block (DeepCache's shallowest branch; :mod:`svdtrt.block_cache`).
+DEFAULT_CACHE_DEPTH = 1
 
 #: diffusers' SVD pipeline resizes the CLIP input to this size (``_resize_with_antialiasing(image, (224, 224))``).
 CLIP_INPUT_SIZE = 224
@@ -79,6 +85,8 @@ class ComponentSpec:
     the cosine similarity of each output, both measured on ONNX Runtime's CPU provider;
     ``fp16`` holds the fp16 graph's tolerances and ``fp16_fp32_ops`` the op types its fp16
     conversion keeps in float32 (measured need only; see :mod:`svdtrt.export.fp16`).
+    ``fp16_upcast`` names a ``(module, config key)`` that, when true in the model's configs,
+    keeps the whole component in fp32 under the fp16 precision (:func:`runs_fp32_in_fp16`).
     """
 
     name: str
@@ -90,6 +98,11 @@ class ComponentSpec:
     batch: tuple[int, int, int] = (1, 1, 1)
     fp16: Fp16Tolerance = Fp16Tolerance()
     fp16_fp32_ops: tuple[str, ...] = ()
+    fp16_upcast: tuple[str, str] | None = None
+    #: Another component whose weights this graph's weights are a copy of: the export points the
+    #: graph at that component's external-data file where every tensor matches (docs/architecture.md,
+    #: "Block caching").
+    shares_weights_with: str | None = None
 
     @property
     def input_names(self) -> list[str]:
@@ -116,6 +129,9 @@ VAE_ENCODER = ComponentSpec(
     "vae_encoder",
     inputs=(TensorSpec("image", ("B", "3", "H", "W")),),
     outputs=(TensorSpec("latents", ("B", "C", "h", "w")),),
+    # diffusers' StableVideoDiffusionPipeline encodes in fp32 when the VAE config sets
+    # force_upcast (SVD's does), also in an fp16 pipeline; it decodes in fp16.
+    fp16_upcast=("vae", "force_upcast"),
 )
 UNET = ComponentSpec(
     "unet",
@@ -128,16 +144,30 @@ UNET = ComponentSpec(
     outputs=(TensorSpec("noise_pred", ("B", "F", "C", "h", "w")),),
     batch=(1, 2, 2),
 )
+#: Block caching (:mod:`svdtrt.block_cache`): the full UNet that also returns the deep feature
+#: entering up block n - d, and the shallow UNet that runs only the shallow blocks on it.
+DEEP_FEATURE = TensorSpec("deep_feature", ("B", "F", "K", "hk", "wk"))
+UNET_FULL = ComponentSpec(
+    "unet_full", inputs=UNET.inputs, outputs=(*UNET.outputs, DEEP_FEATURE), batch=UNET.batch,
+    shares_weights_with="unet",
+)
+UNET_SHALLOW = ComponentSpec(
+    "unet_shallow", inputs=(*UNET.inputs, DEEP_FEATURE), outputs=UNET.outputs, batch=UNET.batch,
+    shares_weights_with="unet",
+)
 VAE_DECODER = ComponentSpec(
     "vae_decoder",
     inputs=(TensorSpec("latents", ("N", "C", "h", "w")),),
     outputs=(TensorSpec("frames", ("N", "3", "H", "W")),),
 )
 
-#: The four components in the order the sampling loop first calls them.
+#: The components: the four of SVD in the order the sampling loop first calls them, then the two
+#: block-caching graphs (called instead of ``unet`` when ``--cache-interval`` is above 1).
 COMPONENTS: dict[str, ComponentSpec] = {
-    s.name: s for s in (IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER)
+    s.name: s for s in (IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER, UNET_FULL, UNET_SHALLOW)
 }
+#: The components that are UNet calls of the denoising loop (what ``unet_calls`` counts).
+UNET_COMPONENTS = ("unet", "unet_full", "unet_shallow")
 
 
 def component(name: str) -> ComponentSpec:
@@ -165,6 +195,9 @@ class ModelDims:
             multiple of ``2 ** unet_downsamples`` for the skip connections to line up.
         scaling_factor: ``vae.config.scaling_factor`` (0.18215 for SVD).
         default_frames: ``unet.config.num_frames`` (14 for SVD, 25 for SVD-XT).
+        cache_depth: the block-caching depth d the bundle's caching graphs were exported at
+            (``svdtrt export --cache-depth``, 1 .. ``unet_downsamples``).
+        deep_channels: K, channels of the deep feature, ``unet.config.block_out_channels[d]``.
     """
 
     latent_channels: int
@@ -173,10 +206,20 @@ class ModelDims:
     unet_downsamples: int
     scaling_factor: float
     default_frames: int
+    cache_depth: int = DEFAULT_CACHE_DEPTH
+    deep_channels: int = 0
 
     @classmethod
-    def from_configs(cls, unet: Mapping, vae: Mapping, image_encoder: Mapping) -> "ModelDims":
-        """Read the sizes from the three config dicts (as saved in ``config.json`` files)."""
+    def from_configs(cls, unet: Mapping, vae: Mapping, image_encoder: Mapping,
+                     cache_depth: int = DEFAULT_CACHE_DEPTH) -> "ModelDims":
+        """Read the sizes from the three config dicts (as saved in ``config.json`` files).
+
+        Raises:
+            InputError: ``cache_depth`` is not 1 .. ``len(unet["block_out_channels"]) - 1``.
+        """
+        levels = len(unet["block_out_channels"])
+        if not 1 <= cache_depth <= levels - 1:
+            raise InputError(f"cache depth must be 1 to {levels - 1} for this UNet ({levels} levels), got {cache_depth}")
         return cls(
             latent_channels=int(vae["latent_channels"]),
             embed_dim=int(image_encoder["projection_dim"]),
@@ -184,6 +227,8 @@ class ModelDims:
             unet_downsamples=len(unet["block_out_channels"]) - 1,
             scaling_factor=float(vae["scaling_factor"]),
             default_frames=int(unet["num_frames"]),
+            cache_depth=cache_depth,
+            deep_channels=int(unet["block_out_channels"][cache_depth]),
         )
 
     @property
@@ -205,10 +250,11 @@ class ModelDims:
 
     def sizes(self, batch: int, frames: int, height: int, width: int, chunk: int | None = None) -> dict[str, int]:
         """Symbol -> size for one clip shape; ``chunk`` (N) defaults to ``frames``."""
+        h, w, down = height // self.latent_scale, width // self.latent_scale, 2 ** (self.cache_depth - 1)
         return {
             "B": batch, "F": frames, "N": chunk or frames, "C": self.latent_channels,
             "D": self.embed_dim, "S": CLIP_INPUT_SIZE, "H": height, "W": width,
-            "h": height // self.latent_scale, "w": width // self.latent_scale,
+            "h": h, "w": w, "K": self.deep_channels, "hk": h // down, "wk": w // down,
         }
 
 
@@ -256,3 +302,13 @@ def profile_shapes(spec: ComponentSpec, dims: ModelDims, frames: Range, height: 
             for i, key in enumerate(("min", "opt", "max"))
         }
     return profile
+
+
+def runs_fp32_in_fp16(spec: ComponentSpec, configs: Mapping[str, Mapping]) -> bool:
+    """Whether the fp16 precision keeps component ``spec`` in fp32 for this model, as diffusers'
+    fp16 pipeline does: true when the spec's ``fp16_upcast`` config flag is set in ``configs``
+    (``{module: config}``, a manifest's ``configs`` or :meth:`SvdModel.configs`)."""
+    if spec.fp16_upcast is None:
+        return False
+    module, key = spec.fp16_upcast
+    return bool(configs.get(module, {}).get(key, False))

@@ -52,7 +52,7 @@ def _missing_for(marker: str) -> str | None:
 
         missing = [m for m in ("tensorrt", "polygraphy") if import_optional(m) is None]
         if missing:
-            return f"needs {' and '.join(missing)} (pip install 'svdtrt[gpu]'), not installed here"
+            return f"needs {' and '.join(missing)} (pip install -e '.[tensorrt]'), not installed here"
     return None
 
 

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import PIL.Image
 import pytest
+import torch  # noqa: F401  (read by a skipif condition)
 
 from svdtrt.runtime.video import read_mp4
 
@@ -29,9 +30,15 @@ def _one_line_error(code, err, needle):
 
 def test_run_writes_mp4_and_frames(run_cli, tiny_bundle, image_file, tmp_path):
     code, out, _ = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4",
-                           "--steps", "2", "--frames", "3", "--allow-outside-range", "--save-frames", tmp_path / "f.npy")
+                           "--steps", "2", "--frames", "3", "--allow-outside-range", "--save-frames", tmp_path / "f.npy",
+                           "--timings", tmp_path / "t.json")
     assert code == 0  # 3 frames lies outside the bundle's exported 4: allowed, with a warning
     assert "UNet x steps" in out and "total" in out
+    timings = json.loads((tmp_path / "t.json").read_text())
+    assert timings["settings"]["steps"] == 2 and timings["backend"] == "onnxruntime"
+    seconds = timings["seconds"]
+    assert {"clip", "vae_encode", "unet", "step", "vae_decode", "total"} <= set(seconds)
+    assert 0 < seconds["unet"] <= seconds["step"] <= seconds["total"]
     frames = np.load(tmp_path / "f.npy")
     assert frames.shape == (3, 64, 64, 3) and frames.dtype == np.float32
     assert 0.0 <= frames.min() and frames.max() <= 1.0
@@ -116,7 +123,8 @@ def test_bad_images(run_cli, tiny_bundle, tmp_path):
     (["--backend", "cuda-magic"], "invalid choice"),
     (["--fps", "0"], "fps must be at least 1"),
     (["--motion-bucket-id", "-1"], "motion bucket id"),
-    (["--backend", "torch", "--device", "cuda"], "needs a CUDA GPU"),
+    pytest.param(["--backend", "torch", "--device", "cuda"], "needs a CUDA GPU",
+                 marks=pytest.mark.skipif("torch.cuda.is_available()", reason="a CUDA GPU is here")),
 ])
 def test_bad_settings(run_cli, tiny_bundle, image_file, tmp_path, args, needle):
     code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4", *args)

@@ -64,7 +64,7 @@ def test_missing_fp16_hint_is_one_command_that_works_when_pasted(run_cli, fp32_b
     code, out, err = run_cli("run", fp32_bundle, "--out", "c.mp4", "--precision", "fp16", "--steps", "1",
                              "--image", _photo(tmp_path))
     assert code == 0, err
-    assert "(onnxruntime, fp16)" in out
+    assert "(onnxruntime, fp16;" in out
 
 
 @pytest.mark.slow
@@ -119,17 +119,22 @@ def test_corrupt_file_hint_names_the_source_model(tiny_bundle, tmp_path):
         Bundle.open(tmp_path / "b")
 
 
+def _unets(*precisions) -> dict[str, set[str]]:
+    """A bundle exported with --components unet: the UNet graphs only (the caching graphs go with it)."""
+    return {c: set(precisions) for c in COMPONENTS if c not in ("image_encoder", "vae_encoder", "vae_decoder")}
+
+
 @pytest.mark.parametrize("have, precision, expected", [
     ({c: {"fp32"} for c in COMPONENTS}, "fp16", "svdtrt convert B --precision fp16"),
     ({c: {"fp32"} for c in COMPONENTS}, "int8", "svdtrt calibrate B && svdtrt quantize B --precision int8"),
-    ({"unet": {"fp32", "fp16"}}, "fp32",
+    (_unets("fp32", "fp16"), "fp32",
      "svdtrt export src/m --out B --components image_encoder,vae_encoder,vae_decoder"),
-    ({"unet": {"fp32"}}, "fp16",
+    (_unets("fp32"), "fp16",
      "svdtrt export src/m --out B --components image_encoder,vae_encoder,vae_decoder && "
      "svdtrt convert B --precision fp16"),
-    ({"unet": {"fp32", "fp16"}}, "fp16",
+    (_unets("fp32", "fp16"), "fp16",
      "svdtrt export src/m --out B --components image_encoder,vae_encoder,vae_decoder --precision fp16"),
-    ({"unet": {"fp32", "int8"}}, "int8",
+    (_unets("fp32", "int8"), "int8",
      "svdtrt export src/m --out B --components image_encoder,vae_encoder,vae_decoder && "
      "svdtrt calibrate B && svdtrt quantize B --precision int8 --force"),
 ])
@@ -164,11 +169,14 @@ def test_install_hint_installs_the_gpu_extra_from_this_clone():
     assert root is not None, "the tests run from a clone"
     words = shlex.split(hints.install_extra())
     assert words[:3] == ["pip", "install", "-e"] and words[3] == f"{root}[{hints.GPU_EXTRA}]"
+    assert words[4:] == ["--extra-index-url", hints.NVIDIA_INDEX]
+    assert hints.install_extra("cuda", replace_onnxruntime=True) == \
+        f"pip uninstall -y onnxruntime && pip install -e {shlex.quote(f'{root}[cuda]')}"
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert hints.GPU_EXTRA in extras and any(d.startswith("tensorrt") for d in extras[hints.GPU_EXTRA])
     from svdtrt.gpu import INSTALL_HINT
 
-    assert INSTALL_HINT.startswith(hints.install_extra())
+    assert INSTALL_HINT.startswith(hints.install_extra(replace_onnxruntime=True))
 
 
 def _photo(folder):

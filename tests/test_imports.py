@@ -16,7 +16,8 @@ PACKAGE = Path(svdtrt.__file__).parent
 #: Modules every stage may import; they import no stage.
 SHARED = {"svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtrt.manifest", "svdtrt.fs",
           "svdtrt.bundle", "svdtrt.engines", "svdtrt.accuracy", "svdtrt.images", "svdtrt.models",
-          "svdtrt.presets", "svdtrt.components", "svdtrt.gpu", "svdtrt.hints"}
+          "svdtrt.presets", "svdtrt.components", "svdtrt.gpu", "svdtrt.block_cache", "svdtrt.flops",
+          "svdtrt.hints"}
 STAGES = ("svdtrt.export", "svdtrt.calibration", "svdtrt.build", "svdtrt.runtime", "svdtrt.check",
           "svdtrt.benchmark", "svdtrt.cli", "svdtrt.demo", "svdtrt.verify", "svdtrt.doctor")
 
@@ -132,10 +133,11 @@ SvdPipeline(create_backend("onnxruntime", bundle), bundle)(load_image({str(image
 
 def test_help_and_doctor_import_no_stage():
     help_loaded = _modules_after("from svdtrt.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
-    # The CLI reads the backend names and the settings' limits (modules that import no torch), no more.
+    # The CLI reads the backend names, the settings' limits and the scheduler registry (modules that import
+    # no torch), no more.
     assert not {m for m in help_loaded if m.startswith(STAGES[:-1])} - {
         "svdtrt.cli", "svdtrt.runtime", "svdtrt.runtime.backends", "svdtrt.runtime.backends.base",
-        "svdtrt.runtime.limits"}
+        "svdtrt.runtime.limits", "svdtrt.runtime.schedulers"}
     assert not {"torch", "onnx", "onnxruntime", "diffusers", "transformers", "pydantic"} & help_loaded
     doctor_loaded = _modules_after("from svdtrt.cli import main\nmain(['doctor'])")
     assert not {m for m in doctor_loaded if m.startswith(("svdtrt.export", "svdtrt.build", "svdtrt.calibration",

@@ -56,11 +56,11 @@ def test_check_defaults_to_the_bundled_photo_and_names_each_stage(tiny_bundle):
                           capture_output=True, text=True, timeout=900)
     code, out, err = done.returncode, done.stdout, done.stderr
     assert code == 0 and "PASSED" in out, err
-    for stage in ("check 1/4: diffusers reference", "check 2/4: PyTorch loop",
+    for stage in ("check 1/4: PyTorch loop", "check 2/4: diffusers reference",
                   "check 3/4: onnxruntime fp32 clip", "check 4/4: onnxruntime fp32 components"):
         assert re.search(re.escape(stage) + r"[^\r\n]*100%", err), stage
     # -v after the command adds each stage's wall time
-    assert "INFO svdtrt.check: check 1/4: diffusers reference took" in err
+    assert "INFO svdtrt.check: check 2/4: diffusers reference took" in err
 
 
 def test_run_says_when_the_model_has_random_weights(run_cli, tiny_bundle, small_photo, tmp_path):
@@ -151,7 +151,7 @@ def test_demo_shows_the_parity_claim_in_a_picture(run_cli, tmp_path):
     code, out, err = run_cli("demo", "--out", tmp_path / "demo")
     assert code == 0 and "PASSED" in out, err
     assert "seeded random weights" in out and "side_by_side.png" in out
-    for stage in ("export", "check 1/4: diffusers reference", "check 3/4: onnxruntime fp32 clip"):
+    for stage in ("export", "check 2/4: diffusers reference", "check 3/4: onnxruntime fp32 clip"):
         assert stage in err
     picture = PIL.Image.open(tmp_path / "demo" / "side_by_side.png")
     assert picture.mode == "RGB" and picture.width > 4 * 128 and picture.height >= 4 * 128

@@ -55,9 +55,9 @@ def test_readme_has_the_install_lines():
     blocks = code_blocks(README.read_text())
     lines = [line for block in blocks for line in block]
     assert "pip install torch --index-url https://download.pytorch.org/whl/cpu" in lines
-    assert any(line.startswith("pip install -e . && svdtrt demo") for line in lines)
+    assert any(line.startswith("pip install -e '.[cpu]' && svdtrt demo") for line in lines)
     assert "svdtrt --version" in lines
-    assert any(line.startswith("pip install -e '.[gpu]'") for line in lines)
+    assert any(line.startswith("pip install -e '.[tensorrt]' --extra-index-url") for line in lines)
 
 
 @pytest.mark.parametrize("command", _svdtrt_commands())
@@ -92,7 +92,7 @@ def _reachable(url: str) -> bool:
 @pytest.mark.slow
 def test_quickstart_in_a_fresh_virtualenv(tmp_path):
     """The Quickstart block as written, in a copy of the clone, with a fresh venv: the CPU torch
-    line, ``pip install -e . && svdtrt demo``, the test extra and ``svdtrt --version``. The test
+    line, ``pip install -e '.[cpu]' && svdtrt demo``, the test extra and ``svdtrt --version``. The test
     suite line runs one test file (the whole suite is what CI runs around this test)."""
     if os.environ.get("SVDTRT_FRESH_VENV") != "1":
         pytest.skip("downloads torch and every dependency (minutes, about 1 GB): set SVDTRT_FRESH_VENV=1 "

@@ -1,5 +1,6 @@
-"""Benchmark results on disk: ``results.json``, ``results.md`` (the tables) and two PNG plots,
-``stages.png`` (per-stage breakdown per row) and ``tradeoff.png`` (latency versus accuracy)."""
+"""Benchmark results on disk: ``results.json``, ``results.md`` (the tables) and three PNG plots,
+``stages.png`` (per-stage breakdown per row), ``tradeoff.png`` (latency versus accuracy) and
+``work.png`` (UNet FLOPs and seconds per clip versus accuracy for the work-reduction rows)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from ..fs import DirectoryTransaction
 from .runner import STAGES
 
-FILES = ("results.json", "results.md", "stages.png", "tradeoff.png")
+FILES = ("results.json", "results.md", "stages.png", "tradeoff.png", "work.png")
 
 _STAGE_LABELS = {"clip": "CLIP", "vae_encode": "VAE encode", "unet": "UNet x steps",
                  "vae_decode": "VAE decode", "other": "other"}
@@ -28,6 +29,7 @@ def write_results(results: dict, out: str | Path, force: bool = False) -> Path:
         (txn.path / "results.md").write_text(markdown(results))
         plot_stages(results, txn.path / "stages.png")
         plot_tradeoff(results, txn.path / "tradeoff.png")
+        plot_work(results, txn.path / "work.png")
         txn.publish()
     return out
 
@@ -90,11 +92,72 @@ def markdown(results: dict) -> str:
     for r in results["rows"]:
         if r["status"] == "skipped":
             skipped.setdefault((r["backend"], r["reason"]), []).append(r["precision"])
+    lines += work_markdown(results)
     if skipped:
         lines += ["", "Skipped:", "", "| backend | precisions | reason |", "|---|---|---|"]
         lines += [f"| {backend} | {', '.join(precisions)} | {reason.replace('|', '/')} |"
                   for (backend, reason), precisions in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def work_label(work: dict) -> str:
+    g = "all" if work["guidance_steps"] is None else work["guidance_steps"]
+    return f"{work['scheduler']} {work['steps']} steps, cache {work['cache_interval']}, guidance {g}"
+
+
+def work_markdown(results: dict) -> list[str]:
+    """The work-reduction table: each backend's full-compute row, then its work rows."""
+    rows = [r for r in results.get("work_rows", []) if r["status"] == "measured"]
+    if not rows:
+        return []
+    lines = ["", "Fewer and cheaper UNet calls, against the same backend and precision at the base settings "
+             "(full compute); clip ms is the median, UNet TFLOP counted per graph at the clip's shape "
+             "(svdtrt.flops); PSNR and SSIM are the worst frame against the full-compute clip:", "",
+             "| backend | precision | scheduler | steps | cache interval | guidance steps | UNet calls | "
+             "UNet TFLOP/clip | x fewer FLOPs | clip ms | x faster | PSNR dB | SSIM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["backend"], r["precision"]): r for r in _measured(results) if r.get("work")}
+    shown = set()
+    for r in rows:
+        key = (r["backend"], r["precision"])
+        if key not in shown and key in base:
+            shown.add(key)
+            b, w = base[key], base[key]["work"]
+            lines.append(f"| {key[0]} | {key[1]} | {w['scheduler']} | {w['steps']} | 1 | all | {w['unet_calls']} | "
+                         f"{w['unet_flops'] / 1e12:.3f} | 1.00 | {_ms(b['stages']['total']['median'])} | 1.00 | "
+                         "full compute | |")
+        w, a = r["work"], r["accuracy"]
+        g = "all" if w["guidance_steps"] is None else w["guidance_steps"]
+        lines.append(f"| {key[0]} | {key[1]} | {w['scheduler']} | {w['steps']} | {w['cache_interval']} | {g} | "
+                     f"{w['unet_calls']} | {w['unet_flops'] / 1e12:.3f} | {r['flops_saving_vs_full_compute']:.2f} | "
+                     f"{_ms(r['stages']['total']['median'])} | {r['speedup_vs_full_compute']:.2f} | "
+                     f"{a['min_psnr_db']:.1f} | {a['min_ssim']:.6f} |")
+    return lines
+
+
+def plot_work(results: dict, path: Path) -> None:
+    """Two panels, one point per work row and per full-compute row: worst-frame PSNR against the
+    full-compute clip versus UNet TFLOP per clip (left) and versus median seconds per clip (right)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    base = [r for r in _measured(results) if r.get("work") and not r["reference"]]
+    rows = [r for r in results.get("work_rows", []) if r["status"] == "measured"]
+    for ax, x_of, x_label in ((axes[0], lambda r: r["work"]["unet_flops"] / 1e12, "UNet TFLOP per clip"),
+                              (axes[1], lambda r: r["stages"]["total"]["median"], "seconds per clip (median)")):
+        for r in base:
+            ax.axvline(x_of(r), color="grey", linestyle="--", linewidth=0.8)
+        for r in rows:
+            y = r["accuracy"]["min_psnr_db"]
+            ax.scatter(x_of(r), y, s=40)
+            ax.annotate(f"{row_label(r)}: {work_label(r['work'])}", (x_of(r), y), textcoords="offset points",
+                        xytext=(4, 4), fontsize="x-small")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("worst-frame PSNR vs full compute (dB)")
+    axes[0].set_title("work versus accuracy (dashed: full compute)")
+    axes[1].set_title("time versus accuracy (dashed: full compute)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _measured(results: dict) -> list[dict]:

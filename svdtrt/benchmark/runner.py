@@ -19,12 +19,14 @@ import PIL.Image
 import torch
 
 from ..accuracy import clip_metrics
-from ..errors import BackendUnavailableError, BundleError, InputError
+from ..errors import BackendUnavailableError, BundleError, EngineError, InputError
+from ..flops import clip_unet_flops
 from ..images import image_sha256
 from ..precisions import NAMES
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
+from ..runtime.schedulers import use_scheduler
 from .measure import PeakMemory, load_average, machine_info, order_stats
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,8 @@ def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str
 def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, model,
                   backends: list[str] | None = None, precisions: list[str] | None = None,
                   warmup: int = 1, repeat: int = 3, device: str = "cpu", threads: int | None = None,
-                  command: str | None = None, progress: bool = False) -> dict:
+                  command: str | None = None, progress: bool = False,
+                  work: list[SamplingSettings] | None = None) -> dict:
     """Benchmark ``bundle`` on this machine; see :data:`RESULT_SCHEMA` results in ``docs/benchmarks.md``.
 
     Args:
@@ -81,11 +84,17 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
         threads: CPU threads for every row: PyTorch's (``torch.set_num_threads``, restored
             afterwards) and ONNX Runtime's intra-op threads; None keeps each library's default.
         command: the command line, recorded in the results.
+        work: further settings per backend and precision (another scheduler, block caching,
+            guidance truncation), each a row measured like the others, with its UNet calls and
+            FLOPs per clip and its accuracy against the same backend's clip at ``settings`` (the
+            full-compute clip): ``work_rows``.
     Returns:
         The results (JSON-serialisable): ``schema``, ``created``, ``command``, ``machine``,
         ``versions``, ``bundle``, ``settings``, ``image``, ``warmup``, ``repeat``, ``device``,
         ``rows`` (one per reference/backend/precision: ``status`` ``"measured"`` or ``"skipped"``
-        with a ``reason``), ``seconds`` (wall time of the whole benchmark).
+        with a ``reason``), ``work_rows`` (one per backend/precision/work setting),
+        ``seconds`` (wall time of the whole benchmark). Every measured row has ``work``: its
+        scheduler, steps, cache interval, guidance steps, UNet calls and FLOPs per clip.
     Raises:
         InputError: bad counts, an unknown name, or ``cuda`` without a CUDA device.
     """
@@ -96,13 +105,13 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
         torch.set_num_threads(threads)
     try:
         return _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads,
-                    command, progress)
+                    command, progress, work or [])
     finally:
         torch.set_num_threads(torch_threads)
 
 
 def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads, command,
-         progress) -> dict:
+         progress, work) -> dict:
     from tqdm import tqdm
 
     if warmup < 0 or repeat < 1:
@@ -112,6 +121,11 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda, but PyTorch sees no CUDA device here; use --device cpu")
     settings.check(bundle.dims)
+    if not settings.full_compute:
+        raise InputError("the benchmark's base settings must do the full work (no caching, guidance on every step): "
+                         "its clip is what the work-reduction rows are compared with")
+    for w in work:
+        w.check(bundle.dims)
     backends = backends or list(BACKENDS)
     # fp32 first: TorchBackend casts the shared source modules in place, so an fp16 row before
     # the fp32 one would leave the fp32 row with fp16-rounded weights.
@@ -128,12 +142,14 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
         "settings": dict(vars(settings)),
         "image": {"size": list(image.size), "sha256": image_sha256(image)},
         "warmup": warmup, "repeat": repeat, "device": device, "threads": threads,
-        "rows": [],
+        "work": [dict(vars(w)) for w in work],
+        "rows": [], "work_rows": [],
     }
     plan = [(b, p) for b in backends for p in precisions]
     # The bar counts clips of the rows that run: a skipped row takes its clips off the total, so the
     # time left is that of the work left.
-    bar = tqdm(total=(1 + len(plan)) * (warmup + repeat), desc="bench", unit="clip", disable=not progress)
+    bar = tqdm(total=(1 + len(plan) * (1 + len(work))) * (warmup + repeat), desc="bench", unit="clip",
+               disable=not progress)
     bar.set_postfix_str("diffusers reference")
 
     reference_row, reference = _reference_row(model, image, settings, device, warmup, repeat, bar)
@@ -141,13 +157,14 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
     for name, precision in plan:
         bar.set_postfix_str(f"{name} {precision}")
         counted = bar.n
-        row = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
-                           reference)
+        row, work_rows = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup,
+                                      repeat, bar, reference, work)
         if row["status"] == "skipped":
-            bar.total -= warmup + repeat - (bar.n - counted)
+            bar.total -= (warmup + repeat) * (1 + len(work)) - (bar.n - counted)
             bar.refresh()
             log.info("skipped %s %s: %s", name, precision, row["reason"])
         results["rows"].append(row)
+        results["work_rows"] += work_rows
     bar.close()
     _add_ratios(results["rows"])
     results["machine"]["load_average_end"] = load_average()
@@ -165,9 +182,11 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
                "unet": model.unet, "vae_decode": model.vae.decoder}
     runs, frames = [], None
     for i in range(warmup + repeat):
-        timer = StageTimer(sync)
+        timer = StageTimer(sync, timed=True)
+        kwargs = settings.pipeline_kwargs()
+        use_scheduler(pipe, settings.scheduler, kwargs["generator"])
         with _timed_modules(timer, modules), timer.stage("total"):
-            frames = pipe(image, output_type="np", **settings.pipeline_kwargs()).frames[0]
+            frames = pipe(image, output_type="np", **kwargs).frames[0]
         if i >= warmup:
             runs.append(timer.summary())
         bar.update()
@@ -180,34 +199,66 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
 
 
 def _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
-                 reference) -> dict:
+                 reference, work) -> tuple[dict, list[dict]]:
+    """The row of one backend and precision at ``settings``, and one row per ``work`` setting."""
     memory = PeakMemory()
     memory.reset()
     skipped = {"backend": name, "precision": precision, "status": "skipped"}
     if name == "torch" and precision == "fp16" and device != "cuda":
         return {**skipped, "device": device,
                 "reason": "torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
-                          "is not a deployment configuration"}
+                          "is not a deployment configuration"}, []
     try:
         backend = runtime_backends.create_backend(name, bundle, precision, model=model, device=device,
                                                   threads=threads)
         pipeline = SvdPipeline(backend, bundle)
-        runs, frames = [], None
-        for i in range(warmup + repeat):
-            clip = pipeline(image, settings)
-            frames = clip.frames
-            if i >= warmup:
-                runs.append(clip.timings)
-            bar.update()
-    except (BackendUnavailableError, BundleError, InputError) as e:
-        # BundleError: a graph of this precision is missing; InputError: the backend does not run
+        runs, clip = _clips(pipeline, image, settings, warmup, repeat, bar)
+    except (BackendUnavailableError, BundleError, EngineError, InputError) as e:
+        # BundleError: a graph of this precision is missing; EngineError: no current engine
+        # (tensorrt's default state before 'svdtrt build'); InputError: the backend does not run
         # this precision.
-        return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}
+        return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}, []
     row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),
-                        accuracy=clip_metrics(frames, reference))
+                        accuracy=clip_metrics(clip.frames, reference))
+    row["work"] = _work(bundle, settings, clip)
+    work_rows = []
+    for w in work:
+        memory.reset()
+        try:
+            w_runs, w_clip = _clips(pipeline, image, w, warmup, repeat, bar)
+        except BundleError as e:  # e.g. a bundle exported before block caching
+            work_rows.append({**skipped, "work": dict(vars(w)), "reason": str(e)})
+            bar.update(warmup + repeat)
+            continue
+        w_row = _measured_row(name, precision, str(backend.device.type), w_runs, memory.read(),
+                              accuracy=clip_metrics(w_clip.frames, clip.frames))
+        w_row["work"] = _work(bundle, w, w_clip)
+        w_row["reference_clip"] = "the same backend and precision at the base settings (full compute)"
+        w_row["speedup_vs_full_compute"] = row["stages"]["total"]["median"] / w_row["stages"]["total"]["median"]
+        w_row["flops_saving_vs_full_compute"] = row["work"]["unet_flops"] / w_row["work"]["unet_flops"]
+        work_rows.append(w_row)
     del backend, pipeline
     gc.collect()
-    return row
+    return row, work_rows
+
+
+def _clips(pipeline, image, settings, warmup, repeat, bar):
+    """``warmup`` unrecorded clips, then ``repeat`` recorded: (their timings, the last clip)."""
+    runs, clip = [], None
+    for i in range(warmup + repeat):
+        clip = pipeline(image, settings, timings=True)
+        if i >= warmup:
+            runs.append(clip.timings)
+        bar.update()
+    return runs, clip
+
+
+def _work(bundle, settings, clip) -> dict:
+    """The work settings of a row and the UNet work of its clip (:func:`svdtrt.flops.clip_unet_flops`)."""
+    flops = clip_unet_flops(bundle.manifest.configs["unet"], bundle.dims, clip.unet_calls, settings.frames,
+                            settings.height, settings.width)
+    return {"scheduler": settings.scheduler, "steps": settings.steps, "cache_interval": settings.cache_interval,
+            "guidance_steps": settings.guidance_steps, **flops}
 
 
 def _measured_row(name, precision, device, runs, memory, accuracy) -> dict:

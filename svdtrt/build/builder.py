@@ -95,10 +95,17 @@ def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool =
     return results
 
 
-def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
-    """One engine through Polygraphy's loaders: strongly typed network, one optimization profile."""
+def engine_loader(trt, graph: Path, profile: dict, flags: dict):
+    """The Polygraphy loader chain that builds one engine, not yet run (Polygraphy's loaders are
+    lazy, so this needs no GPU): ``EngineBytesFromNetwork(NetworkFromOnnxPath(graph,
+    strongly_typed=...), config=CreateConfig(profiles=[Profile with the plan's min/opt/max],
+    tf32=..., memory_pool_limits=..., load_timing_cache=...), save_timing_cache=...)``.
+
+    Args:
+        trt: the ``tensorrt`` module (read only for ``MemoryPoolType`` when a workspace is set).
+        graph: the ONNX graph; profile: ``{input: {"min", "opt", "max"}}``; flags: the plan's.
+    """
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.exception import PolygraphyException
 
     trt_profile = Profile()
     for name, shapes in profile.items():
@@ -107,8 +114,16 @@ def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
     config = CreateConfig(profiles=[trt_profile], memory_pool_limits=pools, tf32=flags.get("tf32", False),
                           load_timing_cache=flags.get("timing_cache"))
     network = NetworkFromOnnxPath(str(graph), strongly_typed=flags.get("strongly_typed", True))
+    return EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.get("timing_cache"))
+
+
+def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
+    """One engine through Polygraphy's loaders (:func:`engine_loader`): strongly typed network,
+    one optimization profile."""
+    from polygraphy.exception import PolygraphyException
+
     try:
-        data = EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.get("timing_cache"))()
+        data = engine_loader(trt, graph, profile, flags)()
     except PolygraphyException as e:
         raise EngineError(f"TensorRT could not build an engine from {graph.name}: {first_line(e)}; "
                           "rerun with -v for TensorRT's log") from None

@@ -29,13 +29,17 @@ import numpy as np
 from ..bundle import Bundle, changing, graph_filename
 from ..errors import InputError, QuantizationError
 from ..fs import checkpoint
-from ..gpu import package_version
+from ..gpu import onnxruntime_package, package_version
 from ..manifest import GraphEntry, Quantization
 from ..precisions import made_by, precision as lookup_precision
 from .recipe import DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
 from .shards import SPLITS, CalibrationSet
 
 log = logging.getLogger(__name__)
+
+#: Opset of the Q/DQ graphs: QuantizeLinear / DequantizeLinear take fp16 scales from opset 19 on
+#: (and fp8 E4M3 needs 19 anyway).
+FP16_QDQ_OPSET = 19
 
 
 def check_precision(precision: str, bundle=None) -> dict:
@@ -69,7 +73,16 @@ def _data_reader(samples: Iterator[dict[str, np.ndarray]]):
 
 def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.ndarray]], precision: str,
                    exclude: Iterable[str], quantize_bias: bool = False) -> dict:
-    """Quantize the fp32 graph at ``source`` into a Q/DQ graph at ``target`` (+ ``target.data``).
+    """Quantize the fp32 graph at ``source`` into a Q/DQ graph on an fp16 base at ``target``
+    (+ ``target.data``).
+
+    Two steps (docs/quantization.md, "fp16 base"): ONNX Runtime's quantizer calibrates and
+    places the Q/DQ pairs on the fp32 graph (its calibrator runs fp32 graphs; the scales come
+    from fp32 activations, as in NVIDIA Model Optimizer's flow); then the fp16 converter that
+    makes the fp16 graphs (:func:`svdtrt.export.fp16.convert_to_fp16`) retypes everything outside
+    the integer weights to fp16, scales included, at opset 19, so each DequantizeLinear outputs
+    fp16 and every op between the Q/DQ pairs computes in fp16 in TensorRT's strongly typed build.
+    What stays fp32 is the fp16 graphs' list (the sinusoidal time embeddings).
 
     Args:
         samples: calibration inputs, one call's ``{input_name: array}`` at a time.
@@ -84,14 +97,17 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from ..export.fp16 import convert_to_fp16
+
     settings = check_precision(precision)
+    fp32_qdq = target.with_name(target.name.removesuffix(".onnx") + ".fp32-base.onnx")
     excluded = excluded_nodes(onnx.load(source, load_external_data=False).graph, exclude)
     quant_type = getattr(QuantType, settings["quant_type"])
     advice = _DropAdvice()
     logging.getLogger().addFilter(advice)
     try:
         quantize_static(
-            str(source), str(target), _data_reader(samples), quant_format=QuantFormat.QDQ,
+            str(source), str(fp32_qdq), _data_reader(samples), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=settings["per_channel"],
             activation_type=quant_type, weight_type=quant_type, nodes_to_exclude=excluded,
             calibrate_method=getattr(CalibrationMethod, settings["calibrate_method"]),
@@ -100,12 +116,16 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
         )
     finally:
         logging.getLogger().removeFilter(advice)
+    fp16 = convert_to_fp16(fp32_qdq, target, min_opset=FP16_QDQ_OPSET)
+    for path in (fp32_qdq, _data_path(fp32_qdq)):
+        path.unlink()
     for path in (target, _data_path(target)):
         os.chmod(path, 0o644)  # ORT writes the data file private; a bundle is an ordinary directory
     return {
         "quantizer": "onnxruntime.quantization.quantize_static (QDQ)",
-        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+        "onnxruntime": package_version(onnxruntime_package() or "onnxruntime"),
         **settings, "symmetric": True, "quantize_bias": quantize_bias, "op_types": list(QUANTIZED_OP_TYPES),
+        "base": "fp16", "opset": FP16_QDQ_OPSET, "fp32_ops": fp16["fp32_ops"],
         "exclude_patterns": list(exclude), "excluded_nodes": excluded,
     }
 
@@ -211,6 +231,7 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
     """
     from tqdm import tqdm
 
+    from ..export.fp16 import arithmetic_precision
     from ..models import reference_model
     from .evaluate import held_out_accuracy
 
@@ -247,7 +268,7 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
             done = quantize_graph(scratch / fp32.file, target, iter(bar), precision, exclude, quantize_bias)
             bar.close()
             seconds = time.perf_counter() - start
-            qdq = validate_qdq_graph(target)
+            qdq = {**validate_qdq_graph(target), "arithmetic": arithmetic_precision(target)}
             accuracy = held_out_accuracy(target, name, precision, calib, model,
                                          progress=f"{stage}: held-out evaluation" if progress else False)
             log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)

@@ -11,15 +11,16 @@ from pathlib import Path
 import onnx
 
 from .. import hints
-from ..bundle import Bundle, Staged, changing, creating, graph_filename
+from ..bundle import Bundle, Staged, changing, creating, graph_filename, owned_files
 from ..components import example_inputs, torch_modules
 from ..errors import BundleError, InputError
 from ..fs import checkpoint
 from ..gpu import tool_versions
 from ..manifest import CONFIG_FILES, Accuracy, ComponentEntry, GraphEntry, build
 from ..precisions import made_by, precision as lookup_precision
-from ..specs import COMPONENTS, DEFAULT_OPSET, Range, check_ranges, component, profile_shapes, validation_shape
-from .convert import convert_component
+from ..specs import (COMPONENTS, DEFAULT_CACHE_DEPTH, DEFAULT_OPSET, ModelDims, Range, check_ranges, component,
+                     profile_shapes, validation_shape)
+from .convert import fp16_graph, share_weights
 from .deployability import check_deployable
 from .exporter import EXPORTER, export_graph
 from .external_data import data_filename, graph_bytes
@@ -34,7 +35,8 @@ PRECISIONS = made_by("export") + made_by("convert")
 def export_bundle(model, out: str | Path, frames: Range | None = None, height: Range | None = None,
                   width: Range | None = None, opset: int = DEFAULT_OPSET, force: bool = False,
                   progress: bool = True, components: list[str] | None = None,
-                  precisions: tuple[str, ...] = ("fp32",), release_weights: bool = False) -> Bundle:
+                  precisions: tuple[str, ...] = ("fp32",), release_weights: bool = False,
+                  cache_depth: int = DEFAULT_CACHE_DEPTH) -> Bundle:
     """Export components of ``model`` to a bundle at ``out``, validating and checking each graph.
 
     Each component is traced to fp32 (cleaned by onnxslim, weights in one external-data file),
@@ -52,14 +54,17 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
             (the manifest lists any the exporter fixed under ``fixed_axes``).
         opset: ONNX opset.
         force: replace whatever is at ``out`` (not needed to add ``components`` to a bundle).
-        components: names to export (default all four). If ``out`` is a bundle of the same model
-            and shapes, the others are kept as they are and only these are replaced (with every
-            graph, quantized one or engine derived from them).
+        components: names to export (default all, the block-caching pair included). If ``out`` is
+            a bundle of the same model and shapes, the others are kept as they are and only these
+            are replaced (with every graph, quantized one or engine derived from them); replacing
+            ``unet`` replaces the block-caching graphs too, since they read its weights file.
         precisions: ``("fp32",)`` or ``("fp32", "fp16")``.
         release_weights: free each PyTorch module (move it to the meta device) as soon as the last
             component it serves is traced and its reference outputs are computed, so that peak
             host memory is PyTorch's weights plus one copy of one component's, not two (the model
             is unusable afterwards; the CLI sets this).
+        cache_depth: the block-caching depth of ``unet_full`` / ``unet_shallow``
+            (:mod:`svdtrt.block_cache`), recorded in the manifest's ``dims``.
     Returns:
         The opened bundle.
     Raises:
@@ -71,6 +76,10 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
             deployability check; ``out`` is left as it was.
     """
     names = list(COMPONENTS) if components is None else [component(c).name for c in dict.fromkeys(components)]
+    if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
+        names += [n for n, spec in COMPONENTS.items() if spec.shares_weights_with == "unet" and n not in names]
+    unet, vae, image_encoder = model.unet.config, model.vae.config, model.image_encoder.config.to_dict()
+    dims = ModelDims.from_configs(unet, vae, image_encoder, cache_depth)
     for p in precisions:
         if lookup_precision(p).name not in PRECISIONS:
             raise InputError(f"export writes {', '.join(PRECISIONS)} graphs, not {p}; "
@@ -83,22 +92,24 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     with (changing(out) if adding else creating(out, force)) as staged:
         if adding:
             frames, height, width = _same_ranges(staged, model, frames, height, width)
+            _same_cache_depth(staged, dims, names)
         f0, h0, w0 = model.default_shape
         frames, height, width = frames or (f0,) * 3, height or (h0,) * 3, width or (w0,) * 3
-        check_ranges(model.dims, frames, height, width)
+        check_ranges(dims, frames, height, width)
         if staged.manifest is None:
-            staged.manifest = _new_manifest(model, opset, frames, height, width)
+            staged.manifest = _new_manifest(model, dims, opset, frames, height, width)
             for key, name in CONFIG_FILES.items():
                 staged.write_json(name, model.configs()[key])
-        _export_components(staged, model, names, opset, precisions, (frames, height, width), progress,
+        staged.manifest.dims = staged.manifest.dims.model_copy(update=vars(dims))
+        _export_components(staged, model, dims, names, opset, precisions, (frames, height, width), progress,
                            release_weights)
         return staged.commit()
 
 
-def _new_manifest(model, opset: int, frames: Range, height: Range, width: Range):
+def _new_manifest(model, dims: ModelDims, opset: int, frames: Range, height: Range, width: Range):
     return build(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), source=model.source, config_hashes=model.config_hashes(),
-        configs=json.loads(json.dumps(model.configs(), default=str)), dims=vars(model.dims), exporter={**EXPORTER, "opset": opset}, tools=tool_versions(),
+        configs=json.loads(json.dumps(model.configs(), default=str)), dims=vars(dims), exporter={**EXPORTER, "opset": opset}, tools=tool_versions(),
         shapes={k: dict(zip(("min", "opt", "max"), v)) for k, v in
                 (("frames", frames), ("height", height), ("width", width))},
         files={}, components={})
@@ -120,27 +131,39 @@ def _same_ranges(staged: Staged, model, *given: Range | None) -> tuple[Range, Ra
     return tuple(ranges)
 
 
-def _export_components(staged: Staged, model, names: list[str], opset: int, precisions, ranges, progress: bool,
-                       release_weights: bool) -> None:
+def _same_cache_depth(staged: Staged, dims: ModelDims, names: list[str]) -> None:
+    """Refuse a cache depth other than the bundle's unless the caching graphs are re-exported."""
+    have = staged.old.manifest.dims.cache_depth
+    caching = [n for n, spec in COMPONENTS.items() if spec.shares_weights_with]
+    if dims.cache_depth != have and not set(caching) <= set(names):
+        raise InputError(f"the bundle's caching graphs have cache depth {have}; export {','.join(caching)} "
+                         f"(or unet) with --cache-depth {dims.cache_depth}, or leave --cache-depth out")
+
+
+def _export_components(staged: Staged, model, dims: ModelDims, names: list[str], opset: int, precisions, ranges,
+                       progress: bool, release_weights: bool) -> None:
     from tqdm import tqdm
 
     manifest = staged.manifest
-    vshape = validation_shape(model.dims, *ranges)
-    modules = torch_modules(model)
-    # The PyTorch module behind each component (the VAE serves two), and which exported
-    # component is the last to need it: that one may release it.
+    vshape = validation_shape(dims, *ranges)
+    modules = torch_modules(model, dims.cache_depth)
+    # The PyTorch module behind each component (the VAE serves two, the UNet three), and which
+    # exported component is the last to need it: that one may release it.
     owners = {"image_encoder": model.image_encoder, "vae_encoder": model.vae, "unet": model.unet,
-              "vae_decoder": model.vae}
+              "vae_decoder": model.vae, "unet_full": model.unet, "unet_shallow": model.unet}
     last_user = {id(owners[n]): n for n in names}
     bar = tqdm(names, desc="export", unit="graph", disable=not progress)
     for name in bar:
         _drop_component(staged, name)
         release = owners[name] if release_weights and last_user[id(owners[name])] == name else None
-        entry, validation = _export_component(name, modules[name], model.dims, staged.path, opset, ranges, vshape,
+        entry, validation = _export_component(name, modules[name], dims, staged.path, opset, ranges, vshape,
                                               release, stage=lambda what: bar.set_postfix_str(f"{name}: {what}"))
         if "fp16" in precisions:
             bar.set_postfix_str(f"{name}: fp16 conversion and validation")
-            entry.graphs["fp16"] = convert_component(staged.path, staged.path, name, *validation)
+            entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path, staged.path, name,
+                                              *validation)
+        for precision, graph in entry.graphs.items():
+            entry.graphs[precision] = share_weights(staged.path, name, precision, graph)
         manifest.components[name] = entry
         gc.collect()
         checkpoint("export-component")
@@ -149,13 +172,12 @@ def _export_components(staged: Staged, model, names: list[str], opset: int, prec
 
 def _drop_component(staged: Staged, name: str) -> None:
     """Remove a component's graphs of every precision, and its engines: all derive from the graph
-    being replaced."""
-    entry = staged.manifest.components.pop(name, None)
+    being replaced (a weights file another component's graph reads stays)."""
+    entry = staged.manifest.components.get(name)
     for graph in (entry.graphs.values() if entry else ()):
-        if not graph.kept_precision:
-            for file in (graph.file, graph.data):
-                if file:
-                    staged.remove(file)
+        for file in owned_files(staged.manifest, name, graph):
+            staged.remove(file)
+    staged.manifest.components.pop(name, None)
     for key, engine in list(staged.manifest.engines.items()):
         if engine.component == name:
             staged.remove(engine.engine)

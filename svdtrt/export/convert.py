@@ -15,18 +15,30 @@ from pathlib import Path
 
 import torch
 
-from ..bundle import Bundle, changing, graph_filename
+from ..bundle import Bundle, changing, graph_filename, owned_files
 from ..components import example_inputs
 from ..errors import InputError
 from ..manifest import Accuracy, GraphEntry
 from ..precisions import made_by, precision as lookup_precision
-from ..specs import COMPONENTS
+from ..specs import COMPONENTS, runs_fp32_in_fp16
 from .deployability import check_deployable
-from .external_data import data_filename, graph_bytes
+from .external_data import data_filename, graph_bytes, share_external_data
 from .fp16 import convert_to_fp16
 from .validation import cpu_session, validate_graph
 
 log = logging.getLogger(__name__)
+
+
+def fp16_graph(configs: dict, fp32: GraphEntry, source: Path, folder: Path, name: str, sizes: dict[str, int],
+               inputs: dict[str, torch.Tensor], expected: list[torch.Tensor]) -> GraphEntry:
+    """The fp16 precision's graph of component ``name``: the fp32 graph itself where the model's
+    ``configs`` keep the component in fp32 under fp16 as diffusers does
+    (:func:`svdtrt.specs.runs_fp32_in_fp16`: SVD's VAE encoder, ``force_upcast``), else
+    :func:`convert_component`'s fp16 graph (same arguments)."""
+    if runs_fp32_in_fp16(COMPONENTS[name], configs):
+        log.info("%s: fp16 runs the fp32 graph (the model's config sets %s)", name, COMPONENTS[name].fp16_upcast[1])
+        return GraphEntry(file=fp32.file, data=fp32.data, bytes=fp32.bytes, kept_precision="fp32")
+    return convert_component(source, folder, name, sizes, inputs, expected)
 
 
 def convert_component(source: Path, folder: Path, name: str, sizes: dict[str, int],
@@ -91,7 +103,7 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
             raise InputError(f"bundle '{path}' already has {precision} graphs ({', '.join(existing)}); "
                              "pass --force to replace them")
         for name in tqdm(list(components), desc=f"convert {precision}", unit="graph", disable=not progress):
-            for file in (_graph_files(components[name].graphs.get(precision))):
+            for file in owned_files(staged.manifest, name, components[name].graphs.get(precision)):
                 staged.remove(file)
             fp32 = components[name].graphs["fp32"]
             spec = COMPONENTS[name]
@@ -100,13 +112,19 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
             expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
                 n: inputs[n].numpy() for n in spec.input_names})]
             del session
-            components[name].graphs[precision] = convert_component(staged.old.path, staged.path, name,
-                                                                   fp32.validation.shape,
-                                                                   inputs, expected)
+            graph = fp16_graph(staged.manifest.configs, fp32, staged.old.path, staged.path, name,
+                               fp32.validation.shape, inputs, expected)
+            components[name].graphs[precision] = share_weights(staged.path, name, precision, graph)
         return staged.commit()
 
 
-def _graph_files(graph: GraphEntry | None) -> list[str]:
-    if graph is None or graph.kept_precision:
-        return []
-    return [f for f in (graph.file, graph.data) if f]
+def share_weights(folder: Path, name: str, precision: str, graph: GraphEntry) -> GraphEntry:
+    """Point a graph of a component that copies another's weights (``spec.shares_weights_with``) at
+    that component's weights file of the same precision in ``folder``, where every tensor matches
+    (:func:`~svdtrt.export.external_data.share_external_data`); the entry as it is otherwise, or
+    when the owner's graph is not in ``folder`` (e.g. only the caching graphs are re-exported)."""
+    owner = COMPONENTS[name].shares_weights_with
+    owner_graph = folder / graph_filename(owner, precision) if owner else None
+    if owner_graph is None or not owner_graph.exists() or not share_external_data(folder / graph.file, owner_graph):
+        return graph
+    return graph.model_copy(update={"data": data_filename(owner_graph), "bytes": graph_bytes(folder / graph.file)})

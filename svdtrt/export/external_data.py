@@ -166,3 +166,52 @@ def graph_bytes(path: Path) -> int:
     data = path.with_name(data_filename(path))
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
+
+
+def share_external_data(path: Path, owner: Path) -> bool:
+    """Point the graph at ``path`` at the weights file of the graph at ``owner``, where it can.
+
+    The block-caching graphs hold copies of the UNet's weights (docs/architecture.md, "Block
+    caching"): when every tensor of ``path``'s data file has a byte-identical tensor in
+    ``owner``'s data file, ``path``'s initializers are rewritten to read the owner's file at those
+    offsets and its own data file is deleted, so the bundle keeps one copy of the weights and each
+    graph still names exactly one external-data file. Otherwise nothing changes.
+
+    Returns:
+        True when the graph now reads the owner's data file.
+    """
+    import hashlib
+
+    path, owner = Path(path), Path(owner)
+    own_data, owner_data = path.with_name(data_filename(path)), owner.with_name(data_filename(owner))
+    if not own_data.exists() or not owner_data.exists():
+        return False
+
+    def external(model, base: Path):
+        for tensor in _all_initializers(model.graph):
+            if tensor.data_location == TensorProto.EXTERNAL:
+                info = ExternalDataInfo(tensor)
+                raw = read_tensor_array(tensor, base).tobytes()
+                yield tensor, info, hashlib.sha256(raw).hexdigest(), len(raw)
+
+    owner_model = onnx.load(str(owner), load_external_data=False)
+    index = {(t.data_type, tuple(t.dims), digest): (info.offset or 0, length)
+             for t, info, digest, length in external(owner_model, owner.parent)}
+    del owner_model
+    model = onnx.load(str(path), load_external_data=False)
+    matches = []
+    for tensor, _, digest, _ in external(model, path.parent):
+        found = index.get((tensor.data_type, tuple(tensor.dims), digest))
+        if found is None:
+            log.info("%s: tensor %s has no copy in %s; the graph keeps its own weights file", path.name,
+                     tensor.name, owner_data.name)
+            return False
+        matches.append((tensor, found))
+    for tensor, (offset, length) in matches:
+        _reference(tensor, owner_data.name, offset, length)
+    path.unlink()  # never write through a hard link
+    onnx.save_model(model, str(path))
+    own_data.unlink()
+    check_graph_file(path)
+    log.info("%s: %d tensors read from %s", path.name, len(matches), owner_data.name)
+    return True

@@ -32,14 +32,21 @@ log = logging.getLogger(__name__)
 KEEP_FP32_WITH_INPUTS = ("Sin", "Cos")
 
 
-def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = ()) -> dict:
+def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = (), min_opset: int | None = None) -> dict:
     """Convert the float32 graph at ``src`` to float16 at ``dst`` (+ ``dst.data``).
+
+    Also converts Q/DQ graphs: their float scales become fp16, so every ``DequantizeLinear``
+    outputs fp16 (ONNX: a DequantizeLinear's output type is its scale's type) and every
+    ``QuantizeLinear`` reads fp16; the integer weights are left as they are.
 
     Args:
         src: a float32 graph whose external data lies beside it.
         dst: the fp16 graph to write.
         op_block_list: op types kept in float32, in addition to the converter's default block
             list and the time embeddings (:data:`KEEP_FP32_WITH_INPUTS`).
+        min_opset: first raise the graph's default-domain opset to at least this, with onnx's
+            version converter (Q/DQ graphs need 19: QuantizeLinear and DequantizeLinear take
+            fp16 scales from opset 19 on).
     Returns:
         What the manifest records: ``{"io_dtype": "float32", "converter": ..., "fp32_ops": [...],
         "fp32_nodes": N}``.
@@ -53,6 +60,10 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = ()) -> 
         inferred = Path(tmp) / "inferred.onnx"
         infer_shapes_file(src, inferred)  # by path: the converter needs value types, and the graph may be >2 GB
         model = onnx.load(str(inferred), load_external_data=False)
+    if min_opset is not None and _default_opset(model) < min_opset:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, min_opset)
     types = {t.name: t.data_type for t in model.graph.initializer}
     for i, node in enumerate(model.graph.node):  # the block list names nodes
         node.name = node.name or f"{node.op_type}_{i}"
@@ -103,6 +114,10 @@ def to_float16(array: np.ndarray) -> np.ndarray:
     return out
 
 
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
 def _drop_duplicate_casts(graph: onnx.GraphProto) -> None:
     """The converter inserts one identical Cast per blocked consumer of an fp16 tensor, all with
     the same output name (not SSA); keep the first of each."""
@@ -137,3 +152,43 @@ def _time_embedding_nodes(graph: onnx.GraphProto) -> list[str]:
         if node.op_type not in ("Shape", "Size"):  # their outputs do not depend on values upstream
             todo.extend(producer[i] for i in node.input if i in producer)
     return sorted(seen)
+
+
+#: The ops that do a graph's arithmetic (what "computes in fp16" is counted over): matmuls and
+#: convolutions, elementwise arithmetic, normalisations, softmax and activations.
+ARITHMETIC_OPS = frozenset({
+    "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Exp", "Softmax",
+    "InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization", "ReduceMean",
+    "Sigmoid", "Tanh", "Relu", "Erf", "Gelu", "Sin", "Cos",
+})
+_FLOAT_TYPES = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16", TensorProto.BFLOAT16: "bf16",
+                TensorProto.DOUBLE: "fp64"}
+
+
+def arithmetic_precision(path: Path) -> dict:
+    """How the float arithmetic of the graph at ``path`` is typed: what TensorRT's strongly typed
+    build computes it in (each op in its output tensors' type, docs/quantization.md).
+
+    Counts the :data:`ARITHMETIC_OPS` nodes whose first output is a float tensor (shape
+    arithmetic on int64 is left out), by that output's type after onnx shape inference.
+    Returns:
+        ``{"fp16": n, "fp32": n, ..., "fp16_share": fraction of the counted nodes in fp16,
+        "fp32_nodes": names of the counted nodes not in fp16}``.
+    """
+    from collections import Counter
+
+    with tempfile.TemporaryDirectory(prefix=".svdtrt-types-") as tmp:
+        inferred = Path(tmp) / "inferred.onnx"
+        infer_shapes_file(path, inferred)
+        graph = onnx.load(str(inferred), load_external_data=False).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output, *graph.input]}
+    counts, other = Counter(), []
+    for node in graph.node:
+        kind = _FLOAT_TYPES.get(types.get(node.output[0])) if node.op_type in ARITHMETIC_OPS else None
+        if kind is None:
+            continue
+        counts[kind] += 1
+        if kind != "fp16":
+            other.append(node.name)
+    total = sum(counts.values())
+    return {**counts, "fp16_share": round(counts["fp16"] / total, 4) if total else 0.0, "fp32_nodes": other}

@@ -1,10 +1,15 @@
 """SVD's sampling loop over any backend, with diffusers' semantics and random-number order.
 
 The loop follows ``StableVideoDiffusionPipeline.__call__`` (diffusers 0.42) step by step and
-reuses diffusers' own scheduler (``EulerDiscreteScheduler``), ``VideoProcessor`` and
-``randn_tensor``, so with the same seed it produces the same clip as diffusers does with
-``generator=torch.Generator("cpu").manual_seed(seed)``; ``tests/runtime/test_pipeline.py``
-holds it to that.
+reuses diffusers' own schedulers (SVD's ``EulerDiscreteScheduler`` by default; others from
+:mod:`svdtrt.runtime.schedulers`), ``VideoProcessor`` and ``randn_tensor``, so with the same seed
+it produces the same clip as diffusers does with ``generator=torch.Generator("cpu").manual_seed(seed)``;
+``tests/runtime/test_pipeline.py`` holds it to that.
+
+Two settings do less work than diffusers' loop, and at their neutral values change nothing:
+guidance truncation (``guidance_steps``: the conditional branch alone, a batch-1 UNet call,
+after the first K steps) and block caching (``cache_interval``: DeepCache, the full UNet every
+N-th step and the shallow UNet on its kept deep feature in between; :mod:`svdtrt.block_cache`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import numbers
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import PIL.Image
@@ -27,6 +32,7 @@ from ..specs import CLIP_INPUT_SIZE, ModelDims
 from .backends import Backend
 from .limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE, SEED_RANGE
 from .preprocess import resize_with_antialiasing
+from .schedulers import DEFAULT_SCHEDULER, make_scheduler, scheduler_choice, step_kwargs
 
 
 def _finite(value) -> bool:
@@ -52,6 +58,12 @@ class SamplingSettings:
         decode_chunk_size: frames per VAE decode call (>= 1); None decodes all frames at once.
         seed: seed of the CPU ``torch.Generator`` all random numbers are drawn from, within
             :data:`~svdtrt.runtime.limits.SEED_RANGE`.
+        scheduler: a name of :data:`svdtrt.runtime.schedulers.SCHEDULERS` (default SVD's Euler).
+        cache_interval: block caching: the full UNet on every ``cache_interval``-th step (the
+            first included), the shallow UNet on the steps between; 1 (default) = no caching,
+            the ``unet`` graph every step. 1 .. :data:`~svdtrt.runtime.limits.MAX_STEPS`.
+        guidance_steps: classifier-free guidance on the first K steps only, the conditional
+            branch alone (batch 1) after; None (default) = every step. >= 0.
     """
 
     frames: int
@@ -65,6 +77,9 @@ class SamplingSettings:
     max_guidance_scale: float = 3.0
     decode_chunk_size: int | None = None
     seed: int = 0
+    scheduler: str = DEFAULT_SCHEDULER
+    cache_interval: int = 1
+    guidance_steps: int | None = None
 
     def check(self, dims: ModelDims) -> None:
         """Raise :class:`InputError` for settings the model cannot run or was not trained for
@@ -92,10 +107,33 @@ class SamplingSettings:
         if not (isinstance(self.seed, numbers.Integral) and lo <= self.seed <= hi):
             raise InputError(f"seed must be an integer from 0 to 2**64 - 1 (what torch.Generator takes), "
                              f"got {self.seed}")
+        scheduler_choice(self.scheduler)
+        if not (isinstance(self.cache_interval, numbers.Integral) and 1 <= self.cache_interval <= MAX_STEPS):
+            raise InputError(f"cache interval must be 1 (no caching) to {MAX_STEPS}, got {self.cache_interval}")
+        if self.guidance_steps is not None and not (isinstance(self.guidance_steps, numbers.Integral)
+                                                    and self.guidance_steps >= 0):
+            raise InputError(f"guidance steps must be 0 or more (guidance on the first K steps), "
+                             f"got {self.guidance_steps}")
+
+    @property
+    def full_compute(self) -> bool:
+        """True when nothing is skipped: no block caching and guidance on every step (the clip
+        diffusers' pipeline makes with the same scheduler)."""
+        return self.cache_interval == 1 and (self.guidance_steps is None or self.guidance_steps >= self.steps)
 
     def pipeline_kwargs(self) -> dict:
-        """The same settings as keyword arguments of diffusers' ``StableVideoDiffusionPipeline``."""
+        """The same settings as keyword arguments of diffusers' ``StableVideoDiffusionPipeline``
+        (whose scheduler is the caller's to set: :func:`~svdtrt.runtime.schedulers.make_scheduler`).
+
+        Raises:
+            InputError: block caching or guidance truncation, which diffusers' pipeline lacks.
+        """
+        if not self.full_compute:
+            raise InputError("diffusers' pipeline has no block caching or guidance truncation: compare with "
+                             "--cache-interval 1 and guidance on every step")
         s = asdict(self)
+        for key in ("scheduler", "cache_interval", "guidance_steps"):
+            s.pop(key)
         return {
             "num_frames": s.pop("frames"), "num_inference_steps": s.pop("steps"),
             "generator": torch.Generator("cpu").manual_seed(s.pop("seed")), **s,
@@ -103,29 +141,36 @@ class SamplingSettings:
 
 
 class StageTimer:
-    """Seconds per stage, with the backend synchronised around each stage.
+    """Seconds per stage; on a GPU only when asked for, because timing one costs a sync.
 
-    On a CUDA device a stage is timed with CUDA events recorded on torch's current stream; the
-    end event is recorded after the backend has synchronised, so work a backend queues on its
-    own stream is counted too. Elsewhere it is wall-clock time (``time.perf_counter``).
-    Stages may nest (a denoising ``step`` holds its ``unet`` call).
+    On a CPU device every stage is timed by wall clock (``time.perf_counter``): the work is done
+    when a call returns, so timing is free. On a CUDA device a true stage time needs the device
+    synchronised around the stage, which stalls the queue the loop otherwise keeps full, so stages
+    are timed only when ``timed`` is set (``run --timings``, ``bench``), with CUDA events on
+    torch's current stream recorded after the backend has synchronised (so work a backend queues
+    on its own stream counts too). Untimed, a stage costs nothing and is left out of
+    :meth:`summary`. Stages may nest (a denoising ``step`` holds its ``unet`` call).
     """
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, timed: bool = False):
         self.backend = backend
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self._cuda = backend.device.type == "cuda"
+        self.timed = timed or not self._cuda
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        self.backend.synchronize()
+        if not self.timed:
+            yield
+            return
         if self._cuda:
+            self.backend.synchronize()
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
         start = time.perf_counter()
         yield
-        self.backend.synchronize()
         if self._cuda:
+            self.backend.synchronize()
             end.record()
             end.synchronize()
             self.seconds[name].append(begin.elapsed_time(end) / 1000.0)  # elapsed_time is in ms
@@ -150,11 +195,36 @@ class StageTimer:
 @dataclass
 class Clip:
     """A generated clip: ``frames`` float32 [F, H, W, 3] in [0, 1], ``timings`` seconds per stage
-    (``clip``, ``vae_encode``, ``step`` and ``unet`` summed over the steps, ``vae_decode``, ``total``,
-    and the per-step figures of :meth:`StageTimer.summary`)."""
+    (``clip``, ``vae_encode``, ``step`` and ``unet`` summed over the steps, ``vae_decode``, and the
+    per-step figures of :meth:`StageTimer.summary`; on a GPU only when the clip was made with
+    ``timings=True``) and ``total``, always (the frames are on the host then, so it is true);
+    ``unet_calls`` the UNet calls in order, as (component, batch) pairs (what
+    :func:`svdtrt.flops.clip_unet_flops` counts)."""
 
     frames: np.ndarray
     timings: dict[str, float]
+    unet_calls: list[tuple[str, int]] = field(default_factory=list)
+
+
+def unet_graph(step: int, cache_interval: int) -> str:
+    """The UNet component denoising step ``step`` (0-based) calls: ``unet`` without caching;
+    with it, ``unet_full`` on every ``cache_interval``-th step from the first (which keeps the
+    deep feature), ``unet_shallow`` in between (DeepCache's uniform schedule)."""
+    if cache_interval == 1:
+        return "unet"
+    return "unet_full" if step % cache_interval == 0 else "unet_shallow"
+
+
+def planned_unet_calls(settings: SamplingSettings, steps: int | None = None) -> list[tuple[str, int]]:
+    """The (component, batch) UNet calls the loop makes for ``settings``, without sampling (for
+    counting FLOPs at shapes no machine here can sample); ``steps``: the scheduler's number of
+    timesteps, default ``settings.steps``. ``tests/runtime/test_work.py`` holds it to the loop's."""
+    guided = settings.max_guidance_scale > 1
+    calls = []
+    for i in range(settings.steps if steps is None else steps):
+        guide = guided and (settings.guidance_steps is None or i < settings.guidance_steps)
+        calls.append((unet_graph(i, settings.cache_interval), 2 if guide else 1))
+    return calls
 
 
 class SvdPipeline:
@@ -177,29 +247,32 @@ class SvdPipeline:
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.dims.latent_scale)
         self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
 
-    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool | str = False) -> Clip:
+    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool | str = False,
+                 timings: bool = False) -> Clip:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
 
         ``progress`` shows a bar over the denoising steps; a string is the bar's label (the stage
         a command is in), True labels it ``denoise``.
+        ``timings`` asks for per-stage seconds on a GPU, at the cost of synchronising the device
+        around every stage (:class:`StageTimer`); without it the loop queues work unhindered.
 
         Raises:
             InputError: settings the model cannot run, or an image too small or too large
                 (:func:`svdtrt.images.check_image_size`).
         """
-        from diffusers import EulerDiscreteScheduler
         from diffusers.utils.torch_utils import randn_tensor
         from tqdm import tqdm
 
         s = settings
         s.check(self.dims)
         check_image_size(image)
-        device, timer = self.backend.device, StageTimer(self.backend)
+        device, timer = self.backend.device, StageTimer(self.backend, timed=timings)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         guided = s.max_guidance_scale > 1
         encode_image = self.backend.component("image_encoder")
         encode_vae = self.backend.component("vae_encoder")
-        unet = self.backend.component("unet")
+        unets = {name: self.backend.component(name) for name in
+                 dict.fromkeys(unet_graph(i, s.cache_interval) for i in range(min(s.steps, 2)))}
         decode_vae = self.backend.component("vae_decoder")
         start = time.perf_counter()
 
@@ -231,7 +304,7 @@ class SvdPipeline:
         added_time_ids = torch.cat([added_time_ids] * (2 if guided else 1)).to(device)
 
         # 4. Timesteps and initial latents (second random draw), scaled by the scheduler.
-        scheduler = EulerDiscreteScheduler.from_config(self.scheduler_config)
+        scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         scheduler.set_timesteps(s.steps, device=device)
         latent_shape = (1, s.frames, self.dims.latent_channels,
                         s.height // self.dims.latent_scale, s.width // self.dims.latent_scale)
@@ -242,25 +315,40 @@ class SvdPipeline:
         guidance_scale = torch.linspace(s.min_guidance_scale, s.max_guidance_scale, s.frames)
         guidance_scale = guidance_scale.to(device)[None, :, None, None, None]
 
-        # 6. Denoising loop: both guidance branches in one UNet batch.
+        # 6. Denoising loop: both guidance branches in one UNet batch, for the first
+        #    guidance_steps steps; the conditional branch alone (the batch's second half) after.
+        #    With block caching, a full step keeps the deep feature and the shallow steps after it
+        #    reuse it (its conditional half once guidance has ended).
         #    Each step is timed as a whole too, so that the loop's own cost is known.
-        for t in tqdm(scheduler.timesteps, desc=progress if isinstance(progress, str) else "denoise", unit="step",
-                      disable=not progress):
+        deep_feature, unet_calls, step_options = None, [], step_kwargs(s.scheduler, generator)
+        label = progress if isinstance(progress, str) else "denoise"
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, unit="step", disable=not progress)):
             with timer.stage("step"):
-                latent_model_input = torch.cat([latents] * 2) if guided else latents
+                guide = guided and (s.guidance_steps is None or i < s.guidance_steps)
+                branch = (lambda x: x) if guide else (lambda x: x[-1:])
+                latent_model_input = torch.cat([latents] * 2) if guide else latents
                 latent_model_input = scheduler.scale_model_input(latent_model_input, t)
-                latent_model_input = torch.cat([latent_model_input, image_latents], dim=2)
+                latent_model_input = torch.cat([latent_model_input, branch(image_latents)], dim=2)
+                batch = latent_model_input.shape[0]
+                inputs = {
+                    "sample": latent_model_input,
+                    "timestep": t.to(torch.float32).expand(batch),
+                    "encoder_hidden_states": branch(encoder_hidden_states),
+                    "added_time_ids": branch(added_time_ids),
+                }
+                graph = unet_graph(i, s.cache_interval)
+                if graph == "unet_shallow":
+                    inputs["deep_feature"] = deep_feature[-batch:]
                 with timer.stage("unet"):
-                    noise_pred = unet({
-                        "sample": latent_model_input,
-                        "timestep": t.to(torch.float32).expand(latent_model_input.shape[0]),
-                        "encoder_hidden_states": encoder_hidden_states,
-                        "added_time_ids": added_time_ids,
-                    })["noise_pred"]
-                if guided:
+                    outputs = unets[graph](inputs)
+                unet_calls.append((graph, batch))
+                noise_pred = outputs["noise_pred"]
+                if graph == "unet_full":
+                    deep_feature = outputs["deep_feature"]
+                if guide:
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
-                latents = scheduler.step(noise_pred, t, latents).prev_sample
+                latents = scheduler.step(noise_pred, t, latents, **step_options).prev_sample
 
         # 7. Decode in chunks of frames; the temporal decoder mixes frames within a chunk.
         with timer.stage("vae_decode"):
@@ -280,4 +368,4 @@ class SvdPipeline:
 
         timings = timer.summary()
         timings["total"] = time.perf_counter() - start
-        return Clip(frames=np.asarray(frames, dtype=np.float32), timings=timings)
+        return Clip(frames=np.asarray(frames, dtype=np.float32), timings=timings, unet_calls=unet_calls)

@@ -27,6 +27,31 @@ def test_int8_unet_has_symmetric_qdq_on_convs_and_matmuls(int8_bundle):
     assert summary["quantized_ops"]["Conv"] > 10 and summary["quantized_ops"]["MatMul"] > 10
 
 
+def _assert_fp16_base(bundle, precision):
+    """Q/DQ on an fp16 base: opset 19, fp16 scales (so every DequantizeLinear outputs fp16), and at
+    least 90 % of the float arithmetic in fp16 (what TensorRT's strongly typed build computes in);
+    what stays fp32 is the sinusoidal time embedding."""
+    from svdtrt.export.fp16 import arithmetic_precision
+
+    for name in ("unet", "vae_decoder"):
+        path = bundle.graph_path(name, precision)
+        model = onnx.load(path, load_external_data=False)
+        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {19}
+        inits = {t.name: t for t in model.graph.initializer}
+        scales = [inits[n.input[1]] for n in model.graph.node
+                  if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits]
+        assert scales and {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
+        measured = arithmetic_precision(path)
+        assert measured["fp16_share"] >= 0.9, (name, measured)
+        assert all(any(k in n for k in ("time_proj", "time_pos_embed", "add_time")) for n in measured["fp32_nodes"])
+        entry = bundle.manifest.components[name].graphs[precision].quantization
+        assert entry.settings["base"] == "fp16" and entry.qdq["arithmetic"]["fp16_share"] == measured["fp16_share"]
+
+
+def test_int8_graphs_are_on_an_fp16_base(int8_bundle):
+    _assert_fp16_base(int8_bundle, "int8")
+
+
 def test_default_recipe_keeps_embeddings_and_edge_convs_in_fp32(int8_bundle):
     model = onnx.load(int8_bundle.graph_path("unet", "int8"), load_external_data=False)
     quantized = _dq_fed_ops(model)
@@ -90,16 +115,23 @@ def test_graph_without_qdq_is_refused(tiny_bundle):
         validate_qdq_graph(tiny_bundle.graph_path("unet", "fp32"))
 
 
-def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibrated_bundle, tmp_path, photo):
+def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibrated_bundle, tmp_path, photo,
+                                                                        monkeypatch):
     from svdtrt.cli import main
+
+    from ..test_gpu_paths import _only_onnxruntime_gpu
     from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
     from .conftest import copy_bundle
 
     bundle = copy_bundle(calibrated_bundle, tmp_path)
-    assert main(["quantize", str(bundle.path), "--precision", "fp8"]) == 0
+    with monkeypatch.context() as patch:  # the GPU setup: only onnxruntime-gpu installed (audit defect 3)
+        _only_onnxruntime_gpu(patch)
+        assert main(["quantize", str(bundle.path), "--precision", "fp8"]) == 0
     bundle = type(bundle).open(bundle.path)
+    assert bundle.manifest.components["unet"].graphs["fp8"].quantization.settings["onnxruntime"] == "1.31.1"
+    _assert_fp16_base(bundle, "fp8")
     model = onnx.load(bundle.graph_path("unet", "fp8"), load_external_data=False)
     zero_points = [t for t in model.graph.initializer if t.name.endswith("_zero_point")]
     assert zero_points and {t.data_type for t in zero_points} == {onnx.TensorProto.FLOAT8E4M3FN}

@@ -185,3 +185,50 @@ def test_changed_inputs_rebuild_the_engine(bundle, fake_builder):
     assert len(fake_builder.built) == 5  # --force
     _, sidecar = cache.usable_engine(Bundle.open(bundle.path), "unet", "fp32", "10.13.0", H100)
     assert sidecar["profile_kind"] == "static"
+
+
+# ---- audited GPU-path defects (docs/tensorrt.md, "Audit") -----------------------------------
+
+
+def test_a_corrupt_engine_is_rebuilt_not_reused(bundle, fake_builder):
+    """Audit defect 4: a matching sidecar is not enough; the engine must still have its recorded hash."""
+    plan = plan_build(bundle, "fp32", components=["unet"])
+    build_engines(bundle.path, plan, progress=False)
+    engine = bundle.path / "engines" / "unet.fp32.engine"
+    raw = bytearray(engine.read_bytes())
+    raw[0] ^= 0xFF  # same size: opening the bundle does not notice, the hash does
+    engine.write_bytes(bytes(raw))
+    result = build_engines(bundle.path, plan, progress=False)
+    assert not result["unet"]["reused"] and len(fake_builder.built) == 2
+    assert verify_bundle(bundle.path) == []  # the rebuilt engine matches its record again
+
+
+def test_the_rebuild_hint_of_a_static_engine_keeps_its_clip_size(bundle, fake_builder):
+    """Audit defect 7: rebuilding a static engine as suggested builds the same shape again."""
+    plan = plan_build(bundle, "fp32", "static", frames=(4, 4, 4), height=(64, 96, 128), width=(64, 64, 64),
+                      components=["unet"])
+    build_engines(bundle.path, plan, progress=False)
+    _, sidecar = cache.usable_engine(Bundle.open(bundle.path), "unet", "fp32", "10.3.0", ORIN)
+    command = cache.rebuild_command(bundle.path, "unet", "fp32", sidecar)
+    assert command.endswith("--profile static --frames 4 --height 96 --width 64 --components unet --force")
+
+
+def test_a_file_is_hashed_once_per_version_across_backends(bundle, monkeypatch, tmp_path):
+    """Audit defect 10: creating backends and loading engines does not re-hash gigabytes each time."""
+    import svdtrt.bundle as bundle_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    hashed = []
+    real = bundle_module.sha256_file
+    monkeypatch.setattr(bundle_module, "sha256_file", lambda path, *a: hashed.append(path.name) or real(path, *a))
+    data = bundle.manifest.components["unet"].graphs["fp32"].data
+    for _ in range(3):  # three backends, or three clips
+        bundle.check_file(data)
+    assert hashed == [data]
+    path = bundle.path / data
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))  # a new version of the file (other mtime) is hashed again, and refused
+    with pytest.raises(BundleError, match="does not match its recorded sha256"):
+        bundle.check_file(data)
+    assert hashed == [data, data]

@@ -100,7 +100,7 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli)
     assert plan["profile"] == "static"
     expected_opt = {"pixel_values": [1, 3, 224, 224], "image": [1, 3, 64, 64], "sample": [2, 4, 8, 16, 16],
                     "timestep": [2], "encoder_hidden_states": [2, 1, 32], "added_time_ids": [2, 3],
-                    "latents": [4, 4, 16, 16]}
+                    "latents": [4, 4, 16, 16], "deep_feature": [2, 4, 64, 16, 16]}
     seen = set()
     for item in plan["components"].values():
         for name, p in item["profile"].items():
@@ -149,7 +149,7 @@ def test_build_without_tensorrt_is_one_line_exit_2(bundle, run_cli, monkeypatch)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, also on a TensorRT machine
     code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--components", "unet")
     assert code == 2 and err.count("\n") == 1
-    assert "svdtrt build needs TensorRT" in err and "pip install 'svdtrt[gpu]'" in err
+    assert "svdtrt build needs TensorRT" in err and "pip install -e '.[tensorrt]'" in err
     assert not list((bundle.path / "engines").glob("*.engine"))
 
 
@@ -160,3 +160,34 @@ def test_fp8_refused_below_compute_capability_8_9():
     check_precision_supported("int8", orin)
     check_precision_supported("fp8", {"name": "NVIDIA L4", "compute_capability": "8.9"})
     check_precision_supported("fp8", {"name": "NVIDIA H100", "compute_capability": "9.0"})
+
+
+def test_build_plan_becomes_polygraphys_real_loader_chain(bundle, tmp_path):
+    """The plan as Polygraphy's own objects (lazy loaders: built here without TensorRT or a GPU):
+    a strongly typed ONNX network, one optimization profile with the plan's min/opt/max, no
+    builder precision flags, TF32 off, the timing cache read and written."""
+    import types
+
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    from svdtrt.build.builder import engine_loader
+
+    cache = tmp_path / "timing.cache"
+    plan = plan_build(bundle, "fp16", "static", components=["unet"], workspace_gb=2, timing_cache=cache)
+    item = plan["components"]["unet"]
+    trt = types.SimpleNamespace(MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"))  # TensorRT's enum
+    loader = engine_loader(trt, bundle.path / item["graph"], item["profile"], plan["flags"])
+
+    assert isinstance(loader, EngineBytesFromNetwork) and loader.timing_cache_path == str(cache)
+    network, config = loader._network, loader._config
+    assert isinstance(network, NetworkFromOnnxPath) and isinstance(config, CreateConfig)
+    assert network.path == str(bundle.path / item["graph"]) and network.strongly_typed
+    assert not (config.fp16 or config.int8 or config.fp8 or config.bf16 or config.tf32)  # precision is the graph's
+    assert config.memory_pool_limits == {"workspace": 2 * 2**30}
+    assert config.timing_cache_path == str(cache)
+    (profile,) = config.profiles
+    assert isinstance(profile, Profile) and list(profile) == COMPONENTS["unet"].input_names
+    sample = profile["sample"]
+    assert sample.min == sample.opt == sample.max == [2, 4, 8, 16, 16]  # static: B=2 (guidance), F=4, 2C=8, 64/4
+    for name, shapes in item["profile"].items():
+        assert (profile[name].min, profile[name].opt, profile[name].max) == (shapes["min"], shapes["opt"], shapes["max"])

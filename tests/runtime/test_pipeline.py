@@ -48,9 +48,45 @@ def test_loop_calls_components_with_spec_shapes(tiny_model, photo):
     recorder = Recorder(TorchBackend(tiny_model))
     SvdPipeline(recorder, tiny_model)(photo, SamplingSettings(frames=3, height=64, width=32, steps=5,
                                                               decode_chunk_size=2))
-    assert [len(recorder.calls[c]) for c in recorder.calls] == [1, 1, 5, 2]
+    assert [len(recorder.calls[c]) for c in recorder.calls] == [1, 1, 5, 2, 0, 0]  # no caching graph called
     inputs, outputs = recorder.calls["unet"][0]
     assert inputs["sample"].shape == (2, 3, 8, 16, 8)
     assert inputs["timestep"].shape == (2,) and inputs["added_time_ids"][1].tolist() == pytest.approx([6.0, 127.0, 0.02])
     assert outputs["noise_pred"].shape == (2, 3, 4, 16, 8)
     assert [c[0]["latents"].shape[0] for c in recorder.calls["vae_decoder"]] == [2, 1]
+
+
+class _CudaStandIn:
+    """A backend on a CUDA device, as the stage timer sees it: a device and a synchronize that counts."""
+
+    name = "stand-in"
+
+    def __init__(self, device):
+        import torch
+
+        self.device, self.syncs = torch.device(device), 0
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+def test_stage_timer_does_not_synchronise_a_gpu_unless_timings_are_asked():
+    from svdtrt.runtime.pipeline import StageTimer
+
+    backend = _CudaStandIn("cuda")
+    timer = StageTimer(backend)  # the default run
+    for _ in range(3):
+        with timer.stage("step"), timer.stage("unet"):
+            pass
+    assert backend.syncs == 0 and timer.summary() == {}
+
+
+def test_stage_timer_times_cpu_stages_without_asking():
+    from svdtrt.runtime.pipeline import StageTimer
+
+    backend = _CudaStandIn("cpu")
+    timer = StageTimer(backend)
+    with timer.stage("step"), timer.stage("unet"):
+        sum(range(10000))
+    summary = timer.summary()
+    assert backend.syncs == 0 and 0 < summary["unet"] <= summary["step"]

@@ -38,7 +38,7 @@ def test_tensorrt_backend_without_tensorrt_is_one_line_exit_2(tiny_bundle, run_c
     extra = ["--out", tmp_path / "clip.mp4"] if command == "run" else []
     code, out, err = run_cli(command, tiny_bundle.path, "--image", _image(tmp_path), "--backend", "tensorrt", *extra)
     assert code == 2 and err.count("\n") == 1, err
-    assert "the tensorrt backend needs TensorRT" in err and "pip install 'svdtrt[gpu]'" in err
+    assert "the tensorrt backend needs TensorRT" in err and "pip install -e '.[tensorrt]'" in err
     assert not (tmp_path / "clip.mp4").exists()
 
 
@@ -89,8 +89,8 @@ def _image(tmp_path):
 # ---- with TensorRT and a CUDA GPU -------------------------------------------------------------
 
 
-def _compare_with_onnxruntime(bundle, backend, frames=4, height=64, width=64):
-    reference = OnnxRuntimeBackend(bundle)
+def _compare_with_onnxruntime(bundle, backend, precision="fp32", min_cosine=0.9999, frames=4, height=64, width=64):
+    reference = OnnxRuntimeBackend(bundle, precision)
     for name, spec in COMPONENTS.items():
         inputs = example_inputs(spec, bundle.dims.sizes(spec.batch[1], frames, height, width))
         got = backend.component(name)({k: v.cuda() for k, v in inputs.items()})
@@ -99,28 +99,57 @@ def _compare_with_onnxruntime(bundle, backend, frames=4, height=64, width=64):
             actual = got[out].cpu()
             assert actual.shape == ref.shape and actual.dtype == torch.float32
             cosine = torch.nn.functional.cosine_similarity(actual.flatten(), ref.flatten(), dim=0).item()
-            assert cosine > 0.9999, (name, out, cosine)
-            assert (actual - ref).abs().max().item() < 1e-2 * max(1.0, ref.abs().max().item()), (name, out)
+            assert cosine > min_cosine, (name, out, cosine)
+            if precision == "fp32":
+                assert (actual - ref).abs().max().item() < 1e-2 * max(1.0, ref.abs().max().item()), (name, out)
+
+
+@pytest.fixture(scope="module")
+def engines_bundle(tiny_bundle, tmp_path_factory):
+    """One tiny bundle for every GPU test (audit defect 11: each used to build its own): fp16 graphs
+    converted, int8 graphs quantized from a calibration set, and fp32, fp16 and int8 engines built
+    with one shared timing cache. Read-only: tests that change engines work on a copy
+    (:func:`_copy`), which keeps the timing cache."""
+    from svdtrt.cli import main
+
+    root = tmp_path_factory.mktemp("engines")
+    path = shutil.copytree(tiny_bundle.path, root / "tiny")
+    cache = root / "timing.cache"
+    for args in (["convert", path], ["calibrate", path, "--count", "2", "--steps", "2"],
+                 ["quantize", path, "--precision", "int8"],
+                 *(["build", path, "--precision", p, "--timing-cache", cache] for p in ("fp32", "fp16", "int8"))):
+        assert main([str(a) for a in args]) == 0, args
+    bundle = Bundle.open(path)
+    bundle.timing_cache = cache
+    return bundle
+
+
+def _copy(bundle, tmp_path):
+    copy = Bundle.open(shutil.copytree(bundle.path, tmp_path / "copy"))
+    copy.timing_cache = bundle.timing_cache
+    return copy
 
 
 @pytest.mark.tensorrt
-def test_fp32_engines_match_onnxruntime_and_are_reused(bundle, run_cli):
-    code, out, err = run_cli("build", bundle.path, "--precision", "fp32")
-    assert code == 0, err
-    sidecar = json.loads((bundle.path / "engines" / "unet.fp32.engine.json").read_text())
+@pytest.mark.parametrize("precision, min_cosine", [("fp32", 0.9999), ("fp16", 0.999), ("int8", 0.98)])
+def test_engines_match_onnxruntime_and_are_reused(engines_bundle, run_cli, precision, min_cosine):
     import tensorrt
 
-    assert sidecar["tensorrt"] == tensorrt.__version__
+    sidecar = json.loads((engines_bundle.path / "engines" / f"unet.{precision}.engine.json").read_text())
+    assert sidecar["tensorrt"] == tensorrt.__version__ and sidecar["precision"] == precision
     assert sidecar["gpu"]["name"] == torch.cuda.get_device_name()
-    bundle = Bundle.open(bundle.path)  # with the engines the build recorded
-    _compare_with_onnxruntime(bundle, create_backend("tensorrt", bundle, "fp32"))
-    code, out, _ = run_cli("build", bundle.path, "--precision", "fp32")
+    _compare_with_onnxruntime(engines_bundle, create_backend("tensorrt", engines_bundle, precision), precision,
+                              min_cosine)
+    code, out, _ = run_cli("build", engines_bundle.path, "--precision", precision, "--timing-cache",
+                           engines_bundle.timing_cache)
     assert code == 0 and out.count("reused (current)") == 4
 
 
 @pytest.mark.tensorrt
-def test_static_unet_engine_with_cuda_graph_matches_without(bundle, run_cli):
-    code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--profile", "static", "--components", "unet")
+def test_static_unet_engine_with_cuda_graph_matches_without(engines_bundle, run_cli, tmp_path):
+    bundle = _copy(engines_bundle, tmp_path)
+    code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--profile", "static", "--components", "unet",
+                           "--timing-cache", bundle.timing_cache)
     assert code == 0, err
     bundle = Bundle.open(bundle.path)  # with the engine the build recorded
     spec = COMPONENTS["unet"]
@@ -141,8 +170,8 @@ def test_static_unet_engine_with_cuda_graph_matches_without(bundle, run_cli):
 
 
 @pytest.mark.tensorrt
-def test_engine_from_another_tensorrt_is_refused_on_the_gpu(bundle, run_cli):
-    assert run_cli("build", bundle.path, "--precision", "fp32", "--components", "image_encoder")[0] == 0
+def test_engine_from_another_tensorrt_is_refused_on_the_gpu(engines_bundle, tmp_path):
+    bundle = _copy(engines_bundle, tmp_path)
     path = bundle.path / "engines" / "image_encoder.fp32.engine.json"
     sidecar = json.loads(path.read_text())
     sidecar["tensorrt"] = "9.0.0"
@@ -153,19 +182,42 @@ def test_engine_from_another_tensorrt_is_refused_on_the_gpu(bundle, run_cli):
 
 
 @pytest.mark.tensorrt
-def test_sampling_loop_on_tensorrt_matches_onnxruntime(bundle, run_cli, tmp_path):
-    assert run_cli("build", bundle.path, "--precision", "fp32")[0] == 0
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_sampling_loop_on_tensorrt_passes_check(engines_bundle, run_cli, tmp_path, precision):
     image = _image(tmp_path)
     frames = {}
     for backend in ("onnxruntime", "tensorrt"):
-        code, _, err = run_cli("run", bundle.path, "--image", image, "--out", tmp_path / f"{backend}.mp4",
-                               "--save-frames", tmp_path / f"{backend}.npy", "--backend", backend, "--steps", "4")
+        code, _, err = run_cli("run", engines_bundle.path, "--image", image, "--out", tmp_path / f"{backend}.mp4",
+                               "--save-frames", tmp_path / f"{backend}.npy", "--backend", backend,
+                               "--precision", precision, "--steps", "4")
         assert code == 0, err
         frames[backend] = np.load(tmp_path / f"{backend}.npy")
     from svdtrt.accuracy import psnr
 
     assert frames["tensorrt"].shape == frames["onnxruntime"].shape
-    assert psnr(frames["tensorrt"], frames["onnxruntime"]) > 50.0
-    code, out, err = run_cli("check", bundle.path, "--image", image, "--backend", "tensorrt", "--steps", "4")
+    assert psnr(frames["tensorrt"], frames["onnxruntime"]) > {"fp32": 50.0, "fp16": 35.0, "int8": 25.0}[precision]
+    code, out, err = run_cli("check", engines_bundle.path, "--image", image, "--backend", "tensorrt",
+                             "--precision", precision, "--steps", "4")
     assert code == 0, out + err
-    assert "accuracy of tensorrt (fp32)" in out and "PASSED" in out
+    assert f"accuracy of tensorrt ({precision})" in out and "PASSED" in out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["onnxruntime-cuda", "onnxruntime-trt"])
+def test_onnxruntime_gpu_providers_run_on_the_gpu_without_host_copies(engines_bundle, backend):
+    """The session runs on the provider asked for (no silent CPU fallback) and the loop's tensors
+    stay on the GPU (IOBinding)."""
+    from svdtrt.runtime.backends.onnxrt import provider_loads
+
+    provider = {"onnxruntime-cuda": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}[backend]
+    problem = provider_loads(provider)
+    if problem:
+        pytest.skip(problem)
+    gpu = create_backend(backend, engines_bundle, "fp32")
+    assert gpu.device.type == "cuda"
+    inputs = {k: v.cuda() for k, v in example_inputs(COMPONENTS["vae_decoder"],
+                                                     engines_bundle.dims.sizes(1, 4, 64, 64)).items()}
+    frames = gpu.component("vae_decoder")(inputs)["frames"]
+    assert frames.device.type == "cuda" and gpu.session_providers["vae_decoder"][0] == provider
+    reference = OnnxRuntimeBackend(engines_bundle).component("vae_decoder")({k: v.cpu() for k, v in inputs.items()})
+    assert torch.nn.functional.cosine_similarity(frames.cpu().flatten(), reference["frames"].flatten(), dim=0) > 0.9999

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from ...errors import BackendUnavailableError
+from ...gpu import ORT_GPU_HINT
 from ...specs import COMPONENTS
 from .base import ComponentFn
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_TORCH_TYPES = {np.float32: torch.float32, np.float16: torch.float16, np.float64: torch.float64}
 
 
 class OnnxRuntimeBackend:
@@ -30,8 +32,16 @@ class OnnxRuntimeBackend:
         threads: intra-op threads of each session; None keeps ONNX Runtime's default (one per
             physical core). On a CPU shared with other processes, fewer threads than cores is
             faster: a thread pool stalls whenever one of its threads is descheduled.
+    On a GPU provider with a CUDA build of torch, the loop's tensors live on the GPU and each
+    call binds them to the session in place (ONNX Runtime's IOBinding, on torch's current CUDA
+    stream), outputs included: nothing goes through host memory. Elsewhere inputs and outputs
+    are CPU tensors shared with numpy without copies.
+
     Raises:
-        BackendUnavailableError: a requested provider is not in this ONNX Runtime build.
+        BackendUnavailableError: a requested provider is not in this ONNX Runtime build, or
+            (when a session is created) ONNX Runtime could not load it and fell back to another.
+    Attributes:
+        session_providers: ``{component: the providers its session actually runs, first first}``.
     """
 
     name = "onnxruntime"
@@ -46,9 +56,10 @@ class OnnxRuntimeBackend:
         if missing:
             raise BackendUnavailableError(
                 f"ONNX Runtime here lacks {', '.join(sorted(missing))} (it has {', '.join(ort.get_available_providers())}); "
-                "install onnxruntime-gpu in place of onnxruntime ('pip uninstall onnxruntime && "
-                "pip install onnxruntime-gpu') on a machine with CUDA")
-        self.device = torch.device("cpu")
+                f"on a machine with CUDA, install onnxruntime-gpu in place of onnxruntime: {ORT_GPU_HINT}")
+        on_gpu = self.providers[0] != "CPUExecutionProvider" and torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+        self.session_providers: dict[str, list[str]] = {}
         self._sessions = {}
 
     def session(self, name: str):
@@ -68,21 +79,37 @@ class OnnxRuntimeBackend:
             for file in (graph.file, graph.data):
                 if file:
                     self.bundle.check_file(file)  # hashed once per file version (Bundle.check_file)
-            providers = [(p, ort_tensorrt_options(self.bundle, name, self.precision))
-                         if p == "TensorrtExecutionProvider" else p for p in self.providers]
+            providers = [(p, self._provider_options(p, name)) for p in self.providers]
             try:
-                self._sessions[name] = ort.InferenceSession(str(self.bundle.path / graph.file), options,
-                                                            providers=providers)
+                session = ort.InferenceSession(str(self.bundle.path / graph.file), options, providers=providers)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
                 raise BundleError(f"ONNX Runtime cannot load {graph.file} of bundle '{self.bundle.path}' "
                                   f"({first_line(e)[:200]}); {self.bundle.remedy(graph.file)}") from None
+            active = session.get_providers()
+            check_provider_loaded(self.providers[0], active, f"the {self.name} backend ({graph.file})")
+            self.session_providers[name] = active
+            self._sessions[name] = session
         return self._sessions[name]
+
+    def _provider_options(self, provider: str, component: str) -> dict:
+        options = {}
+        if provider == "TensorrtExecutionProvider":
+            options = ort_tensorrt_options(self.bundle, component, self.precision)
+        if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and self.device.type == "cuda":
+            # Run on torch's stream: the inputs the loop wrote are ordered before the session
+            # reads them, with no device-wide synchronisation (ONNX Runtime's CUDA provider
+            # option; IOBinding binds the tensors in place).
+            options["user_compute_stream"] = str(torch.cuda.current_stream().cuda_stream)
+        return options
 
     def component(self, name: str) -> ComponentFn:
         session = self.session(name)
         # Feed each input in the dtype the graph declares (an fp16 graph may take fp16 inputs).
         types = {i.name: _ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
         outputs = COMPONENTS[name].output_names
+
+        if self.device.type == "cuda":
+            return lambda inputs: run_bound(session, inputs, types, outputs, self.device)
 
         def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             feeds = {n: inputs[n].detach().cpu().numpy().astype(t, copy=False) for n, t in types.items()}
@@ -93,6 +120,68 @@ class OnnxRuntimeBackend:
 
     def synchronize(self) -> None:
         pass  # session.run returns only when its outputs are ready
+
+
+def run_bound(session, inputs: Mapping[str, torch.Tensor], types: Mapping[str, type], outputs: list[str],
+              device: torch.device) -> dict[str, torch.Tensor]:
+    """One session call with ONNX Runtime's IOBinding: each input bound in place from a torch
+    tensor on ``device`` (cast to the graph's declared dtype there, ``types``: ``{name: numpy
+    type}``), each output allocated by ONNX Runtime on ``device`` and handed to torch through
+    DLPack. Returns float32 tensors on ``device``; no data passes through host memory unless
+    ``device`` is the CPU."""
+    binding = session.io_binding()
+    kind, index = device.type, device.index or 0
+    keep = []  # the bound tensors must outlive the run
+    for name, np_type in types.items():
+        tensor = inputs[name].detach().to(device, _TORCH_TYPES[np_type]).contiguous()
+        keep.append(tensor)
+        binding.bind_input(name, kind, index, np_type, tuple(tensor.shape), tensor.data_ptr())
+    for name in outputs:
+        binding.bind_output(name, kind, index)
+    session.run_with_iobinding(binding)
+    return {name: torch.from_dlpack(value).float() for name, value in zip(outputs, binding.get_outputs())}
+
+
+def check_provider_loaded(provider: str, active: list[str], what: str) -> None:
+    """Refuse a session that does not run on ``provider``: ONNX Runtime lists the providers it was
+    built with (``get_available_providers``), not those that load (a missing CUDA or cuDNN library,
+    a TensorRT version mismatch), and a session whose first provider fails to load falls back to
+    the next one with a warning only. ``active`` is the session's ``get_providers()``.
+
+    Raises:
+        BackendUnavailableError: ``provider`` is not among ``active``.
+    """
+    if provider not in active:
+        raise BackendUnavailableError(
+            f"{what}: ONNX Runtime could not load {provider} and would run on {', '.join(active)} instead "
+            "(a CUDA, cuDNN or TensorRT library it needs is missing or of another version); "
+            "'svdtrt doctor' shows which providers load here")
+
+
+def provider_loads(provider: str) -> str | None:
+    """None when ONNX Runtime can run a session on ``provider`` here, else why not (one line).
+    Creates a session for a one-node graph built in memory, as :class:`OnnxRuntimeBackend` does
+    for a bundle graph, so what is reported is what loads, not what is compiled in."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    if provider not in ort.get_available_providers():
+        return f"this ONNX Runtime has no {provider} (it has {', '.join(ort.get_available_providers())})"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=[provider])
+        check_provider_loaded(provider, session.get_providers(), provider)
+    except Exception as e:  # ORT's own exception types, or ours
+        from ...errors import first_line
+
+        return first_line(e)[:300]
+    return None
 
 
 def session_options(precision: str, providers: list[str] | None = None, threads: int | None = None):

@@ -1,0 +1,187 @@
+"""GPU paths made right by construction (issue: the audit of the TensorRT and ONNX Runtime GPU
+paths), checked here with ONNX Runtime's CPU build and stand-ins only where a GPU or TensorRT
+would run: each audited defect has a test that fails without its fix (docs/tensorrt.md, "Audit")."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from svdtrt import engines
+from svdtrt.components import example_inputs
+from svdtrt.errors import BackendUnavailableError
+from svdtrt.specs import COMPONENTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _TensorRTWithoutEngines:
+    """The tensorrt backend as on a machine with TensorRT and a GPU but no engines built yet: its
+    component lookup is the real one (engines.usable_engine), which raises EngineError."""
+
+    name = "tensorrt"
+    device = torch.device("cpu")
+
+    def __init__(self, bundle, precision):
+        self.bundle, self.precision = bundle, precision
+
+    def component(self, name):
+        engines.usable_engine(self.bundle, name, self.precision, "10.8.0",
+                              {"name": "NVIDIA H100", "compute_capability": "9.0"})
+
+    def synchronize(self):
+        pass
+
+
+def test_bench_skips_a_tensorrt_row_without_engines_instead_of_aborting(tiny_bundle, tiny_model, photo,
+                                                                        monkeypatch):
+    """Defect 1: EngineError (no engine yet) used to abort the whole benchmark."""
+    from svdtrt.benchmark import run_benchmark
+    from svdtrt.runtime import backends
+    from svdtrt.runtime.pipeline import SamplingSettings
+
+    real = backends.create_backend
+    monkeypatch.setattr(backends, "create_backend", lambda name, bundle, precision, **kw: (
+        _TensorRTWithoutEngines(bundle, precision) if name == "tensorrt" else real(name, bundle, precision, **kw)))
+    settings = SamplingSettings(*tiny_bundle.default_shape, steps=1)
+    results = run_benchmark(tiny_bundle, photo, settings, tiny_model, ["onnxruntime", "tensorrt"], ["fp32"],
+                            warmup=0, repeat=1, device="cpu")
+    rows = {(r["backend"], r["precision"]): r for r in results["rows"]}
+    assert rows["onnxruntime", "fp32"]["status"] == "measured"
+    assert rows["tensorrt", "fp32"]["status"] == "skipped"
+    assert "no fp32 engine for image_encoder" in rows["tensorrt", "fp32"]["reason"]
+    assert f"svdtrt build {tiny_bundle.path} --precision fp32" in rows["tensorrt", "fp32"]["reason"]
+
+
+def _requirement_names(requirements) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_no_install_line_installs_two_onnx_runtimes():
+    """Defect 2: the GPU extra used to add onnxruntime-gpu beside the base onnxruntime."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = _requirement_names(project["dependencies"])
+    extras = {k: _requirement_names(v) for k, v in project["optional-dependencies"].items()}
+    assert not {"onnxruntime", "onnxruntime-gpu"} & base
+    for name, names in extras.items():
+        assert len({"onnxruntime", "onnxruntime-gpu"} & names) <= 1, name
+    assert "onnxruntime" in extras["cpu"] and "onnxruntime-gpu" in extras["cuda"]
+    assert {"onnxruntime-gpu", "tensorrt", "polygraphy"} <= extras["tensorrt"]
+    assert {"onnxruntime", "polygraphy"} <= extras["test"]  # CI: the CPU runtime, Polygraphy's real objects
+
+
+def _only_onnxruntime_gpu(monkeypatch):
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "onnxruntime":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return "1.31.1" if name == "onnxruntime-gpu" else real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+
+
+def test_versions_are_read_with_only_onnxruntime_gpu_installed(monkeypatch):
+    """Defect 3: version('onnxruntime') raises where only onnxruntime-gpu is installed."""
+    from svdtrt.gpu import onnxruntime_package, tool_versions
+
+    _only_onnxruntime_gpu(monkeypatch)
+    assert onnxruntime_package() == "onnxruntime-gpu"
+    assert tool_versions()["onnxruntime"] == "1.31.1"
+
+
+def test_a_session_that_falls_back_to_another_provider_is_refused(tiny_bundle, monkeypatch):
+    """Defect 5: listing a provider (get_available_providers) is not loading it; ONNX Runtime
+    falls back to the CPU with a warning. Here the CPU build is made to list CUDA."""
+    import onnxruntime as ort
+
+    from svdtrt.runtime.backends import create_backend
+    from svdtrt.runtime.backends.onnxrt import provider_loads
+
+    listed = ort.get_available_providers()
+    if "CUDAExecutionProvider" in listed:
+        pytest.skip("this ONNX Runtime has the CUDA provider")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [*listed, "CUDAExecutionProvider"])
+    backend = create_backend("onnxruntime-cuda", tiny_bundle)  # the listing passes ...
+    with pytest.warns(UserWarning), pytest.raises(BackendUnavailableError) as e:
+        backend.component("vae_decoder")  # ... the session does not run on CUDA
+    assert "could not load CUDAExecutionProvider and would run on CPUExecutionProvider" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.warns(UserWarning):
+        problem = provider_loads("CUDAExecutionProvider")  # what 'svdtrt doctor' reports
+    assert problem and "could not load CUDAExecutionProvider" in problem
+    assert provider_loads("CPUExecutionProvider") is None
+
+
+def test_onnxruntime_sessions_report_the_provider_that_runs_them(tiny_bundle):
+    from svdtrt.runtime.backends import create_backend
+
+    backend = create_backend("onnxruntime", tiny_bundle)
+    backend.component("vae_decoder")
+    assert backend.session_providers == {"vae_decoder": ["CPUExecutionProvider"]}
+
+
+def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny_bundle):
+    """The binding path the CUDA providers take (torch tensors bound in place, outputs through
+    DLPack), run here on the CPU device against the numpy path."""
+    from svdtrt.runtime.backends.onnxrt import _ORT_TYPES, OnnxRuntimeBackend, run_bound
+
+    backend = OnnxRuntimeBackend(tiny_bundle)
+    inputs = example_inputs(COMPONENTS["unet"], tiny_bundle.dims.sizes(2, 4, 64, 64))
+    expected = backend.component("unet")(inputs)["noise_pred"]
+    session = backend.session("unet")
+    types = {i.name: _ORT_TYPES[i.type] for i in session.get_inputs()}
+    got = run_bound(session, inputs, types, ["noise_pred"], torch.device("cpu"))["noise_pred"]
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def test_torch_fp16_keeps_the_timestep_and_the_upcast_vae_encoder_in_fp32(tiny_model):
+    """Defect 8 (diffusers keeps the timestep fp32 in an fp16 pipeline) and force_upcast (its VAE
+    encoder runs in fp32); the decoder, CLIP and UNet run in fp16, the caller's model stays fp32."""
+    from svdtrt.runtime.backends.pytorch import TorchBackend
+
+    assert tiny_model.configs()["vae"]["force_upcast"]
+    backend = TorchBackend(tiny_model, "cpu", torch.float16)
+    assert {k: backend.dtypes[k] for k in ("image_encoder", "vae_encoder", "unet", "vae_decoder")} == {
+        "image_encoder": torch.float16, "vae_encoder": torch.float32, "unet": torch.float16,
+        "vae_decoder": torch.float16}
+    seen = {}
+    backend._modules["unet"].unet.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(timestep=args[1].dtype, added_time_ids=kwargs["added_time_ids"].dtype,
+                                                 sample=args[0].dtype), with_kwargs=True)
+    backend.component("unet")(example_inputs(COMPONENTS["unet"], tiny_model.dims.sizes(2, 4, 64, 64)))
+    assert seen == {"timestep": torch.float32, "added_time_ids": torch.float16, "sample": torch.float16}
+    encoder = backend._modules["vae_encoder"].vae.encoder
+    decoder = backend._modules["vae_decoder"].vae.decoder
+    assert {p.dtype for p in encoder.parameters()} == {torch.float32}
+    assert {p.dtype for p in decoder.parameters()} == {torch.float16}
+    assert {p.dtype for p in tiny_model.vae.parameters()} == {torch.float32}
+    latents = backend.component("vae_encoder")(example_inputs(COMPONENTS["vae_encoder"],
+                                                             tiny_model.dims.sizes(1, 4, 64, 64)))["latents"]
+    reference = TorchBackend(tiny_model).component("vae_encoder")(example_inputs(
+        COMPONENTS["vae_encoder"], tiny_model.dims.sizes(1, 4, 64, 64)))["latents"]
+    assert torch.equal(latents, reference)  # fp32 on the same device: the same numbers
+
+
+def test_fp16_bundle_runs_the_vae_encoder_from_its_fp32_graph(tiny_bundle, tmp_path):
+    """force_upcast in the graphs: 'svdtrt convert' points the fp16 VAE encoder at the fp32 graph."""
+    import shutil
+
+    from svdtrt.bundle import Bundle
+    from svdtrt.export.convert import convert_bundle
+
+    path = shutil.copytree(tiny_bundle.path, tmp_path / "b")
+    bundle = convert_bundle(path, "fp16", progress=False)
+    encoder = bundle.manifest.components["vae_encoder"].graphs["fp16"]
+    assert encoder.kept_precision == "fp32" and encoder.file == "vae_encoder.fp32.onnx"
+    for name in ("image_encoder", "unet", "vae_decoder"):
+        graph = bundle.manifest.components[name].graphs["fp16"]
+        assert graph.kept_precision is None and graph.file == f"{name}.fp16.onnx"
+    assert not (Path(path) / "vae_encoder.fp16.onnx").exists()
+    assert Bundle.open(path).graph_path("vae_encoder", "fp16").name == "vae_encoder.fp32.onnx"
