@@ -95,8 +95,11 @@ def make_precision(bundle: str | os.PathLike, precision: str, source: str, calib
     """
     p = PRECISIONS[precision]
     have = have if have is not None else {name: {"fp32"} for name in COMPONENTS}
-    no_fp32 = [c for c in COMPONENTS if "fp32" not in have.get(c, ())]
-    lacking = [c for c in COMPONENTS if precision not in have.get(c, ())]
+    # The block-caching graphs are optional (only --cache-interval above 1 runs them): a bundle
+    # without them lacks nothing.
+    needed = [c for c in COMPONENTS if c in have or not COMPONENTS[c].shares_weights_with]
+    no_fp32 = [c for c in needed if "fp32" not in have.get(c, ())]
+    lacking = [c for c in needed if precision not in have.get(c, ())]
     if p.made_by == "export":
         if force or not no_fp32:
             return export(source, bundle, force=True)

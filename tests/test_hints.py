@@ -126,6 +126,9 @@ def _unets(*precisions) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("have, precision, expected", [
     ({c: {"fp32"} for c in COMPONENTS}, "fp16", "svdtrt convert B --precision fp16"),
+    # a bundle without the (optional) block-caching graphs lacks nothing else
+    ({c: {"fp32"} for c in ("image_encoder", "vae_encoder", "unet", "vae_decoder")}, "fp16",
+     "svdtrt convert B --precision fp16"),
     ({c: {"fp32"} for c in COMPONENTS}, "int8", "svdtrt calibrate B && svdtrt quantize B --precision int8"),
     (_unets("fp32", "fp16"), "fp32",
      "svdtrt export src/m --out B --components image_encoder,vae_encoder,vae_decoder"),
