@@ -92,23 +92,33 @@ def _pick_unet_calls(calls: list) -> list:
     return [calls[i] for i in sorted({0, len(calls) // 2, len(calls) - 1})]
 
 
-def compare_components(recorded: dict[str, list], backend, every_call: bool = False) -> dict[str, dict]:
+def compare_components(recorded: dict[str, list], backend, every_call: bool = False,
+                       progress: bool | str = False) -> dict[str, dict]:
     """Replay recorded PyTorch calls on ``backend`` and measure each output's error.
 
     UNet calls (of each UNet graph) are sampled (first, middle and last) unless ``every_call``;
-    components that were not called are left out.
+    components that were not called are left out. ``progress`` shows a bar over the replayed
+    calls (a string: its label).
 
     Returns ``{component: {output: {"max_abs_error", "mean_abs_error", "cosine"[, "psnr_db"]}}}``,
     the worst value over the replayed calls; ``psnr_db`` for decoded frames (range [-1, 1]).
     """
+    from tqdm import tqdm
+
+    replayed = {name: _pick_unet_calls(calls) if calls and name in UNET_COMPONENTS and not every_call else calls
+                for name, calls in recorded.items()}
+    bar = tqdm(total=sum(len(c) for c in replayed.values()), desc=progress if isinstance(progress, str) else "compare",
+               unit="call", disable=not progress)
     report = {}
-    for name, calls in recorded.items():
+    for name, calls in replayed.items():
         if not calls:
             continue
         fn = backend.component(name)
         worst: dict[str, dict] = {}
-        for inputs, expected in (_pick_unet_calls(calls) if name in UNET_COMPONENTS and not every_call else calls):
+        bar.set_postfix_str(name)
+        for inputs, expected in calls:
             actual = fn(inputs)
+            bar.update()
             for out, ref in expected.items():
                 m = tensor_metrics(actual[out], ref)
                 if out == "frames":
@@ -117,4 +127,5 @@ def compare_components(recorded: dict[str, list], backend, every_call: bool = Fa
                 for k, v in m.items():
                     w[k] = min(w[k], v) if k in ("cosine", "psnr_db") else max(w[k], v)
         report[name] = worst
+    bar.close()
     return report

@@ -18,12 +18,11 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import shutil
 from pathlib import Path
 from typing import Iterator
 
-from . import manifest as schema
+from . import hints, manifest as schema
 from .errors import BundleError, InputError
 from .fs import DirectoryTransaction, checkpoint, write_new
 from .manifest import CONFIG_FILES, MANIFEST, GraphEntry, Manifest
@@ -123,12 +122,18 @@ class Bundle:
         path = Path(path)
         if not path.is_dir():
             what = "a file, not a bundle folder" if path.exists() else "not found"
-            raise BundleError(f"bundle '{path}' is {what}; create one with 'svdtrt export MODEL --out {shlex.quote(str(path))}'")
+            raise BundleError(f"bundle '{path}' is {what}; create one with '{hints.first_export(path)}' "
+                              f"({hints.EXAMPLE_MODEL} is the demo preset; MODEL may also be a diffusers SVD "
+                              "directory or a hub id)")
         try:
             text = (path / MANIFEST).read_bytes()
         except FileNotFoundError:
-            raise BundleError(f"'{path}' is not a bundle (no {MANIFEST}); create one with "
-                              f"'svdtrt export MODEL --out {shlex.quote(str(path))} --force'") from None
+            if not any(path.iterdir()):  # an empty folder: nothing to lose in replacing it
+                raise BundleError(f"'{path}' is not a bundle (an empty folder); create one there with "
+                                  f"'{hints.export(hints.EXAMPLE_MODEL, path, force=True)}'") from None
+            beside = Path(os.path.abspath(path)).name + ".bundle"  # abspath: '.' has no name of its own
+            raise BundleError(f"'{path}' is a folder but not a bundle (no {MANIFEST}); create a bundle beside it "
+                              f"with '{hints.first_export(path.parent / beside)}'") from None
         except OSError as e:
             raise BundleError(f"cannot read {path / MANIFEST}: {e.strerror}") from None
         bundle = cls(path, schema.parse(text, str(path)))
@@ -203,10 +208,18 @@ class Bundle:
         graphs = entry.graphs if entry else {}
         if precision not in graphs:
             have = ", ".join(graphs) or "none"
-            make = p.make_command(self.path, "default" in self.manifest.calibration, self.source)
+            make = self.make_command(p.name)
             raise BundleError(f"bundle '{self.path}' has no {precision} graph for {component} (has: {have}); "
                               f"create it with '{make}'")
         return graphs[precision]
+
+    def make_command(self, precision: str, force: bool = False) -> str:
+        """The one command line that gives every component a graph of ``precision``
+        (:func:`svdtrt.hints.make_precision`, from what the manifest lists), or with ``force`` that
+        makes them again."""
+        have = {name: set(entry.graphs) for name, entry in self.manifest.components.items()}
+        return hints.make_precision(self.path, precision, self.source, "default" in self.manifest.calibration,
+                                    have, force)
 
     def graph_path(self, component: str, precision: str = "fp32") -> Path:
         """Path of a component's graph (see :meth:`graph` for the errors)."""
@@ -241,24 +254,19 @@ class Bundle:
 
     def remedy(self, name: str) -> str:
         """What to run to rebuild file ``name`` of the bundle, as a sentence ending in a command."""
-        b = shlex.quote(str(self.path))
         m = self.manifest
         for component, entry in m.components.items():
             for precision, graph in entry.graphs.items():
                 if name in (graph.file, graph.data):
-                    p = lookup_precision(graph.kept_precision or precision)
-                    cmd = p.make_command(self.path, "default" in m.calibration, self.source)
-                    if p.made_by != "export":
-                        cmd += " --force"
-                    return f"rebuild it with '{cmd}'"
+                    return f"rebuild it with '{self.make_command(graph.kept_precision or precision, force=True)}'"
         for set_name, cal in m.calibration.items():
             if name.startswith(cal.directory + "/"):
-                return f"record the set again with 'svdtrt calibrate {b} --name {shlex.quote(set_name)} --force'"
+                return f"record the set again with '{hints.calibrate(self.path, set_name, force=True)}'"
         for engine in m.engines.values():
             if name in (engine.engine, engine.sidecar):
-                return (f"rebuild it with 'svdtrt build {b} --precision {engine.precision} --components "
-                        f"{engine.component} --force'")
-        return f"re-export the bundle with 'svdtrt export {shlex.quote(self.source)} --out {b} --force'"
+                cmd = hints.build(self.path, engine.precision, components=[engine.component], force=True)
+                return f"rebuild it with '{cmd}'"
+        return f"re-export the bundle with '{hints.export(self.source, self.path, force=True)}'"
 
 
 class Staged:

@@ -8,6 +8,8 @@ of diffusers' own ``StableVideoDiffusionPipeline`` for the same seed and setting
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from dataclasses import asdict
 
@@ -24,10 +26,12 @@ from .runtime.backends.pytorch import TorchBackend
 from .runtime.pipeline import SamplingSettings, SvdPipeline
 from .runtime.schedulers import use_scheduler
 
+log = logging.getLogger(__name__)
+
 
 def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, backend: str = "onnxruntime",
                  precision: str = "fp32", model=None, progress: bool = False,
-                 backend_options: dict | None = None) -> dict:
+                 backend_options: dict | None = None, clips: dict | None = None) -> dict:
     """Measure the accuracy of ``backend`` over ``bundle`` against PyTorch and diffusers.
 
     Args:
@@ -38,6 +42,10 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         model: the source :class:`SvdModel`; rebuilt from the manifest's source if None.
         backend_options: further :func:`create_backend` keywords for the backend under test
             (``device``, ``cuda_graph``, ``one_engine_at_a_time``, ``threads``).
+        progress: show a progress bar per stage, labelled ``check i/n: <stage>``, and log each
+            stage's wall time at INFO.
+        clips: if given, receives the frames (float32 [F, H, W, 3] in [0, 1]) of the tested clip
+            (``"tested"``) and of diffusers' (``"diffusers"``), e.g. for a picture of both.
     Returns:
         A JSON-serialisable report with ``components``, ``end_to_end``, ``thresholds``,
         ``failures`` (a list of strings) and ``passed``.
@@ -58,26 +66,36 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     """
     p = lookup_precision(precision)
     quantized = p.quantized and backend == "onnxruntime"
-    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision))
+    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision), bundle.make_command(precision, force=True))
            for name in QUANTIZED_COMPONENTS} if quantized else None
     model = reference_model(bundle, model)
     start = time.perf_counter()
     options = backend_options or {}
     tested = create_backend(backend, bundle, precision, model=model, **options)  # first: a missing backend fails fast
+    stages = _Stages(3 + settings.full_compute + quantized, progress)
     recorder = Recorder(TorchBackend(model, cache_depth=bundle.dims.cache_depth))
-    torch_clip = SvdPipeline(recorder, bundle)(image, settings)
+    with stages("PyTorch loop, recording each component's inputs") as label:
+        torch_clip = SvdPipeline(recorder, bundle)(image, settings, progress=label)
     if settings.full_compute:
-        pipe, kwargs = model.pipeline(), settings.pipeline_kwargs()
-        use_scheduler(pipe, settings.scheduler, kwargs["generator"])
-        reference, reference_clip = pipe(image, output_type="np", **kwargs).frames[0], "diffusers"
+        with stages("diffusers reference") as label:
+            pipe, kwargs = model.pipeline(), settings.pipeline_kwargs()
+            pipe.set_progress_bar_config(desc=label, unit="step", disable=not progress)
+            use_scheduler(pipe, settings.scheduler, kwargs["generator"])
+            reference, reference_clip = pipe(image, output_type="np", **kwargs).frames[0], "diffusers"
     else:
         reference, reference_clip = torch_clip.frames, "svdtrt loop over the PyTorch modules, same settings"
-    clip = SvdPipeline(tested, bundle)(image, settings, progress=progress)
-    components = compare_components(recorder.calls, tested)
+    with stages(f"{backend} {precision} clip") as label:
+        clip = SvdPipeline(tested, bundle)(image, settings, progress=label)
+    with stages(f"{backend} {precision} components on the recorded inputs") as label:
+        components = compare_components(recorder.calls, tested, progress=label)
     end_to_end = {"reference": "fp32", "reference_clip": reference_clip}
     if quantized:
-        fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings)
+        with stages(f"{backend} fp32 clip, for comparison") as label:
+            fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings,
+                                                                                                progress=label)
         end_to_end["vs_fp32_graphs"] = clip_metrics(clip.frames, fp32_clip.frames)
+    if clips is not None:
+        clips.update(tested=clip.frames, diffusers=np.asarray(reference, dtype=np.float32))
 
     limits = vars(p.thresholds)
     vs_diffusers = clip_metrics(clip.frames, reference)
@@ -100,3 +118,19 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         **({"qdq": qdq} if qdq else {}),
         "thresholds": dict(limits), "failures": failures, "passed": not failures,
     }
+
+
+class _Stages:
+    """Numbered stages of a check: each gives its progress bar a label (``check 2/4: PyTorch
+    loop``) and logs its wall time at INFO (what ``-v`` shows)."""
+
+    def __init__(self, total: int, progress: bool):
+        self.total, self.progress, self.done = total, progress, 0
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        self.done += 1
+        label = f"check {self.done}/{self.total}: {name}"
+        start = time.perf_counter()
+        yield label if self.progress else False
+        log.info("%s took %.1f s", label, time.perf_counter() - start)

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import InputError, SvdtrtError
 from .precisions import NAMES as PRECISIONS, made_by
 from .runtime.backends import BACKENDS
@@ -139,8 +140,9 @@ def _ray_options(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="svdtrt", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser = _Parser(prog="svdtrt", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"svdtrt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("export", help="export a model's four components to a bundle of ONNX graphs")
@@ -167,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="make a clip from an image with a bundle")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
     p.add_argument("--image", required=True, type=Path, help="conditioning image (PNG, JPEG, ...)")
-    p.add_argument("--out", required=True, type=Path, help="mp4 file to write")
-    p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] as .npy")
+    p.add_argument("--out", required=True, type=Path, help="clip to write: .mp4 (H.264), .webm (VP9) or .gif, "
+                                                         "by its extension")
+    p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] to this .npy file")
     p.add_argument("--timings", type=Path, metavar="FILE.json",
                    help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
                         "stage, which the default run does not")
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="measure a bundle's accuracy against PyTorch and diffusers")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--image", required=True, type=Path, help="conditioning image")
+    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
     p.add_argument("--report", type=Path, help="write the JSON report here")
     p.add_argument("--force", action="store_true", help="replace an existing report")
     _backend_options(p)
@@ -281,7 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
     p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
     p.add_argument("--force", action="store_true", help="replace an existing directory")
+    _verbose_everywhere(sub)
     return parser
+
+
+#: What ``svdtrt --help`` says svdtrt is (plain text: argparse prints it as it is).
+DESCRIPTION = ("Stable Video Diffusion exported to ONNX and TensorRT, run and checked against diffusers. "
+               "Start with 'svdtrt demo'.")
+EPILOG = "Each command's options: svdtrt COMMAND --help. Bad input ends with one line and exit code 2."
+VERBOSE_HELP = "also log each stage's details and timings (model loads, sessions, files written)"
+
+
+def _verbose_everywhere(sub) -> None:
+    """Accept ``-v`` after the command too (``svdtrt check B -v``). SUPPRESS as the default keeps
+    a subcommand from resetting a ``-v`` given before it."""
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def _given(value, default):
@@ -426,8 +444,11 @@ def _cmd_run(args) -> int:
     from .models import load_model, reference_model
     from .runtime.backends import create_backend
     from .runtime.pipeline import SvdPipeline
-    from .runtime.video import save_frames, write_mp4
+    from .runtime.video import check_clip_path, check_frames_path, save_frames, write_clip
 
+    clip_format = check_clip_path(args.out)
+    if args.save_frames:
+        check_frames_path(args.save_frames)
     outputs = [("--out", args.out), ("--save-frames", args.save_frames), ("--timings", args.timings)]
     named = [(flag, os.path.abspath(path)) for flag, path in outputs if path]
     for i, (flag, path) in enumerate(named):
@@ -450,7 +471,7 @@ def _cmd_run(args) -> int:
         model = reference_model(bundle, load_model(args.model)) if args.model else None
         backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
         clip = SvdPipeline(backend, bundle)(image, settings, progress=True, timings=bool(args.timings))
-        clip_out.write(lambda part: write_mp4(clip.frames, part, fps=settings.fps))
+        clip_out.write(lambda part: write_clip(clip.frames, part, fps=settings.fps, suffix=clip_format))
         if frames_out:
             frames_out.write(lambda part: save_frames(clip.frames, part))
             frames_out.publish()
@@ -468,8 +489,16 @@ def _cmd_run(args) -> int:
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
           f"({args.backend}, {args.precision}; {settings.scheduler}, {settings.steps} steps, "
           f"{len(clip.unet_calls)} UNet calls)")
+    _print_random_weights(bundle)
     _print_timings(clip.timings)
     return 0
+
+
+def _print_random_weights(bundle) -> None:
+    """Say so when the bundle's model has seeded random weights: its clips are not videos of the photo."""
+    note = bundle.manifest.source.random_weights_note()
+    if note:
+        print(f"note: {note}")
 
 
 def _cmd_check(args) -> int:
@@ -478,14 +507,14 @@ def _cmd_check(args) -> int:
     from .bundle import Bundle
     from .check import check_bundle
     from .fs import OutputFile
-    from .images import load_image
+    from .images import load_image, sample_image
     from .models import load_model, reference_model
     from .precisions import precision as lookup_precision
 
     report_out = OutputFile(args.report, args.force) if args.report else None  # before minutes of work
     with _discarded_on_error(report_out):
         bundle = Bundle.open(args.bundle)
-        image = load_image(args.image)
+        image = load_image(args.image) if args.image else sample_image()
         settings = _settings(args, bundle)
         # the tested, the PyTorch and diffusers' clips, and the fp32 graphs' for a quantized precision
         clips = 4 if lookup_precision(args.precision).quantized and args.backend == "onnxruntime" else 3
@@ -566,11 +595,14 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    from .bundle import Bundle
     from .demo import run_demo
 
     report = run_demo(args.out, args.force)
     _print_report(report)
-    print(f"demo written to {args.out}/ (clip.mp4, report.json, bundle/) in {report['demo_seconds']:.1f} s")
+    print(f"demo written to {args.out}/ in {report['demo_seconds']:.1f} s: clip.mp4 (the ONNX Runtime clip), "
+          "side_by_side.png (input, ONNX Runtime and diffusers frames, their difference), report.json, bundle/")
+    _print_random_weights(Bundle.open(args.out / "bundle"))
     return 0 if report["passed"] else 1
 
 
@@ -761,8 +793,11 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")
         _quiet_libraries(args.verbose)
         # Each command imports its modules lazily, inside this try: a Ctrl-C during an import
-        # is handled as any other.
-        return COMMANDS[args.command](args)
+        # is handled as any other. -v's log lines go through tqdm, so they do not tear a bar.
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        with logging_redirect_tqdm(loggers=[logging.getLogger()]) if args.verbose else contextlib.nullcontext():
+            return COMMANDS[args.command](args)
     except SvdtrtError as e:
         print(f"svdtrt: error: {e}", file=sys.stderr)
         return 2

@@ -6,24 +6,32 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from .accuracy import psnr
 from .check import check_bundle
 from .export import export_bundle
 from .fs import DirectoryTransaction
 from .images import sample_image
 from .models import load_model
-from .runtime.backends import create_backend
-from .runtime.pipeline import SamplingSettings, SvdPipeline
-from .runtime.video import write_mp4
+from .runtime.pipeline import SamplingSettings
+from .runtime.video import to_uint8, write_mp4
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
+
+#: Frames shown per row of the side-by-side picture (evenly spaced over the clip, first and last included).
+PICTURE_FRAMES = 4
 
 
 def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
     """Export ``tiny``, run it on ONNX Runtime and check it against diffusers.
 
-    Writes ``DIR/bundle/``, ``DIR/input.png``, ``DIR/clip.mp4`` and ``DIR/report.json``;
-    the directory appears only when all of them are complete.
+    Writes ``DIR/bundle/``, ``DIR/input.png``, ``DIR/clip.mp4`` (the ONNX Runtime clip),
+    ``DIR/side_by_side.png`` (:func:`side_by_side`) and ``DIR/report.json``; the directory
+    appears only when all of them are complete.
 
     Returns:
         The check report, with ``demo_seconds`` (wall time of the whole demo) added.
@@ -39,11 +47,59 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
         bundle = export_bundle(model, txn.path / "bundle")
         frames, height, width = bundle.default_shape
         settings = SamplingSettings(frames=frames, height=height, width=width, seed=seed)
-        clip = SvdPipeline(create_backend("onnxruntime", bundle), bundle)(image, settings, progress=True)
-        write_mp4(clip.frames, txn.path / "clip.mp4", fps=settings.fps)
-        report = check_bundle(bundle, image, settings, backend="onnxruntime", model=model)
+        # The check runs the ONNX Runtime clip; the demo keeps it rather than sampling it twice.
+        clips: dict = {}
+        report = check_bundle(bundle, image, settings, backend="onnxruntime", model=model, progress=True, clips=clips)
+        write_mp4(clips["tested"], txn.path / "clip.mp4", fps=settings.fps)
+        side_by_side(image, clips["tested"], clips["diffusers"]).save(txn.path / "side_by_side.png")
         report["bundle"] = str(out / "bundle")
         report["demo_seconds"] = time.perf_counter() - start
         (txn.path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         txn.publish()
     return report
+
+
+def side_by_side(image: PIL.Image.Image, tested: np.ndarray, reference: np.ndarray, count: int = PICTURE_FRAMES,
+                 tested_label: str = "ONNX Runtime", reference_label: str = "diffusers") -> PIL.Image.Image:
+    """One picture of the parity claim: the input photo, then rows of ``count`` frames of the
+    tested clip, of the reference clip, and of their per-frame absolute difference.
+
+    Args:
+        image: the conditioning photo (shown at the clip's height).
+        tested, reference: float32 [F, H, W, 3] in [0, 1], of the same shape.
+        count: frames per row, evenly spaced over the clip.
+    Returns:
+        An RGB image. The difference row is amplified x255 (so one 8-bit step is full white) and
+        labelled with each frame's PSNR in dB (``svdtrt.accuracy.psnr``, data range 1): a black
+        row means the clips are the same to within 1/65025 per pixel.
+    """
+    frames, height, width = tested.shape[:3]
+    scale = max(1, 128 // max(height, width))  # tiny clips are 64x64: make them visible
+    h, w = height * scale, width * scale
+    picks = sorted({round(i * (frames - 1) / max(1, count - 1)) for i in range(count)})
+    label_w, pad, text_h = 110, 4, 14
+    photo = image.convert("RGB").resize((round(image.width * h / image.height), h))
+    canvas = PIL.Image.new("RGB", (label_w + max(photo.width, len(picks) * (w + pad)),
+                                   4 * (h + text_h + pad)), "white")
+    draw = PIL.ImageDraw.Draw(canvas)
+
+    def row(y, label, tiles, captions):
+        draw.text((4, y + h // 2), label, fill="black")
+        for i, (tile, caption) in enumerate(zip(tiles, captions)):
+            x = label_w + i * (w + pad)
+            canvas.paste(tile, (x, y))
+            draw.text((x, y + h + 1), caption, fill="black")
+
+    def tiles(clip):
+        return [PIL.Image.fromarray(to_uint8(clip[i])).resize((w, h), PIL.Image.NEAREST) for i in picks]
+
+    difference = np.abs(tested.astype(np.float64) - reference.astype(np.float64))
+    amplified = [PIL.Image.fromarray(np.clip(difference[i] * 255 * 255, 0, 255).astype(np.uint8)).resize(
+        (w, h), PIL.Image.NEAREST) for i in picks]
+    step = h + text_h + pad
+    canvas.paste(photo, (label_w, 0))
+    draw.text((4, h // 2), "input photo", fill="black")
+    row(step, tested_label, tiles(tested), [f"frame {i}" for i in picks])
+    row(2 * step, reference_label, tiles(reference), [f"frame {i}" for i in picks])
+    row(3 * step, "|difference| x255", amplified, [f"{psnr(tested[i], reference[i]):.0f} dB" for i in picks])
+    return canvas

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shlex
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, hints
 from .errors import EngineError
 
 ENGINE_DIR = "engines"
@@ -125,16 +124,13 @@ def stale_reasons(sidecar: dict | None, expected: dict) -> list[str]:
 
 def rebuild_command(bundle_path: Path, component: str, precision: str, sidecar: dict | None = None) -> str:
     """The ``svdtrt build`` command line that rebuilds one engine as it was built: the same
-    profile kind and, for a static engine, the same clip size."""
-    words = ["svdtrt", "build", str(bundle_path), "--precision", precision]
+    profile kind and, for a static engine, the same clip size (:func:`svdtrt.hints.build`)."""
+    profile, shapes = None, None
     if sidecar and sidecar.get("profile_kind"):
-        words += ["--profile", sidecar["profile_kind"]]
-        shapes = sidecar.get("shapes")
-        if sidecar["profile_kind"] == "static" and shapes:
-            for key in ("frames", "height", "width"):
-                words += [f"--{key}", str(shapes[key]["opt"])]
-    words += ["--components", component, "--force"]
-    return shlex.join(words)
+        profile = sidecar["profile_kind"]
+        if profile == "static" and sidecar.get("shapes"):
+            shapes = {key: sidecar["shapes"][key]["opt"] for key in ("frames", "height", "width")}
+    return hints.build(bundle_path, precision, profile, shapes, [component], force=True)
 
 
 def usable_engine(bundle, component: str, precision: str, tensorrt: str, gpu: dict) -> tuple[Path, dict]:

@@ -132,6 +132,19 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def path_kind(path: str | os.PathLike) -> str:
+    """What is at ``path``, for messages about a path of the wrong kind: ``"a folder"``,
+    ``"a file"``, ``"a broken link"``, ``"not a file or folder"`` or ``"not found"``."""
+    path = Path(path)
+    if path.is_dir():
+        return "a folder"
+    if path.is_file():
+        return "a file"
+    if path.is_symlink():
+        return "a broken link"
+    return "not a file or folder" if os.path.lexists(path) else "not found"
+
+
 def os_error_message(path: Path, e: OSError) -> str:
     """One line for an OSError met while writing ``path`` (full disk, read-only, permissions)."""
     if e.errno == errno.ENOSPC:

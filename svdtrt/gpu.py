@@ -14,15 +14,17 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 
+from . import hints
 from .errors import BackendUnavailableError
 
-#: How to get the optional GPU packages, quoted in every "missing" message.
-INSTALL_HINT = ("pip uninstall -y onnxruntime; pip install -e '.[tensorrt]' --extra-index-url "
-                "https://pypi.nvidia.com (in svdtrt's clone; on Jetson, TensorRT comes with JetPack)")
+#: How to get the optional GPU packages, quoted in every "missing" message: pip commands that work
+#: from where svdtrt was installed (:func:`svdtrt.hints.install_extra`); onnxruntime and
+#: onnxruntime-gpu own the same module, so a GPU install replaces the CPU one.
+INSTALL_HINT = f"{hints.install_extra('tensorrt', replace_onnxruntime=True)} (on Jetson, TensorRT comes with JetPack)"
 #: How to get ONNX Runtime with the CUDA and TensorRT providers (onnxruntime-gpu).
-ORT_GPU_HINT = "pip uninstall -y onnxruntime; pip install -e '.[cuda]' (in svdtrt's clone)"
+ORT_GPU_HINT = hints.install_extra("cuda", replace_onnxruntime=True)
 #: How to get ONNX Runtime at all.
-ORT_HINT = ("pip install -e '.[cpu]' in svdtrt's clone ('.[cuda]' for onnxruntime-gpu on a CUDA machine); "
+ORT_HINT = (f"{hints.install_extra('cpu')} (or {hints.install_extra('cuda')} for onnxruntime-gpu on a CUDA machine); "
             "install one of onnxruntime and onnxruntime-gpu, never both")
 
 

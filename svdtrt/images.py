@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 
 from .errors import InputError, first_line
+from .fs import path_kind
 
 
 #: Most pixels an input image may have: 2**26 (67.1 million, "64 megapixels"; a 64 MP camera's
@@ -53,7 +54,7 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"image '{path}' not found; give the path of a PNG or JPEG file")
+        raise InputError(f"image '{path}' is {path_kind(path)}; give the path of a PNG or JPEG file")
     return _decode(path, str(path))
 
 

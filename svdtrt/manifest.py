@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
+from . import hints
 from .errors import BundleError
 from .precisions import NAMES as PRECISION_NAMES
 from .specs import COMPONENTS
@@ -121,6 +122,16 @@ class Source(Schema):
     kind: Literal["preset", "directory", "hub"]
     name: str
     seed: int | None = None
+
+    def random_weights_note(self) -> str | None:
+        """What a clip of this model shows when it has seeded random weights (every preset: see
+        :mod:`svdtrt.presets`), or None for a trained model."""
+        if self.kind != "preset":
+            return None
+        return (f"the model is the '{self.name}' preset, an SVD-architecture model with seeded random weights "
+                f"(seed {self.seed}), not a trained one: its clip is noise-like texture, not a video of the "
+                "photo; it shows that svdtrt computes the same clip as diffusers ('svdtrt check' measures "
+                "how closely). For real video, export a trained SVD model (a diffusers directory or hub id)")
 
 
 class Dims(Schema):
@@ -300,19 +311,18 @@ def parse(text: str | bytes, where: str) -> Manifest:
     try:
         raw = json.loads(text)
     except ValueError as e:
-        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not JSON: {e}); re-export it "
-                          f"with 'svdtrt export MODEL --out {shlex.quote(where)} --force'") from None
+        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not JSON: {e}); "
+                          f"{_reexport(where, _source_name(text))}") from None
     if not isinstance(raw, dict):
-        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not a JSON object); re-export it "
-                          f"with 'svdtrt export MODEL --out {shlex.quote(where)} --force'")
+        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not a JSON object); "
+                          f"{_reexport(where, _source_name(text))}")
     source = raw.get("source", {}).get("name") if isinstance(raw.get("source"), dict) else None
-    model = shlex.quote(source) if isinstance(source, str) and source else "MODEL"
+    source = source if isinstance(source, str) and source else _source_name(text)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle '{where}' has format version {version}, this svdtrt reads version "
-                          f"{FORMAT_VERSION}; re-export it with this svdtrt ('svdtrt export {model} --out "
-                          f"{shlex.quote(where)} --force')")
-    fix = f"re-export the bundle ('svdtrt export {model} --out {shlex.quote(where)} --force') or restore the manifest"
+                          f"{FORMAT_VERSION}; {_reexport(where, source)}")
+    fix = f"{_reexport(where, source)}, or restore the manifest"
     try:
         manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:
@@ -324,6 +334,25 @@ def parse(text: str | bytes, where: str) -> Manifest:
     if problem:
         raise BundleError(f"bundle '{where}' has an invalid {MANIFEST}: {problem}; {fix}")
     return manifest
+
+
+def _source_name(text: str | bytes) -> str | None:
+    """The source model's name, read from a manifest too damaged to parse (``source`` comes
+    early in the file, so a truncated one usually still names it)."""
+    import re
+
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    match = re.search(r'"source"\s*:\s*\{[^{}]*?"name"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    return json.loads(f'"{match.group(1)}"') if match else None
+
+
+def _reexport(where: str, source: str | None) -> str:
+    """The advice to export the bundle again, as a command when the source model is known."""
+    if source:
+        return f"re-export it with '{hints.export(source, where, force=True)}'"
+    return (f"re-export it from the model it came from: svdtrt export followed by that model (a diffusers "
+            f"directory, a hub id or a preset), then --out {shlex.quote(where)} --force")
 
 
 def dump(manifest: Manifest) -> bytes:

@@ -121,7 +121,12 @@ def load_model(model: str, variant: str | None = None, random_weights: bool = Fa
             raise InputError(f"model '{model}' is a file; give a diffusers SVD directory, a hub id or a preset ({', '.join(PRESETS)})")
         return _load_pretrained(str(path), {"kind": "directory", "name": str(path.resolve())}, variant)
     if _HUB_ID.match(model):
-        return _load_pretrained(model, {"kind": "hub", "name": model}, variant)
+        offline = hub_unavailable()
+        if offline and not _in_hub_cache(model):
+            raise InputError(f"model '{model}' is not in the local hub cache and {offline}; download it on a "
+                             "machine that reaches the hub, or give a local diffusers SVD directory")
+        # Offline with the model cached: read the cache only, never the network (no retries).
+        return _load_pretrained(model, {"kind": "hub", "name": model}, variant, local_only=bool(offline))
     raise InputError(
         f"unknown model '{model}': not a preset ({', '.join(PRESETS)}), not an existing directory, "
         f"and not a hub id (owner/name)"
@@ -199,7 +204,39 @@ def fast_seeded_init(module: torch.nn.Module, seed: int) -> None:
                 p.normal_(0.0, 0.02, generator=g)
 
 
-def _load_pretrained(where: str, source: dict, variant: str | None) -> SvdModel:
+#: Seconds to wait for the hub's first answer before calling it unreachable: one try, no retries.
+HUB_TIMEOUT_SECONDS = 10
+
+
+def hub_unavailable() -> str | None:
+    """Why the Hugging Face hub cannot be asked now (``HF_HUB_OFFLINE`` set, or its endpoint,
+    ``HF_ENDPOINT`` or huggingface.co, not answering one request within
+    :data:`HUB_TIMEOUT_SECONDS`), or None when it answers. huggingface_hub itself retries an
+    unreachable endpoint with backoff (about half a minute of warnings); this asks once."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
+                               timeout=HUB_TIMEOUT_SECONDS).close()
+    except urllib.error.HTTPError:
+        return None  # an HTTP status is an answer: the hub is there
+    except (OSError, ValueError) as e:
+        return f"the hub at {constants.ENDPOINT} cannot be reached ({getattr(e, 'reason', e)})"
+    return None
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "unet/config.json"), str)
+
+
+def _load_pretrained(where: str, source: dict, variant: str | None, local_only: bool = False) -> SvdModel:
     import diffusers
     import transformers
 
@@ -217,13 +254,15 @@ def _load_pretrained(where: str, source: dict, variant: str | None) -> SvdModel:
                              "svdtrt exports Stable Video Diffusion models only")
         cls = getattr(diffusers, cls_name, None) or getattr(transformers, cls_name)
         try:
-            modules[sub] = cls.from_pretrained(where, subfolder=sub, variant=variant,
-                                               torch_dtype=torch.float32).eval()
+            modules[sub] = cls.from_pretrained(where, subfolder=sub, variant=variant, torch_dtype=torch.float32,
+                                               local_files_only=local_only).eval()
         except (OSError, ValueError) as e:
             raise InputError(f"cannot load {sub} of model '{where}': {first_line(e)}") from None
     try:
-        scheduler_config = dict(diffusers.EulerDiscreteScheduler.load_config(where, subfolder="scheduler"))
-        feature_config = transformers.CLIPImageProcessor.from_pretrained(where, subfolder="feature_extractor").to_dict()
+        scheduler_config = dict(diffusers.EulerDiscreteScheduler.load_config(where, subfolder="scheduler",
+                                                                             local_files_only=local_only))
+        feature_config = transformers.CLIPImageProcessor.from_pretrained(
+            where, subfolder="feature_extractor", local_files_only=local_only).to_dict()
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the scheduler or feature extractor config of model '{where}': "
                          f"{first_line(e)}") from None

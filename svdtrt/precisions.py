@@ -6,14 +6,12 @@ of the graph's compute, the accuracy thresholds ``svdtrt check`` holds it to, ho
 is measured on a CPU, which backends run it, the quantizer settings where it is quantized, and
 the lowest GPU compute capability with tensor cores for it. Adding a precision (bf16, fp4) is
 one entry here; the CLI's choices, the hints that name the command that creates a missing
-graph, ``check``'s thresholds, ``quantize``, ``build`` and ``bench`` all read this table.
+graph (:mod:`svdtrt.hints`), ``check``'s thresholds, ``quantize``, ``build`` and ``bench`` all read this table.
 """
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import InputError
 
@@ -56,23 +54,6 @@ class Precision:
     @property
     def quantized(self) -> bool:
         return self.made_by == "quantize"
-
-    def make_command(self, bundle: str | Path, has_calibration: bool = True, source: str = "MODEL") -> str:
-        """The command that creates this precision's graphs in ``bundle``, ready to paste.
-
-        Args:
-            bundle: the bundle's path as the user gave it.
-            has_calibration: whether the bundle has the default calibration set (a quantized
-                precision needs one first).
-            source: the bundle's source model (``fp32`` graphs are re-exported from it).
-        """
-        b = shlex.quote(str(bundle))
-        if self.made_by == "export":
-            return f"svdtrt export {shlex.quote(source)} --out {b} --force"
-        if self.made_by == "convert":
-            return f"svdtrt convert {b} --precision {self.name}"
-        quantize = f"svdtrt quantize {b} --precision {self.name}"
-        return quantize if has_calibration else f"svdtrt calibrate {b} && {quantize}"
 
 
 #: Every precision svdtrt knows, in the order tables list them.

@@ -110,7 +110,7 @@ def test_bad_images(run_cli, tiny_bundle, tmp_path):
     code, _, err = run_cli("run", tiny_bundle.path, "--image", text, "--out", tmp_path / "c.mp4")
     _one_line_error(code, err, "is not a readable image")
     code, _, err = run_cli("run", tiny_bundle.path, "--image", tmp_path, "--out", tmp_path / "c.mp4")
-    _one_line_error(code, err, "not found")
+    _one_line_error(code, err, f"image '{tmp_path}' is a folder; give the path of a PNG or JPEG file")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -183,7 +183,8 @@ def test_torch_backend_run_equals_diffusers_frames(run_cli, tiny_bundle, tiny_mo
 def test_unwritable_outputs_are_refused_before_sampling(run_cli, tiny_bundle, image_file, tmp_path):
     code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "no" / "c.mp4")
     _one_line_error(code, err, "does not exist")
-    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path, "--force")
+    (tmp_path / "folder.mp4").mkdir()
+    code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "folder.mp4", "--force")
     _one_line_error(code, err, "is a folder")
     code, _, err = run_cli("check", tiny_bundle.path, "--image", image_file, "--report", tmp_path / "no" / "r.json")
     _one_line_error(code, err, "does not exist")

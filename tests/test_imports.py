@@ -16,7 +16,8 @@ PACKAGE = Path(svdtrt.__file__).parent
 #: Modules every stage may import; they import no stage.
 SHARED = {"svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtrt.manifest", "svdtrt.fs",
           "svdtrt.bundle", "svdtrt.engines", "svdtrt.accuracy", "svdtrt.images", "svdtrt.models",
-          "svdtrt.presets", "svdtrt.components", "svdtrt.gpu", "svdtrt.block_cache", "svdtrt.flops"}
+          "svdtrt.presets", "svdtrt.components", "svdtrt.gpu", "svdtrt.block_cache", "svdtrt.flops",
+          "svdtrt.hints"}
 STAGES = ("svdtrt.export", "svdtrt.calibration", "svdtrt.build", "svdtrt.runtime", "svdtrt.check",
           "svdtrt.benchmark", "svdtrt.serving", "svdtrt.cli", "svdtrt.demo", "svdtrt.verify", "svdtrt.doctor")
 

@@ -88,11 +88,15 @@ def markdown(results: dict) -> str:
     if quantized:
         lines += ["", "UNet call versus the same backend's fp32 graph:", ""]
         lines += [f"- {row_label(r)}: {r['unet_speedup_vs_fp32']:.2f}x" for r in quantized]
-    skipped = [r for r in results["rows"] if r["status"] == "skipped"]
+    skipped: dict[tuple[str, str], list[str]] = {}  # (backend, reason) -> precisions: each reason once
+    for r in results["rows"]:
+        if r["status"] == "skipped":
+            skipped.setdefault((r["backend"], r["reason"]), []).append(r["precision"])
     lines += work_markdown(results)
     if skipped:
-        lines += ["", "Skipped:", "", "| backend | precision | reason |", "|---|---|---|"]
-        lines += [f"| {r['backend']} | {r['precision']} | {r['reason'].replace('|', '/')} |" for r in skipped]
+        lines += ["", "Skipped:", "", "| backend | precisions | reason |", "|---|---|---|"]
+        lines += [f"| {backend} | {', '.join(precisions)} | {reason.replace('|', '/')} |"
+                  for (backend, reason), precisions in skipped.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -146,17 +146,22 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
         "rows": [], "work_rows": [],
     }
     plan = [(b, p) for b in backends for p in precisions]
+    # The bar counts clips of the rows that run: a skipped row takes its clips off the total, so the
+    # time left is that of the work left.
     bar = tqdm(total=(1 + len(plan) * (1 + len(work))) * (warmup + repeat), desc="bench", unit="clip",
                disable=not progress)
+    bar.set_postfix_str("diffusers reference")
 
     reference_row, reference = _reference_row(model, image, settings, device, warmup, repeat, bar)
     results["rows"].append(reference_row)
     for name, precision in plan:
         bar.set_postfix_str(f"{name} {precision}")
+        counted = bar.n
         row, work_rows = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup,
                                       repeat, bar, reference, work)
         if row["status"] == "skipped":
-            bar.update((warmup + repeat) * (1 + len(work)))
+            bar.total -= (warmup + repeat) * (1 + len(work)) - (bar.n - counted)
+            bar.refresh()
             log.info("skipped %s %s: %s", name, precision, row["reason"])
         results["rows"].append(row)
         results["work_rows"] += work_rows

@@ -21,7 +21,7 @@ import PIL.Image
 
 from ..bundle import changing
 from ..errors import InputError
-from ..fs import checkpoint
+from ..fs import checkpoint, path_kind
 from ..images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
 from ..manifest import CalibrationEntry
 from ..models import reference_model
@@ -56,7 +56,8 @@ def calibration_images(directory: str | os.PathLike | None = None,
     else:
         directory = Path(directory)
         if not directory.is_dir():
-            raise InputError(f"image folder '{directory}' not found; give a folder of PNG or JPEG files")
+            raise InputError(f"--images '{directory}' is {path_kind(directory)}, not a folder; give a folder of "
+                             "PNG or JPEG files")
         files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise InputError(f"image folder '{directory}' holds no image file "
@@ -68,8 +69,10 @@ def calibration_images(directory: str | os.PathLike | None = None,
 
 
 def capture_calls(backend, bundle, image: PIL.Image.Image, settings: SamplingSettings,
-                  components: tuple[str, ...] = QUANTIZED_COMPONENTS) -> dict[str, list[dict]]:
+                  components: tuple[str, ...] = QUANTIZED_COMPONENTS, progress: bool | str = False) -> dict[str, list[dict]]:
     """Run one clip on ``backend`` and return the inputs of every call of ``components``.
+
+    ``progress``: a bar over the clip's denoising steps (a string: its label).
 
     Returns:
         ``{component: [{input_name: float32 array}, ...]}`` in call order: for the UNet, one
@@ -77,7 +80,7 @@ def capture_calls(backend, bundle, image: PIL.Image.Image, settings: SamplingSet
         ``timestep`` [B]; for the VAE decoder, one per decode chunk with ``latents`` [N, C, h, w].
     """
     recorder = Recorder(backend, components)
-    SvdPipeline(recorder, bundle)(image, settings)
+    SvdPipeline(recorder, bundle)(image, settings, progress=progress)
     return {c: [{k: v.numpy().astype(np.float32, copy=False) for k, v in inputs.items()}
                 for inputs, _ in calls] for c, calls in recorder.calls.items()}
 
@@ -110,7 +113,6 @@ def calibrate_bundle(bundle_path, images: list[tuple[str, PIL.Image.Image]], nam
             read-only bundle.
         BundleError: ``model`` is not the bundle's source model.
     """
-    from tqdm import tqdm
 
     if not name or "/" in name or name.startswith(".") or name != name.strip():
         raise InputError(f"calibration set name '{name}' must be a plain folder name")
@@ -135,10 +137,12 @@ def calibrate_bundle(bundle_path, images: list[tuple[str, PIL.Image.Image]], nam
         folder.mkdir(parents=True, exist_ok=True)
         components = {c: {"calibration": [], "held_out": [], "per_timestep": Counter()} for c in QUANTIZED_COMPONENTS}
         image_entries = []
-        for i, (image_name, image) in enumerate(tqdm(images, desc="calibrate", unit="image", disable=not progress)):
+        for i, (image_name, image) in enumerate(images):
             split = "held_out" if i == len(images) - 1 else "calibration"
             settings = dataclasses.replace(base, seed=seed + i)
-            calls = capture_calls(backend, bundle, image, settings)
+            # One bar per image, over its denoising steps: a clip of a large model takes minutes.
+            label = f"calibrate {i + 1}/{len(images)} {image_name}" + (" (held out)" if split == "held_out" else "")
+            calls = capture_calls(backend, bundle, image, settings, progress=label if progress else False)
             for c, samples in calls.items():
                 for inputs in samples:
                     entry = components[c]

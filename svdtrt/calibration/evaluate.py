@@ -20,7 +20,8 @@ from ..runtime.backends.pytorch import TorchBackend
 from ..specs import COMPONENTS
 
 
-def held_out_accuracy(graph: Path, component: str, precision: str, calibration, model) -> dict:
+def held_out_accuracy(graph: Path, component: str, precision: str, calibration, model,
+                      progress: bool | str = False) -> dict:
     """Metrics of the quantized ``graph`` of ``component`` against the fp32 PyTorch module.
 
     Args:
@@ -30,6 +31,7 @@ def held_out_accuracy(graph: Path, component: str, precision: str, calibration, 
             ``measured_by``).
         calibration: the :class:`~svdtrt.calibration.shards.CalibrationSet` whose held-out split is used.
         model: the source :class:`SvdModel` (fp32).
+        progress: a bar over the held-out samples (a string: its label).
     Returns:
         ``{"samples": n, "measured_by": ..., "outputs": {output: {"max_abs_error", "mean_abs_error",
         "cosine"[, "psnr_db"]}}}``.
@@ -37,10 +39,13 @@ def held_out_accuracy(graph: Path, component: str, precision: str, calibration, 
         QuantizationError: no held-out samples, or a corrupt or mismatched shard.
     """
     import onnxruntime as ort
+    from tqdm import tqdm
 
     reference = TorchBackend(model).component(component)
+    label = progress if isinstance(progress, str) else "held-out"
     recorded = []
-    for sample in calibration.samples(component, "held_out"):
+    for sample in tqdm(calibration.samples(component, "held_out"), total=len(calibration.files(component, "held_out")),
+                       desc=f"{label} (PyTorch)", unit="call", disable=not progress):
         inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
         recorded.append((inputs, reference(inputs)))
     # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses.
@@ -52,6 +57,7 @@ def held_out_accuracy(graph: Path, component: str, precision: str, calibration, 
             return lambda inputs: {n: torch.from_numpy(np.asarray(r, dtype=np.float32)) for n, r in zip(
                 outputs, session.run(outputs, {k: v.numpy() for k, v in inputs.items()}))}
 
-    metrics = compare_components({component: recorded}, _Graph(), every_call=True)
+    metrics = compare_components({component: recorded}, _Graph(), every_call=True,
+                                 progress=f"{label} (ONNX Runtime)" if progress else False)
     return {"samples": len(recorded), "measured_by": lookup_precision(precision).measured_by,
             "outputs": metrics[component]}

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import changing, graph_filename
+from ..bundle import Bundle, changing, graph_filename
 from ..errors import InputError, QuantizationError
 from ..fs import checkpoint
 from ..gpu import onnxruntime_package, package_version
@@ -42,16 +42,20 @@ log = logging.getLogger(__name__)
 FP16_QDQ_OPSET = 19
 
 
-def check_precision(precision: str, bundle="BUNDLE") -> dict:
+def check_precision(precision: str, bundle=None) -> dict:
     """The quantizer settings of ``precision`` (from :mod:`svdtrt.precisions`).
 
+    Args:
+        bundle: the bundle's path, to name the command that makes ``precision`` in it.
     Raises:
         InputError: an unknown precision, or one not made by quantization.
+        BundleError: ``bundle`` is given, ``precision`` is not quantized and ``bundle`` is no bundle.
     """
     p = lookup_precision(precision)
     if not p.quantized:
-        raise InputError(f"quantize makes {', '.join(made_by('quantize'))} graphs; {precision} is made with "
-                         f"'{p.make_command(bundle)}'")
+        made = (f"'{Bundle.open(bundle).make_command(p.name)}'" if bundle is not None
+                else f"svdtrt's {p.made_by} command")
+        raise InputError(f"quantize makes {', '.join(made_by('quantize'))} graphs; {precision} is made with {made}")
     return p.quantizer
 
 
@@ -139,8 +143,9 @@ def _data_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".data")
 
 
-def validate_qdq_graph(path: Path) -> dict:
-    """Check that the graph at ``path`` is an explicit, symmetric Q/DQ graph.
+def validate_qdq_graph(path: Path, remedy: str | None = None) -> dict:
+    """Check that the graph at ``path`` is an explicit, symmetric Q/DQ graph; ``remedy`` is the
+    command that makes it again, for the messages.
 
     Returns:
         ``{"quantize_linear": n, "dequantize_linear": n, "quantized_ops": {"Conv": n, "MatMul": n, ...},
@@ -157,13 +162,13 @@ def validate_qdq_graph(path: Path) -> dict:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # OSError, or protobuf's DecodeError (which has no stable import path)
         raise QuantizationError(f"quantized graph '{path}' is unreadable ({type(e).__name__}); "
-                                "run 'svdtrt quantize --force' again") from None
+                                f"{_again(remedy)}") from None
     graph = model.graph
     ops = Counter(n.op_type for n in graph.node)
     if not ops["QuantizeLinear"] or not ops["DequantizeLinear"]:
         raise QuantizationError(f"'{path.name}' has no Q/DQ node (QuantizeLinear {ops['QuantizeLinear']}, "
                                 f"DequantizeLinear {ops['DequantizeLinear']}); it is not a quantized graph, "
-                                "run 'svdtrt quantize' again")
+                                f"{_again(remedy)}")
     initializers = {t.name: t for t in graph.initializer}
     constants = {n.output[0]: n.attribute[0].t for n in graph.node
                  if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
@@ -190,6 +195,10 @@ def validate_qdq_graph(path: Path) -> dict:
                                 "check the --exclude patterns")
     return {"quantize_linear": ops["QuantizeLinear"], "dequantize_linear": ops["DequantizeLinear"],
             "quantized_ops": dict(quantized), "zero_points": checked}
+
+
+def _again(remedy: str | None) -> str:
+    return f"make it again with '{remedy}'" if remedy else "quantize the bundle again with --force"
 
 
 def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
@@ -243,7 +252,10 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
         model = reference_model(bundle, model)
         scratch = staged.scratch("quantize")
         entries = {}
-        for name in tqdm(QUANTIZED_COMPONENTS, desc=f"quantize {precision}", unit="graph", disable=not progress):
+        for i, name in enumerate(QUANTIZED_COMPONENTS, 1):
+            # Two bars per graph, each naming its stage: the quantizer's calibration pass (it reads
+            # the samples one by one) and the held-out evaluation against PyTorch.
+            stage = f"quantize {precision} {i}/{len(QUANTIZED_COMPONENTS)} {name}"
             # The quantizer writes its shape-inferred copy beside the source: give it a copy in
             # the scratch folder (a copy, not a link: onnx refuses external data with several links).
             fp32 = bundle.graph(name, "fp32")
@@ -251,10 +263,14 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
                 shutil.copyfile(bundle.path / file, scratch / file)
             target = scratch / graph_filename(name, precision)
             start = time.perf_counter()
-            done = quantize_graph(scratch / fp32.file, target, calib.samples(name), precision, exclude, quantize_bias)
+            bar = tqdm(calib.samples(name), total=len(calib.files(name)), desc=f"{stage}: calibrating",
+                       unit="sample", disable=not progress)
+            done = quantize_graph(scratch / fp32.file, target, iter(bar), precision, exclude, quantize_bias)
+            bar.close()
             seconds = time.perf_counter() - start
             qdq = {**validate_qdq_graph(target), "arithmetic": arithmetic_precision(target)}
-            accuracy = held_out_accuracy(target, name, precision, calib, model)
+            accuracy = held_out_accuracy(target, name, precision, calib, model,
+                                         progress=f"{stage}: held-out evaluation" if progress else False)
             log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)
             checkpoint("quantize-component")
             entries[name] = GraphEntry(

@@ -12,13 +12,13 @@ so a shard can never execute code.
 from __future__ import annotations
 
 import re
-import shlex
 import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
 
+from .. import hints
 from ..errors import InputError, QuantizationError
 from ..specs import DYNAMIC_SYMBOLS, ComponentSpec, ModelDims, component
 
@@ -38,9 +38,10 @@ def save_shard(path: Path, inputs: Mapping[str, np.ndarray]) -> None:
         np.savez(f, **{k: np.ascontiguousarray(v) for k, v in inputs.items()})
 
 
-def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims,
-               remedy: str = "svdtrt calibrate BUNDLE --force") -> dict[str, np.ndarray]:
+def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims, remedy: str) -> dict[str, np.ndarray]:
     """Read one shard and check it against ``spec`` (see :func:`check_sample`).
+
+    ``remedy`` is the command that records the set again (:func:`svdtrt.hints.calibrate`).
 
     Returns:
         ``{input_name: float32 array}`` in spec order.
@@ -116,7 +117,7 @@ class CalibrationSet:
         if name not in sets:
             have = ", ".join(sets) or "none"
             raise InputError(f"bundle '{bundle.path}' has no calibration set '{name}' (has: {have}); "
-                             f"record one with 'svdtrt calibrate {shlex.quote(str(bundle.path))} --name {shlex.quote(name)}'")
+                             f"record one with '{hints.calibrate(bundle.path, name)}'")
         self.bundle, self.name, self.entry = bundle, name, sets[name]
 
     def files(self, component_name: str, split: str = "calibration") -> list[Path]:
@@ -133,9 +134,8 @@ class CalibrationSet:
         if not files:
             raise QuantizationError(
                 f"calibration set '{self.name}' has no {split.replace('_', '-')} samples for {component_name}; "
-                f"record them with 'svdtrt calibrate {shlex.quote(str(self.bundle.path))} --name "
-                f"{shlex.quote(self.name)} --force'")
+                f"record them with '{hints.calibrate(self.bundle.path, self.name, force=True)}'")
         spec, dims = component(component_name), self.bundle.dims
-        remedy = (f"svdtrt calibrate {shlex.quote(str(self.bundle.path))} --name {shlex.quote(self.name)} --force")
+        remedy = hints.calibrate(self.bundle.path, self.name, force=True)
         for path in files:
             yield load_shard(path, spec, dims, remedy)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 
+from .. import hints
 from ..bundle import Bundle, Staged, changing, creating, graph_filename, owned_files
 from ..components import example_inputs, torch_modules
 from ..errors import BundleError, InputError
@@ -82,7 +83,8 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     for p in precisions:
         if lookup_precision(p).name not in PRECISIONS:
             raise InputError(f"export writes {', '.join(PRECISIONS)} graphs, not {p}; "
-                             f"{lookup_precision(p).make_command(out)} makes {p} graphs from a bundle")
+                             f"'{hints.make_precision(out, lookup_precision(p).name, model.source['name'])}' "
+                             f"makes {p} graphs from a bundle")
     if "fp32" not in precisions:
         raise InputError("export always writes the fp32 graphs: include fp32 in the precisions")
     out = Path(out)
@@ -150,12 +152,14 @@ def _export_components(staged: Staged, model, dims: ModelDims, names: list[str],
     owners = {"image_encoder": model.image_encoder, "vae_encoder": model.vae, "unet": model.unet,
               "vae_decoder": model.vae, "unet_full": model.unet, "unet_shallow": model.unet}
     last_user = {id(owners[n]): n for n in names}
-    for name in tqdm(names, desc="export", unit="graph", disable=not progress):
+    bar = tqdm(names, desc="export", unit="graph", disable=not progress)
+    for name in bar:
         _drop_component(staged, name)
         release = owners[name] if release_weights and last_user[id(owners[name])] == name else None
         entry, validation = _export_component(name, modules[name], dims, staged.path, opset, ranges, vshape,
-                                              release)
+                                              release, stage=lambda what: bar.set_postfix_str(f"{name}: {what}"))
         if "fp16" in precisions:
+            bar.set_postfix_str(f"{name}: fp16 conversion and validation")
             entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path, staged.path, name,
                                               *validation)
         for precision, graph in entry.graphs.items():
@@ -181,8 +185,10 @@ def _drop_component(staged: Staged, name: str) -> None:
             del staged.manifest.engines[key]
 
 
-def _export_component(name, module, dims, folder: Path, opset: int, ranges, vshape, release=None):
-    """Trace, validate and check one component's fp32 graph into ``folder``.
+def _export_component(name, module, dims, folder: Path, opset: int, ranges, vshape, release=None,
+                      stage=lambda what: None):
+    """Trace, validate and check one component's fp32 graph into ``folder``; ``stage(what)`` is
+    told each step as it starts (the progress bar names it).
 
     Returns:
         (manifest entry, (the validation sizes, inputs, and PyTorch's outputs on them)).
@@ -190,16 +196,20 @@ def _export_component(name, module, dims, folder: Path, opset: int, ranges, vsha
     spec = COMPONENTS[name]
     sizes = dims.sizes(spec.batch[1], *vshape)
     inputs = example_inputs(spec, sizes)
+    stage("PyTorch reference outputs")
     expected = reference_outputs(module, spec, inputs)
     path = folder / graph_filename(name, "fp32")
     start = time.perf_counter()
+    stage("ONNX export")
     export_graph(module, spec, inputs, path, opset)
     seconds = time.perf_counter() - start
     if release is not None:  # validation needs only ``expected``; free the weights before ORT loads its copy
         release.to("meta")
         gc.collect()
+    stage("validation on ONNX Runtime")
     metrics = validate_graph(path, spec, None, inputs, expected=expected)
     log.info("%s: exported in %.1f s, validated: %s", name, seconds, metrics)
+    stage("deployability check")
     graph_axes = _graph_axes(path)
     entry = ComponentEntry(
         inputs=[{"name": t.name, "dims": list(t.dims), "dtype": t.dtype} for t in spec.inputs],

@@ -95,7 +95,7 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
     p = lookup_precision(precision)
     if p.made_by != "convert":
         raise InputError(f"convert makes {', '.join(made_by('convert'))} graphs; {precision} is made with "
-                         f"'{p.make_command(path)}'")
+                         f"'{Bundle.open(path).make_command(p.name)}'")
     with changing(path) as staged:
         components = staged.manifest.components
         existing = [c for c, e in components.items() if precision in e.graphs]

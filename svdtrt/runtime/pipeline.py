@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-import shlex
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .. import hints
 from ..errors import InputError, NumericalError
 from ..images import check_image_size
 from ..specs import CLIP_INPUT_SIZE, ModelDims
@@ -247,10 +247,12 @@ class SvdPipeline:
         self.video_processor = VideoProcessor(do_resize=True, vae_scale_factor=self.dims.latent_scale)
         self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
 
-    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool = False,
+    def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool | str = False,
                  timings: bool = False) -> Clip:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
 
+        ``progress`` shows a bar over the denoising steps; a string is the bar's label (the stage
+        a command is in), True labels it ``denoise``.
         ``timings`` asks for per-stage seconds on a GPU, at the cost of synchronising the device
         around every stage (:class:`StageTimer`); without it the loop queues work unhindered.
 
@@ -319,7 +321,8 @@ class SvdPipeline:
         #    reuse it (its conditional half once guidance has ended).
         #    Each step is timed as a whole too, so that the loop's own cost is known.
         deep_feature, unet_calls, step_options = None, [], step_kwargs(s.scheduler, generator)
-        for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoise", unit="step", disable=not progress)):
+        label = progress if isinstance(progress, str) else "denoise"
+        for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, unit="step", disable=not progress)):
             with timer.stage("step"):
                 guide = guided and (s.guidance_steps is None or i < s.guidance_steps)
                 branch = (lambda x: x) if guide else (lambda x: x[-1:])
@@ -354,9 +357,10 @@ class SvdPipeline:
             frames = torch.cat([decode_vae({"latents": latents[i:i + chunk]})["frames"]
                                 for i in range(0, latents.shape[0], chunk)])
             if not torch.isfinite(frames).all():
+                verify = f"run '{hints.verify(self.bundle_path)}'" if self.bundle_path else "verify the bundle"
                 raise NumericalError(
                     f"the {self.backend.name} backend decoded NaN or infinite values: a corrupted graph or engine "
-                    f"(run 'svdtrt verify {shlex.quote(str(self.bundle_path or 'BUNDLE'))}'), or an overflow in a lower "
+                    f"({verify}), or an overflow in a lower "
                     "precision (try --precision fp32)")
             # [F, 3, H, W] -> [1, 3, F, H, W], the layout diffusers' VideoProcessor takes
             frames = frames.reshape(-1, s.frames, *frames.shape[1:]).permute(0, 2, 1, 3, 4).float()

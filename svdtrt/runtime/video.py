@@ -1,4 +1,5 @@
-"""Writing clips: H.264 mp4 through PyAV, and raw float frames as ``.npy``.
+"""Writing clips through PyAV in the format their file name says (H.264 ``.mp4``, VP9 ``.webm``,
+``.gif``), and raw float frames as ``.npy``.
 
 These write the file they are given; callers that publish outputs write to the part file of a
 :class:`svdtrt.fs.OutputFile`, so a clip appears complete or not at all.
@@ -11,6 +12,72 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
+
+#: Clip formats by file extension: (PyAV container, codec, pixel format, codec options).
+#: yuv420p is what players expect of H.264 and VP9; GIF takes 8-bit colour (rgb8: 3-3-2 bits).
+#: VP9 with ``b:v 0`` is constant-quality mode, at ``crf`` 30 (FFmpeg's VP9 guide's suggestion for
+#: 1080p and below, https://trac.ffmpeg.org/wiki/Encode/VP9 as cited by PyAV's examples).
+CLIP_FORMATS: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    ".mp4": ("mp4", "libx264", "yuv420p", {"crf": "17"}),
+    ".webm": ("webm", "libvpx-vp9", "yuv420p", {"crf": "30", "b:v": "0"}),
+    ".gif": ("gif", "gif", "rgb8", {}),
+}
+
+#: The one file format of ``--save-frames``.
+FRAMES_SUFFIX = ".npy"
+
+
+def check_clip_path(path: str | os.PathLike, option: str = "--out") -> str:
+    """The clip format that ``path``'s extension names (a key of :data:`CLIP_FORMATS`).
+
+    Raises:
+        InputError: any other extension (one line naming the formats).
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in CLIP_FORMATS:
+        raise InputError(f"{option} '{path}': svdtrt writes clips as {', '.join(CLIP_FORMATS)}; "
+                         f"end the file name with one of them")
+    return suffix
+
+
+def check_frames_path(path: str | os.PathLike, option: str = "--save-frames") -> None:
+    """Raises InputError unless ``path`` ends in ``.npy`` (frames are saved as a NumPy array only)."""
+    if Path(path).suffix.lower() != FRAMES_SUFFIX:
+        raise InputError(f"{option} '{path}': frames are saved as a NumPy array; end the file name with "
+                         f"{FRAMES_SUFFIX}")
+
+
+def write_clip(frames: np.ndarray, path: str | os.PathLike, fps: int = 7, suffix: str | None = None,
+               options: dict[str, str] | None = None) -> None:
+    """Encode ``frames`` (float32 [F, H, W, 3] in [0, 1]) at ``fps`` frames/s in the format of
+    ``suffix`` (default: ``path``'s extension; :data:`CLIP_FORMATS`), with ``options`` overriding
+    the format's codec options. A publisher's part file has its own name: pass the target's suffix.
+
+    Odd heights or widths are padded by one edge pixel (4:2:0 chroma needs even sizes).
+
+    Raises:
+        InputError: an extension not in :data:`CLIP_FORMATS`.
+    """
+    import av
+
+    suffix = suffix.lower() if suffix else check_clip_path(path)
+    if suffix not in CLIP_FORMATS:
+        raise InputError(f"no clip format '{suffix}': svdtrt writes clips as {', '.join(CLIP_FORMATS)}")
+    container_format, codec, pix_fmt, defaults = CLIP_FORMATS[suffix]
+    options = {**defaults, **(options or {})}
+    pixels = to_uint8(frames)
+    pad = ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0))
+    pixels = np.pad(pixels, pad, mode="edge")
+    with av.open(str(path), mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(options)
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """float [F, H, W, 3] in [0, 1] -> uint8, rounded to nearest."""
@@ -18,24 +85,8 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 7, crf: int = 17) -> None:
-    """Encode ``frames`` (float32 [F, H, W, 3] in [0, 1]) as H.264 (yuv420p) at ``fps`` frames/s.
-
-    yuv420p needs even sizes, so an odd height or width is padded by one edge pixel.
-    """
-    import av
-
-    path = Path(path)
-    pixels = to_uint8(frames)
-    pad = ((0, 0), (0, pixels.shape[1] % 2), (0, pixels.shape[2] % 2), (0, 0))
-    pixels = np.pad(pixels, pad, mode="edge")
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = pixels.shape[2], pixels.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in pixels:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+    """Encode ``frames`` (float32 [F, H, W, 3] in [0, 1]) as H.264 (yuv420p) at ``fps`` frames/s."""
+    write_clip(frames, path, fps, ".mp4", {"crf": str(crf)})
 
 
 def read_mp4(path: str | os.PathLike) -> np.ndarray:

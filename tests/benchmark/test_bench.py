@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 
 import numpy as np
 import pytest
@@ -103,8 +104,22 @@ def test_bench_markdown_has_a_row_per_result(bench_out):
     assert any(line.startswith("| diffusers | fp32 | cpu |") and "reference" in line for line in table)
     assert any(line.startswith("| torch | fp32 | cpu |") for line in table)
     assert any(line.startswith("| onnxruntime | fp32 | cpu |") for line in table)
-    assert any(line.startswith("| tensorrt | fp32 | ") for line in table)  # in the skipped table
+    # the skipped table gives each backend's reason once, with the precisions it skipped
+    tensorrt = [line for line in table if line.startswith("| tensorrt | ")]
+    assert len(tensorrt) == 1 and tensorrt[0].startswith("| tensorrt | fp32, int8 | ")
+    assert text.count("needs TensorRT") == 1
     assert any(line.startswith("| onnxruntime | int8 | ") and "no int8 graph" in line for line in table)
+
+
+def test_bench_progress_counts_only_the_rows_that_run(tiny_bundle, tiny_model, photo, capsys):
+    settings = SamplingSettings(frames=4, height=64, width=64, steps=1)
+    results = run_benchmark(tiny_bundle, photo, settings, tiny_model, ["onnxruntime", "tensorrt"], ["fp32", "int8"],
+                            warmup=0, repeat=2, progress=True)
+    measured = [r for r in results["rows"] if r["status"] == "measured"]
+    assert len(measured) == 2  # the reference and onnxruntime fp32; three rows skipped
+    counts = re.findall(r"bench:.*?\b(\d+)/(\d+) \[", capsys.readouterr().err)
+    done, total = map(int, counts[-1])
+    assert done == total == 2 * len(measured)  # 2 clips per row that ran, none for the skipped
 
 
 @pytest.mark.parametrize("args, message", [
