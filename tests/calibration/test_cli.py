@@ -29,4 +29,4 @@ def test_run_int8_writes_a_clip(int8_bundle, tmp_path, run_cli, photo):
     code, out, err = run_cli("run", int8_bundle.path, "--image", image, "--out", out_path,
                              "--precision", "int8", "--steps", "2")
     assert code == 0, out + err
-    assert out_path.stat().st_size > 0 and "(onnxruntime, int8)" in out
+    assert out_path.stat().st_size > 0 and "(onnxruntime, int8;" in out
