@@ -31,4 +31,4 @@ def test_doctor_names_what_the_tensorrt_backend_lacks(run_cli, monkeypatch):
     assert report["backends"]["onnxruntime"] == "ready"
     code, out, _ = run_cli("doctor")
     assert code == 0
-    assert "TensorRT      not installed" in out and "pip install -e '.[tensorrt]'" in out
+    assert "TensorRT      not installed" in out and "[tensorrt]' --extra-index-url" in out

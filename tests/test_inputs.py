@@ -276,9 +276,10 @@ def test_memory_estimate_terms(tiny_bundle):
 
 # 5. Output paths, checked before sampling ------------------------------------------------------
 
-def test_out_and_save_frames_on_the_same_path_are_refused(run_cli, tiny_bundle, image_file, tmp_path, no_sampling):
-    _refused(_run(run_cli, tiny_bundle, image_file, tmp_path, "--save-frames", tmp_path / "clip.mp4"),
-             "--out and --save-frames are both")
+def test_two_outputs_on_the_same_path_are_refused(run_cli, tiny_bundle, image_file, tmp_path, no_sampling):
+    # --save-frames must end in .npy and --out in a video format, so only --timings can collide
+    _refused(_run(run_cli, tiny_bundle, image_file, tmp_path, "--timings", tmp_path / "clip.mp4"),
+             "--out and --timings are both")
     _nothing_written(tmp_path)
 
 

@@ -149,7 +149,7 @@ def test_build_without_tensorrt_is_one_line_exit_2(bundle, run_cli, monkeypatch)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, also on a TensorRT machine
     code, _, err = run_cli("build", bundle.path, "--precision", "fp32", "--components", "unet")
     assert code == 2 and err.count("\n") == 1
-    assert "svdtrt build needs TensorRT" in err and "pip install -e '.[tensorrt]'" in err
+    assert "svdtrt build needs TensorRT" in err and "[tensorrt]' --extra-index-url" in err
     assert not list((bundle.path / "engines").glob("*.engine"))
 
 

@@ -14,13 +14,16 @@ from svdtrt.export.validation import cpu_session, validate_graph
 from svdtrt.specs import COMPONENTS
 
 
-def test_bundle_holds_four_validated_graphs_with_one_data_file_each(tiny_bundle):
+def test_bundle_holds_validated_graphs_with_one_data_file_each(tiny_bundle):
+    """The four components and the two block-caching graphs; each graph reads one weights file, its
+    own or (the caching graphs, docs/architecture.md "Block caching") the UNet's."""
     m = tiny_bundle.manifest
-    assert list(m.components) == ["image_encoder", "vae_encoder", "unet", "vae_decoder"]
+    assert list(m.components) == ["image_encoder", "vae_encoder", "unet", "vae_decoder", "unet_full", "unet_shallow"]
     for name, entry in m.components.items():
         graph = onnx.load(str(tiny_bundle.graph_path(name)), load_external_data=False)
         locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
-        assert locations == {f"{name}.fp32.onnx.data"}
+        assert locations == {entry.graphs["fp32"].data} and len(locations) == 1
+        assert entry.graphs["fp32"].data == ("unet.fp32.onnx.data" if name.startswith("unet_") else f"{name}.fp32.onnx.data")
         assert [i.name for i in graph.graph.input] == COMPONENTS[name].input_names
         assert [o.name for o in graph.graph.output] == COMPONENTS[name].output_names
         for metrics in entry.graphs["fp32"].validation.outputs.values():

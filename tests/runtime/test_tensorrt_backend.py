@@ -38,7 +38,7 @@ def test_tensorrt_backend_without_tensorrt_is_one_line_exit_2(tiny_bundle, run_c
     extra = ["--out", tmp_path / "clip.mp4"] if command == "run" else []
     code, out, err = run_cli(command, tiny_bundle.path, "--image", _image(tmp_path), "--backend", "tensorrt", *extra)
     assert code == 2 and err.count("\n") == 1, err
-    assert "the tensorrt backend needs TensorRT" in err and "pip install -e '.[tensorrt]'" in err
+    assert "the tensorrt backend needs TensorRT" in err and "[tensorrt]' --extra-index-url" in err
     assert not (tmp_path / "clip.mp4").exists()
 
 
