@@ -184,7 +184,9 @@ def test_killing_a_replica_mid_clip_leaves_the_service_answering(service, image_
     replicas = processes("ServeReplica:svdtrt:ClipModel")
     assert len(replicas) == 2, replicas
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(_post, service, image_bytes, seed=7, steps=40, format="npy")
+        # long enough to be still running when killed, on a quiet machine too (a tiny step takes
+        # a few hundredths of a second there; 40 steps ended within the second on CI)
+        in_flight = pool.submit(_post, service, image_bytes, seed=7, steps=400, format="npy")
         time.sleep(1.0)
         victim = busiest(replicas)
         assert not in_flight.done()
