@@ -63,18 +63,13 @@ class UnetFull(torch.nn.Module):
 
     def __init__(self, unet: torch.nn.Module, depth: int = DEFAULT_CACHE_DEPTH):
         super().__init__()
-        if not 1 <= depth <= max_cache_depth(unet.config):
-            raise ValueError(f"cache depth must be 1 to {max_cache_depth(unet.config)} for this UNet, got {depth}")
-        self.unet, self.depth = unet, depth
+        self.unet, self.depth = unet, _checked_depth(unet, depth)
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids):
         unet = self.unet
         batch_size, num_frames = sample.shape[:2]
-        emb = _embeddings(unet, sample, timestep, added_time_ids)
-        encoder_hidden_states = encoder_hidden_states.repeat_interleave(
-            num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames)
-        hidden = unet.conv_in(sample.flatten(0, 1))
-        indicator = torch.zeros(batch_size, num_frames, dtype=hidden.dtype, device=hidden.device)
+        emb, encoder_hidden_states, hidden, indicator = _stem(unet, sample, timestep, encoder_hidden_states,
+                                                              added_time_ids)
         skips = (hidden,)
         for block in unet.down_blocks:
             hidden, res = _call_block(block, hidden, emb, encoder_hidden_states, indicator)
@@ -107,17 +102,13 @@ class UnetShallow(torch.nn.Module):
 
     def __init__(self, unet: torch.nn.Module, depth: int = DEFAULT_CACHE_DEPTH):
         super().__init__()
-        UnetFull(unet, depth)  # the same depth check
-        self.unet, self.depth = unet, depth
+        self.unet, self.depth = unet, _checked_depth(unet, depth)
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, deep_feature):
         unet = self.unet
         batch_size, num_frames = sample.shape[:2]
-        emb = _embeddings(unet, sample, timestep, added_time_ids)
-        encoder_hidden_states = encoder_hidden_states.repeat_interleave(
-            num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames)
-        hidden = unet.conv_in(sample.flatten(0, 1))
-        indicator = torch.zeros(batch_size, num_frames, dtype=hidden.dtype, device=hidden.device)
+        emb, encoder_hidden_states, hidden, indicator = _stem(unet, sample, timestep, encoder_hidden_states,
+                                                              added_time_ids)
         skips = (hidden,)
         for i, block in enumerate(unet.down_blocks[:self.depth]):
             if i < self.depth - 1:
@@ -146,3 +137,23 @@ def _down_block_without_downsampler(block, hidden, emb, encoder_hidden_states, i
                           return_dict=False)[0]
         outputs += (hidden,)
     return outputs
+
+
+def _checked_depth(unet: torch.nn.Module, depth: int) -> int:
+    """``depth``, or ValueError when it is outside 1 .. :func:`max_cache_depth`."""
+    if not 1 <= depth <= max_cache_depth(unet.config):
+        raise ValueError(f"cache depth must be 1 to {max_cache_depth(unet.config)} for this UNet, got {depth}")
+    return depth
+
+
+def _stem(unet, sample, timestep, encoder_hidden_states, added_time_ids):
+    """What both graphs compute first, as diffusers' UNet does: the time embedding, the image
+    embedding repeated per frame, ``conv_in`` on the flattened frames and the image-only indicator.
+    Returns ``(emb, encoder_hidden_states [B*F, 1, D], hidden [B*F, C0, h, w], indicator [B, F])``."""
+    batch_size, num_frames = sample.shape[:2]
+    emb = _embeddings(unet, sample, timestep, added_time_ids)
+    encoder_hidden_states = encoder_hidden_states.repeat_interleave(
+        num_frames, dim=0, output_size=encoder_hidden_states.shape[0] * num_frames)
+    hidden = unet.conv_in(sample.flatten(0, 1))
+    indicator = torch.zeros(batch_size, num_frames, dtype=hidden.dtype, device=hidden.device)
+    return emb, encoder_hidden_states, hidden, indicator
