@@ -27,15 +27,16 @@ def main() -> None:
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cache-depth", type=int, default=1)
+    p.add_argument("--cache-layer", type=int, default=0)
     args = p.parse_args()
     cfg = PRESETS[args.preset]
-    dims = ModelDims.from_configs(cfg["unet"], cfg["vae"], cfg["image_encoder"], args.cache_depth)
+    dims = ModelDims.from_configs(cfg["unet"], cfg["vae"], cfg["image_encoder"], args.cache_depth, args.cache_layer)
     shape = (args.frames, args.height, args.width)
     full = unet_call_flops(cfg["unet"], dims, "unet", 2, *shape)
     shallow = unet_call_flops(cfg["unet"], dims, "unet_shallow", 2, *shape)
     print(f"{args.preset} UNet, {args.frames} frames at {args.width}x{args.height}, {args.steps} steps, "
-          f"cache depth {args.cache_depth}: {full / 1e12:.1f} TFLOP per batch-2 call, shallow UNet "
-          f"{shallow / 1e12:.1f} TFLOP ({100 * shallow / full:.1f} %)\n")
+          f"cache depth {args.cache_depth}, layer {args.cache_layer}: {full / 1e12:.4g} TFLOP per batch-2 call, shallow UNet "
+          f"{shallow / 1e12:.4g} TFLOP ({100 * shallow / full:.1f} %)\n")
     print("| cache interval | guidance steps | UNet calls (full / shallow, batch 2 / 1) | UNet TFLOP per clip | x fewer |")
     print("|---|---|---|---|---|")
     base = None
@@ -46,7 +47,7 @@ def main() -> None:
         base = base or work["unet_flops"]
         kinds = ", ".join(f"{k} x{v['calls']}" for k, v in work["graphs"].items())
         print(f"| {interval} | {'all' if guidance is None else guidance} | {kinds} | "
-              f"{work['unet_flops'] / 1e12:.1f} | {base / work['unet_flops']:.2f} |")
+              f"{work['unet_flops'] / 1e12:.4g} | {base / work['unet_flops']:.2f} |")
 
 
 if __name__ == "__main__":

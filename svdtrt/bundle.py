@@ -301,6 +301,15 @@ class Staged:
         with contextlib.suppress(FileNotFoundError):
             (self.path / name).unlink()
 
+    def current(self, name: str) -> Path | None:
+        """Where file ``name`` of the new state is now: the staged one if a stage wrote it, else the
+        current bundle's, which :meth:`commit` carries over; None if the new state will not have it."""
+        if (self.path / name).exists():
+            return self.path / name
+        if self.old is not None and name not in self._dropped and name in self.old.manifest.files:
+            return self.old.path / name
+        return None
+
     def write_json(self, name: str, data: dict) -> None:
         """Write ``data`` as the staged file ``name`` (a new file, never through a link)."""
         (self.path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -318,11 +327,7 @@ class Staged:
         old = self.old.manifest.files if self.old else {}
         for name in old:
             if name not in self._dropped and not os.path.lexists(self.path / name):
-                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.old.path / name, self.path / name)
-                except OSError:  # a file system without hard links
-                    shutil.copy2(self.old.path / name, self.path / name)
+                _link_or_copy(self.old.path / name, self.path / name)
         for folder, _, names in os.walk(self.path):
             for n in names:
                 full = Path(folder) / n
@@ -339,6 +344,16 @@ class Staged:
         write_new(self.path / MANIFEST, schema.dump(self.manifest))
         self._txn.publish()
         return Bundle.open(self.target)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Carry a file of the current bundle into the staging folder: a hard link (the published file
+    keeps its inode, so its recorded hash stands), or a copy where hard links are not possible."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -73,7 +73,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     options = backend_options or {}
     tested = create_backend(backend, bundle, precision, model=model, **options)  # first: a missing backend fails fast
     stages = _Stages(3 + settings.full_compute + quantized, progress)
-    recorder = Recorder(TorchBackend(model, cache_depth=bundle.dims.cache_depth))
+    recorder = Recorder(TorchBackend(model, dims=bundle.dims))
     with stages("PyTorch loop, recording each component's inputs") as label:
         torch_clip = SvdPipeline(recorder, bundle)(image, settings, progress=label)
     if settings.full_compute:

@@ -161,9 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "does (default fp32)")
     p.add_argument("--components", type=_component_list,
                    help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
-    p.add_argument("--cache-depth", type=int, default=1,
+    p.add_argument("--cache-depth", type=int,
                    help="block caching: the deep feature enters the D-th up block from the last (default 1: "
-                        "the last; deeper caches less and saves less)")
+                        "the last; deeper caches less and saves less; adding --components keeps the bundle's)")
+    p.add_argument("--cache-layer", type=int,
+                   help="block caching: the deep feature enters layer J of that up block (default 0: its input; "
+                        "a later layer caches more of it and saves more, as DeepCache's finer skip branches)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
 
     p = sub.add_parser("run", help="make a clip from an image with a bundle")
@@ -375,7 +378,7 @@ def _cmd_export(args) -> int:
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
     bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force,
                            components=args.components, precisions=precisions, release_weights=True,
-                           cache_depth=args.cache_depth)
+                           cache_depth=args.cache_depth, cache_layer=args.cache_layer)
     print(f"bundle written to {bundle.path}")
     _print_graphs(bundle, args.components)
     return 0

@@ -68,17 +68,18 @@ class VaeDecoder(torch.nn.Module):
 FP32_INPUTS = frozenset({"timestep"})
 
 
-def torch_modules(model, cache_depth: int | None = None) -> dict[str, torch.nn.Module]:
+def torch_modules(model, dims=None) -> dict[str, torch.nn.Module]:
     """Spec-shaped modules of an :class:`svdtrt.models.SvdModel`, keyed by component name; the
-    block-caching pair at ``cache_depth`` (default ``model.dims.cache_depth``)."""
-    depth = cache_depth or model.dims.cache_depth
+    block-caching pair at the cache depth and layer of ``dims`` (a :class:`svdtrt.specs.ModelDims`,
+    default ``model.dims``)."""
+    branch = ((dims or model.dims).cache_depth, (dims or model.dims).cache_layer)
     return {
         "image_encoder": ImageEncoder(model.image_encoder).eval(),
         "vae_encoder": VaeEncoder(model.vae).eval(),
         "unet": Unet(model.unet).eval(),
         "vae_decoder": VaeDecoder(model.vae).eval(),
-        "unet_full": UnetFull(model.unet, depth).eval(),
-        "unet_shallow": UnetShallow(model.unet, depth).eval(),
+        "unet_full": UnetFull(model.unet, *branch).eval(),
+        "unet_shallow": UnetShallow(model.unet, *branch).eval(),
     }
 
 

@@ -34,7 +34,7 @@ def unet_call_flops(unet_config: dict, dims: ModelDims, component: str, batch: i
 
     Args:
         unet_config: the UNet's config (``bundle.manifest.configs["unet"]``).
-        dims: the model's dims (the block-caching depth included).
+        dims: the model's dims (the block-caching depth and layer included).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -43,8 +43,9 @@ def unet_call_flops(unet_config: dict, dims: ModelDims, component: str, batch: i
     from .components import Unet
 
     unet = _meta_unet(json.dumps(unet_config, sort_keys=True))
-    module = {"unet": Unet, "unet_full": lambda u: UnetFull(u, dims.cache_depth),
-              "unet_shallow": lambda u: UnetShallow(u, dims.cache_depth)}[component](unet)
+    branch = (dims.cache_depth, dims.cache_layer)
+    module = {"unet": Unet, "unet_full": lambda u: UnetFull(u, *branch),
+              "unet_shallow": lambda u: UnetShallow(u, *branch)}[component](unet)
     sizes = dims.sizes(batch, frames, height, width)
     inputs = [torch.empty(t.shape(sizes), device="meta") for t in COMPONENTS[component].inputs]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

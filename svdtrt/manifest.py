@@ -145,6 +145,7 @@ class Dims(Schema):
     default_frames: Positive
     #: Block caching (absent in bundles exported before it: the defaults).
     cache_depth: Positive = 1
+    cache_layer: Annotated[int, Field(ge=0)] = 0
     deep_channels: Annotated[int, Field(ge=0)] = 0
 
 

@@ -12,7 +12,8 @@ Shape symbols:
     D  image-embedding width (``image_encoder.config.projection_dim``)
     S  CLIP input size (224: diffusers' SVD pipeline resizes to 224x224)
     H, W  image size in pixels; h, w  latent size (H / latent_scale, W / latent_scale)
-    K  channels of the block-caching deep feature (``unet.config.block_out_channels[d]``, cache depth d)
+    K  channels of the block-caching deep feature (``block_out_channels[d]``, or ``[d - 1]`` past layer 0;
+       :attr:`ModelDims.deep_channels`)
     hk, wk  size of the deep feature (h / 2**(d - 1), w / 2**(d - 1); :mod:`svdtrt.block_cache`)
 A symbol may carry an integer factor (``2C``) and a plain integer is a fixed size.
 """
@@ -33,7 +34,7 @@ DYNAMIC_SYMBOLS = frozenset({"B", "F", "N", "H", "W", "h", "w", "hk", "wk"})
 DEFAULT_OPSET = 17
 
 #: The block-caching depth unless ``svdtrt export --cache-depth`` says otherwise: the deep feature
-#: enters the last up block (DeepCache's shallowest branch; :mod:`svdtrt.block_cache`).
+#: enters the last up block (at ``--cache-layer`` 0, its input; :mod:`svdtrt.block_cache`).
 DEFAULT_CACHE_DEPTH = 1
 
 #: diffusers' SVD pipeline resizes the CLIP input to this size (``_resize_with_antialiasing(image, (224, 224))``).
@@ -145,7 +146,7 @@ UNET = ComponentSpec(
     batch=(1, 2, 2),
 )
 #: Block caching (:mod:`svdtrt.block_cache`): the full UNet that also returns the deep feature
-#: entering up block n - d, and the shallow UNet that runs only the shallow blocks on it.
+#: entering layer j of up block n - d, and the shallow UNet that runs only the shallow part on it.
 DEEP_FEATURE = TensorSpec("deep_feature", ("B", "F", "K", "hk", "wk"))
 UNET_FULL = ComponentSpec(
     "unet_full", inputs=UNET.inputs, outputs=(*UNET.outputs, DEEP_FEATURE), batch=UNET.batch,
@@ -182,6 +183,16 @@ def component(name: str) -> ComponentSpec:
         raise InputError(f"unknown component '{name}': choose from {', '.join(COMPONENTS)}") from None
 
 
+def up_block_layers(unet_config: Mapping, depth: int) -> int:
+    """Layers (resnets, each with its attention if any) of up block n - ``depth`` of a UNet: diffusers
+    gives up block i ``reversed(layers_per_block)[i] + 1`` layers
+    (``UNetSpatioTemporalConditionModel.__init__``), the extra one reading the level's input skip."""
+    per_block = unet_config["layers_per_block"]
+    if not isinstance(per_block, int):
+        per_block = per_block[depth - 1]
+    return per_block + 1
+
+
 @dataclass(frozen=True)
 class ModelDims:
     """The sizes a model's configs fix, read from them (nothing assumes the 576x1024 release).
@@ -197,7 +208,11 @@ class ModelDims:
         default_frames: ``unet.config.num_frames`` (14 for SVD, 25 for SVD-XT).
         cache_depth: the block-caching depth d the bundle's caching graphs were exported at
             (``svdtrt export --cache-depth``, 1 .. ``unet_downsamples``).
-        deep_channels: K, channels of the deep feature, ``unet.config.block_out_channels[d]``.
+        cache_layer: the block-caching layer j (``svdtrt export --cache-layer``): the deep
+            feature enters layer j of up block n - d (0 .. :func:`up_block_layers` - 1).
+        deep_channels: K, channels of the deep feature: ``unet.config.block_out_channels[d]``
+            at j = 0 (the input of up block n - d), ``block_out_channels[d - 1]`` at j > 0 (the
+            output of one of its layers).
     """
 
     latent_channels: int
@@ -207,19 +222,25 @@ class ModelDims:
     scaling_factor: float
     default_frames: int
     cache_depth: int = DEFAULT_CACHE_DEPTH
+    cache_layer: int = 0
     deep_channels: int = 0
 
     @classmethod
     def from_configs(cls, unet: Mapping, vae: Mapping, image_encoder: Mapping,
-                     cache_depth: int = DEFAULT_CACHE_DEPTH) -> "ModelDims":
+                     cache_depth: int = DEFAULT_CACHE_DEPTH, cache_layer: int = 0) -> "ModelDims":
         """Read the sizes from the three config dicts (as saved in ``config.json`` files).
 
         Raises:
-            InputError: ``cache_depth`` is not 1 .. ``len(unet["block_out_channels"]) - 1``.
+            InputError: ``cache_depth`` is not 1 .. ``len(unet["block_out_channels"]) - 1``, or
+                ``cache_layer`` not 0 .. ``up_block_layers(unet, cache_depth) - 1``.
         """
         levels = len(unet["block_out_channels"])
         if not 1 <= cache_depth <= levels - 1:
             raise InputError(f"cache depth must be 1 to {levels - 1} for this UNet ({levels} levels), got {cache_depth}")
+        layers = up_block_layers(unet, cache_depth)
+        if not 0 <= cache_layer < layers:
+            raise InputError(f"cache layer must be 0 to {layers - 1} at cache depth {cache_depth} for this UNet "
+                             f"({layers} layers in its up block), got {cache_layer}")
         return cls(
             latent_channels=int(vae["latent_channels"]),
             embed_dim=int(image_encoder["projection_dim"]),
@@ -228,7 +249,8 @@ class ModelDims:
             scaling_factor=float(vae["scaling_factor"]),
             default_frames=int(unet["num_frames"]),
             cache_depth=cache_depth,
-            deep_channels=int(unet["block_out_channels"][cache_depth]),
+            cache_layer=cache_layer,
+            deep_channels=int(unet["block_out_channels"][cache_depth if cache_layer == 0 else cache_depth - 1]),
         )
 
     @property

@@ -36,7 +36,7 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
                   width: Range | None = None, opset: int = DEFAULT_OPSET, force: bool = False,
                   progress: bool = True, components: list[str] | None = None,
                   precisions: tuple[str, ...] = ("fp32",), release_weights: bool = False,
-                  cache_depth: int = DEFAULT_CACHE_DEPTH) -> Bundle:
+                  cache_depth: int | None = None, cache_layer: int | None = None) -> Bundle:
     """Export components of ``model`` to a bundle at ``out``, validating and checking each graph.
 
     Each component is traced to fp32 (cleaned by onnxslim, weights in one external-data file),
@@ -63,8 +63,10 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
             component it serves is traced and its reference outputs are computed, so that peak
             host memory is PyTorch's weights plus one copy of one component's, not two (the model
             is unusable afterwards; the CLI sets this).
-        cache_depth: the block-caching depth of ``unet_full`` / ``unet_shallow``
-            (:mod:`svdtrt.block_cache`), recorded in the manifest's ``dims``.
+        cache_depth, cache_layer: where ``unet_full`` / ``unet_shallow`` split the UNet: the deep
+            feature enters layer ``cache_layer`` of up block n - ``cache_depth``
+            (:mod:`svdtrt.block_cache`); recorded in the manifest's ``dims``. None: the bundle's
+            when adding components to one, else :data:`~svdtrt.specs.DEFAULT_CACHE_DEPTH` and 0.
     Returns:
         The opened bundle.
     Raises:
@@ -79,7 +81,7 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
         names += [n for n, spec in COMPONENTS.items() if spec.shares_weights_with == "unet" and n not in names]
     unet, vae, image_encoder = model.unet.config, model.vae.config, model.image_encoder.config.to_dict()
-    dims = ModelDims.from_configs(unet, vae, image_encoder, cache_depth)
+    dims = ModelDims.from_configs(unet, vae, image_encoder, cache_depth or DEFAULT_CACHE_DEPTH, cache_layer or 0)
     for p in precisions:
         if lookup_precision(p).name not in PRECISIONS:
             raise InputError(f"export writes {', '.join(PRECISIONS)} graphs, not {p}; "
@@ -92,7 +94,10 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     with (changing(out) if adding else creating(out, force)) as staged:
         if adding:
             frames, height, width = _same_ranges(staged, model, frames, height, width)
-            _same_cache_depth(staged, dims, names)
+            if cache_depth is None and cache_layer is None:  # the bundle's split, unless asked for another
+                old = staged.old.manifest.dims
+                dims = ModelDims.from_configs(unet, vae, image_encoder, old.cache_depth, old.cache_layer)
+            _same_cache_branch(staged, dims, names)
         f0, h0, w0 = model.default_shape
         frames, height, width = frames or (f0,) * 3, height or (h0,) * 3, width or (w0,) * 3
         check_ranges(dims, frames, height, width)
@@ -131,13 +136,15 @@ def _same_ranges(staged: Staged, model, *given: Range | None) -> tuple[Range, Ra
     return tuple(ranges)
 
 
-def _same_cache_depth(staged: Staged, dims: ModelDims, names: list[str]) -> None:
-    """Refuse a cache depth other than the bundle's unless the caching graphs are re-exported."""
-    have = staged.old.manifest.dims.cache_depth
+def _same_cache_branch(staged: Staged, dims: ModelDims, names: list[str]) -> None:
+    """Refuse a cache depth or layer other than the bundle's unless the caching graphs are re-exported."""
+    old = staged.old.manifest.dims
+    have, want = (old.cache_depth, old.cache_layer), (dims.cache_depth, dims.cache_layer)
     caching = [n for n, spec in COMPONENTS.items() if spec.shares_weights_with]
-    if dims.cache_depth != have and not set(caching) <= set(names):
-        raise InputError(f"the bundle's caching graphs have cache depth {have}; export {','.join(caching)} "
-                         f"(or unet) with --cache-depth {dims.cache_depth}, or leave --cache-depth out")
+    if want != have and not set(caching) <= set(names):
+        raise InputError(f"the bundle's caching graphs have cache depth {have[0]} and layer {have[1]}; export "
+                         f"{','.join(caching)} (or unet) with --cache-depth {want[0]} --cache-layer {want[1]}, "
+                         "or leave both out")
 
 
 def _export_components(staged: Staged, model, dims: ModelDims, names: list[str], opset: int, precisions, ranges,
@@ -146,7 +153,7 @@ def _export_components(staged: Staged, model, dims: ModelDims, names: list[str],
 
     manifest = staged.manifest
     vshape = validation_shape(dims, *ranges)
-    modules = torch_modules(model, dims.cache_depth)
+    modules = torch_modules(model, dims)
     # The PyTorch module behind each component (the VAE serves two, the UNet three), and which
     # exported component is the last to need it: that one may release it.
     owners = {"image_encoder": model.image_encoder, "vae_encoder": model.vae, "unet": model.unet,
@@ -163,7 +170,7 @@ def _export_components(staged: Staged, model, dims: ModelDims, names: list[str],
             entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path, staged.path, name,
                                               *validation)
         for precision, graph in entry.graphs.items():
-            entry.graphs[precision] = share_weights(staged.path, name, precision, graph)
+            entry.graphs[precision] = share_weights(staged, name, precision, graph)
         manifest.components[name] = entry
         gc.collect()
         checkpoint("export-component")

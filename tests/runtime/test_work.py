@@ -26,30 +26,40 @@ def _diffusers(model, image, settings):
 
 class DeepCacheReference:
     """Block caching as the DeepCache paper defines it (section 3.2), over diffusers' own UNet and
-    independent of svdtrt.block_cache: a full step runs diffusers' UNet and keeps the input of its
-    last up block; a cached step runs diffusers' UNet with that input replaced by the kept feature
-    (a forward pre-hook), so everything below the shallow blocks is discarded and only the
-    shallow blocks' results reach the output. The other components are the torch backend's."""
+    independent of svdtrt.block_cache: a full step runs diffusers' UNet and keeps the feature
+    entering the skip branch, here the hidden state entering layer ``layer`` of the last up block
+    (the first channels of that layer's resnet input, ahead of the concatenated skip); a cached
+    step runs diffusers' UNet with that feature replaced by the kept one (a forward pre-hook), so
+    everything below the branch is discarded and only the shallow layers' results reach the
+    output. The other components are the torch backend's."""
 
-    def __init__(self, model):
+    def __init__(self, model, layer=0):
         self.torch = TorchBackend(model)
         self.unet, self.name, self.device = model.unet, "deepcache-reference", torch.device("cpu")
+        self.layer = layer
 
     @contextlib.contextmanager
     def _last_up_block_input(self, replace=None):
         seen = {}
 
         def hook(_module, args, kwargs):
-            seen["feature"] = kwargs["hidden_states"]
+            hidden = args[0]  # torch.cat([deep feature, skip], dim=1)
+            seen["feature"] = hidden[:, :channels]
             if replace is not None:
-                return args, {**kwargs, "hidden_states": replace}
+                return (torch.cat([replace, hidden[:, channels:]], dim=1), *args[1:]), kwargs
             return None
 
-        handle = self.unet.up_blocks[-1].register_forward_pre_hook(hook, with_kwargs=True)
+        channels = self._deep_channels()
+        handle = self.unet.up_blocks[-1].resnets[self.layer].register_forward_pre_hook(hook, with_kwargs=True)
         try:
             yield seen
         finally:
             handle.remove()
+
+    def _deep_channels(self):
+        """Channels of the hidden state entering the layer: the output of the layer before it."""
+        before = self.unet.up_blocks[-1].resnets[self.layer - 1] if self.layer else self.unet.up_blocks[-2].resnets[-1]
+        return before.spatial_res_block.out_channels
 
     def component(self, name):
         if name not in ("unet_full", "unet_shallow"):
@@ -165,3 +175,35 @@ def test_caching_graphs_read_the_unet_weights_file(tiny_bundle):
         assert owned_files(m, name, graph) == [graph.file]  # replacing it keeps the UNet's weights
     assert owned_files(m, "unet", m.components["unet"].graphs["fp32"]) == ["unet.fp32.onnx"]
     assert verify_bundle(tiny_bundle.path) == []
+
+
+def test_a_later_cache_layer_reexported_into_a_bundle_matches_the_reference(tiny_model, tiny_bundle, photo,
+                                                                            tmp_path):
+    """export --components unet_full,unet_shallow --cache-layer 1 over a bundle: the new graphs
+    still read the UNet's weights file, the bundle verifies, and its cached clip is DeepCache's
+    at that branch, on ONNX Runtime and on torch with the bundle's dims."""
+    import shutil
+
+    from svdtrt.bundle import Bundle
+    from svdtrt.export import export_bundle
+    from svdtrt.verify import verify_bundle
+
+    shutil.copytree(tiny_bundle.path, tmp_path / "b")
+    bundle = export_bundle(tiny_model, tmp_path / "b", components=["unet_full", "unet_shallow"], cache_layer=1,
+                           progress=False)
+    assert (bundle.dims.cache_depth, bundle.dims.cache_layer) == (1, 1)
+    assert bundle.manifest.components["unet_shallow"].graphs["fp32"].data == "unet.fp32.onnx.data"
+    assert sorted(p.name for p in bundle.path.glob("*.data")) == sorted(p.name for p in tiny_bundle.path.glob("*.data"))
+    assert verify_bundle(bundle.path) == []
+    # adding another component keeps the bundle's branch
+    again = export_bundle(tiny_model, bundle.path, components=["vae_decoder"], progress=False)
+    assert Bundle.open(again.path).dims.cache_layer == 1
+
+    settings = SamplingSettings(**SIZE, steps=5, seed=3, cache_interval=2)
+    reference = SvdPipeline(DeepCacheReference(tiny_model, layer=1), tiny_model)(photo, settings)
+    onnx = SvdPipeline(OnnxRuntimeBackend(bundle), bundle)(photo, settings)
+    torch_clip = SvdPipeline(TorchBackend(tiny_model, dims=bundle.dims), bundle)(photo, settings)
+    layer0 = SvdPipeline(TorchBackend(tiny_model), tiny_model)(photo, settings)
+    assert clip_metrics(onnx.frames, reference.frames)["min_psnr_db"] >= 60.0
+    assert clip_metrics(torch_clip.frames, reference.frames)["min_psnr_db"] >= 100.0
+    assert not np.array_equal(torch_clip.frames, layer0.frames)  # the branch did move

@@ -65,7 +65,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
             raise BackendUnavailableError(f"the torch backend on cuda needs a CUDA GPU and a CUDA build of torch "
                                           f"(torch {torch.__version__} sees none); use --device cpu")
         return TorchBackend(reference_model(bundle, model), device, getattr(torch, p.dtype),
-                            cache_depth=bundle.dims.cache_depth)
+                            dims=bundle.dims)
     if name in ORT_PROVIDERS:
         from .onnxrt import OnnxRuntimeBackend
 

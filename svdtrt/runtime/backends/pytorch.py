@@ -24,8 +24,8 @@ class TorchBackend:
         model: an :class:`svdtrt.models.SvdModel`.
         device: ``"cpu"`` or ``"cuda"``; inputs are moved there, outputs come back there (float32).
         dtype: ``torch.float32`` (reference) or ``torch.float16`` (GPU).
-        cache_depth: the block-caching depth of ``unet_full`` / ``unet_shallow`` (the bundle's,
-            ``bundle.dims.cache_depth``; default the model's).
+        dims: the :class:`svdtrt.specs.ModelDims` whose cache depth and layer ``unet_full`` /
+            ``unet_shallow`` take (the bundle's, ``bundle.dims``; default the model's).
     Attributes:
         dtypes: ``{component: dtype it computes in}``.
     """
@@ -33,7 +33,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 cache_depth: int | None = None):
+                 dims=None):
         self.device, self.dtype = torch.device(device), dtype
         self.dtypes = {name: torch.float32 if dtype == torch.float16 and runs_fp32_in_fp16(spec, model.configs())
                        else dtype for name, spec in COMPONENTS.items()}
@@ -42,7 +42,7 @@ class TorchBackend:
             # fp32 CPU reference of the same run) stays as it was.
             model = dataclasses.replace(model, image_encoder=copy.deepcopy(model.image_encoder),
                                         vae=copy.deepcopy(model.vae), unet=copy.deepcopy(model.unet))
-        modules = torch_modules(model, cache_depth)
+        modules = torch_modules(model, dims)
         if self.dtypes["vae_encoder"] != self.dtypes["vae_decoder"]:
             # The two VAE components share one module; the encoder gets its own copy in its dtype
             # (without the decoder it never runs), as diffusers upcasts the VAE around encoding.
