@@ -31,7 +31,9 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         bundle: the opened :class:`svdtrt.bundle.Bundle`.
         precision: a precision of :mod:`svdtrt.precisions`; the bundle must have its graphs.
         profile: ``"dynamic"``: each input's min/opt/max; ``"static"``: min = opt = max = the
-            optimal shape (fastest, one shape only).
+            optimal shape (fastest, one clip size only), except the UNet graphs' batch, which
+            keeps 1 .. 2 (``spec.batch``) so that guidance truncation's batch-1 calls run on
+            the same engine (:func:`static_profile`).
         frames, height, width: (min, opt, max) overrides of the bundle's clip-size ranges
             (frames; pixels); any left None keeps the manifest's ``shapes``. Without overrides
             the manifest's per-input profiles are used as they are.
@@ -76,8 +78,7 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         else:
             shapes_by_input = {k: v.model_dump() for k, v in entry.profile.items()}
         if profile == "static":
-            shapes_by_input = {k: {key: list(v["opt"]) for key in ("min", "opt", "max")}
-                               for k, v in shapes_by_input.items()}
+            shapes_by_input = static_profile(COMPONENTS[name], shapes_by_input)
         engine = engine_name(name, precision)
         plan_components[name] = {
             "graph": graph.file, "data": graph.data, "engine": engine, "sidecar": sidecar_name(engine),
@@ -95,6 +96,20 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         },
         "components": plan_components,
     }
+
+
+def static_profile(spec, profile: dict) -> dict:
+    """A static optimization profile from ``profile`` (``{input: {"min", "opt", "max"}}``): every
+    axis at its optimal size, except the batch axis (symbol ``B``) of a component whose batch varies
+    (``spec.batch``, the UNet graphs: 2 with classifier-free guidance, 1 after ``--guidance-steps``),
+    which keeps its min and max. TensorRT picks its kernels for the optimal shape either way, and
+    the TensorRT backend captures one CUDA graph per batch (:func:`svdtrt.runtime.backends.trt.is_static`)."""
+    static = {}
+    for t in spec.inputs:
+        opt = list(profile[t.name]["opt"])
+        static[t.name] = {key: [profile[t.name][key][i] if symbol == "B" else size for i, (symbol, size)
+                                in enumerate(zip(t.dims, opt))] for key in ("min", "opt", "max")}
+    return static
 
 
 def check_precision_supported(precision: str, gpu: dict) -> None:

@@ -93,7 +93,7 @@ def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_c
     assert not (bundle.path / "engines").exists()  # a dry run builds nothing
 
 
-def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli):
+def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max_but_the_unet_batch(bundle, run_cli):
     out = _dry_run(bundle, run_cli, "fp16", "--profile", "static", *RANGES)
     plan = plan_build(bundle, "fp16", "static", **_ranges(RANGES))
     _printed(out, plan)
@@ -102,9 +102,12 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max(bundle, run_cli)
                     "timestep": [2], "encoder_hidden_states": [2, 1, 32], "added_time_ids": [2, 3],
                     "latents": [4, 4, 16, 16], "deep_feature": [2, 4, 64, 16, 16]}
     seen = set()
-    for item in plan["components"].values():
+    for component, item in plan["components"].items():
         for name, p in item["profile"].items():
-            assert p["min"] == p["opt"] == p["max"] == expected_opt[name], name
+            assert p["opt"] == p["max"] == expected_opt[name], name
+            # the UNet graphs also take batch 1, for guidance truncation's conditional-only calls
+            batch_1 = [1, *expected_opt[name][1:]] if component.startswith("unet") else expected_opt[name]
+            assert p["min"] == batch_1, (component, name)
             seen.add(name)
     assert seen == set(expected_opt)
 
@@ -188,6 +191,7 @@ def test_build_plan_becomes_polygraphys_real_loader_chain(bundle, tmp_path):
     (profile,) = config.profiles
     assert isinstance(profile, Profile) and list(profile) == COMPONENTS["unet"].input_names
     sample = profile["sample"]
-    assert sample.min == sample.opt == sample.max == [2, 4, 8, 16, 16]  # static: B=2 (guidance), F=4, 2C=8, 64/4
+    assert sample.opt == sample.max == [2, 4, 8, 16, 16]  # static: B=2 (guidance), F=4, 2C=8, 64/4
+    assert sample.min == [1, 4, 8, 16, 16]  # and batch 1 after --guidance-steps
     for name, shapes in item["profile"].items():
         assert (profile[name].min, profile[name].opt, profile[name].max) == (shapes["min"], shapes["opt"], shapes["max"])

@@ -39,8 +39,11 @@ def torch_dtype(trt, dtype) -> torch.dtype:
 
 
 def is_static(profile: dict) -> bool:
-    """True when every input of an optimization profile has min == opt == max."""
-    return all(p["min"] == p["opt"] == p["max"] for p in profile.values())
+    """True when every input of an optimization profile has min == opt == max, except perhaps on
+    the batch axis (axis 0; a static plan keeps the UNet's batch 1 .. 2,
+    :func:`svdtrt.build.plan.static_profile`): one shape per batch, each of which can be captured
+    in a CUDA graph."""
+    return all(p["min"][1:] == p["opt"][1:] == p["max"][1:] for p in profile.values())
 
 
 class EngineRunner:
@@ -53,7 +56,8 @@ class EngineRunner:
         profile: the sidecar's ``{input: {"min", "opt", "max"}}``.
         stream: the backend's CUDA stream.
         rebuild: the ``svdtrt build`` command to suggest when a shape does not fit.
-        cuda_graph: capture the call in a CUDA graph (static profiles only).
+        cuda_graph: capture the call in a CUDA graph (static profiles only), one per input shape
+            (the UNet's batch 2 and 1).
     """
 
     def __init__(self, trt, engine, component: str, profile: dict, stream: torch.cuda.Stream,
@@ -68,9 +72,8 @@ class EngineRunner:
         self.use_cuda_graph = cuda_graph and is_static(profile)
         if cuda_graph and not self.use_cuda_graph:
             log.warning("%s: CUDA graph needs a static profile; running without one", component)
-        self._graph = None
-        self._static_inputs: dict[str, torch.Tensor] = {}
-        self._static_outputs: dict[str, torch.Tensor] = {}
+        # per input shapes: (CUDA graph, its input buffers, its output buffers)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
     def _bind(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Set shapes and addresses of ``inputs`` (already on the GPU in the engine's dtypes);
@@ -111,20 +114,24 @@ class EngineRunner:
         return outputs
 
     def _replay(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Copy the inputs into the captured buffers and replay the CUDA graph; capture it on
-        the first call, after one ordinary run (TensorRT must have run once before capture)."""
-        if self._graph is None:
-            self._static_inputs = {n: t.clone() for n, t in feeds.items()}
-            self._static_outputs = self._bind(self._static_inputs)
+        """Copy the inputs into the captured buffers and replay the CUDA graph of these input
+        shapes; capture it on the first call with them, after one ordinary run (TensorRT must have
+        run once with a shape before capture)."""
+        key = tuple(tuple(t.shape) for t in feeds.values())
+        if key not in self._graphs:
+            inputs = {n: t.clone() for n, t in feeds.items()}
+            outputs = self._bind(inputs)
             self._execute()
             self.stream.synchronize()
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph, stream=self.stream):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
                 self._execute()
+            self._graphs[key] = (graph, inputs, outputs)
+        graph, inputs, outputs = self._graphs[key]
         for n, t in feeds.items():
-            self._static_inputs[n].copy_(t)
-        self._graph.replay()
-        return {n: t.clone() for n, t in self._static_outputs.items()}
+            inputs[n].copy_(t)
+        graph.replay()  # the captured launches carry their own shapes and addresses
+        return {n: t.clone() for n, t in outputs.items()}
 
 
 class TensorRTBackend:
