@@ -207,3 +207,27 @@ def test_bench_on_cuda_measures_gpu_memory(tiny_bundle, tiny_model, photo):
     assert rows["diffusers", "fp32"]["device"] == "cuda" and rows["torch", "fp32"]["device"] == "cuda"
     assert rows["torch", "fp32"]["memory"]["peak_gpu_bytes"] > 0
     assert rows["torch", "fp32"]["accuracy"]["min_psnr_db"] >= 60
+
+
+def test_bench_work_rows_end_to_end(tiny_bundle, tmp_path, run_cli):
+    """bench with lists of the work options: one measured row per combination beside the base row,
+    its UNet FLOPs counted from the clip's own calls, its clip compared with the base clip."""
+    out = tmp_path / "work"
+    code, _, err = run_cli("bench", tiny_bundle.path, "--steps", "3", "--warmup", "0", "--repeat", "1",
+                           "--backends", "onnxruntime", "--precisions", "fp32", "--device", "cpu",
+                           "--cache-interval", "1,2", "--guidance-steps", "all,1", "--out", out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    base = _rows(results)["onnxruntime", "fp32"]
+    assert base["work"]["cache_interval"] == 1 and base["work"]["unet_calls"] == 3
+    work = {(r["work"]["cache_interval"], r["work"]["guidance_steps"]): r for r in results["work_rows"]}
+    assert set(work) == {(2, None), (1, 1), (2, 1)}  # every combination but the base
+    for (interval, guidance), row in work.items():
+        assert row["status"] == "measured", row.get("reason")
+        assert row["flops_saving_vs_full_compute"] == base["work"]["unet_flops"] / row["work"]["unet_flops"] > 1
+        assert row["accuracy"]["min_psnr_db"] < 100  # the clip changed, and was compared with the base clip
+    # 3 steps, cache interval 2, guidance on the first step only: full b2, shallow b1, full b1
+    assert {k: v["calls"] for k, v in work[2, 1]["work"]["graphs"].items()} == {
+        "unet_full batch 2": 1, "unet_shallow batch 1": 1, "unet_full batch 1": 1}
+    assert (out / "work.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "cache" in (out / "results.md").read_text().lower()
