@@ -66,8 +66,10 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     """
     p = lookup_precision(precision)
     quantized = p.quantized and backend == "onnxruntime"
+    # A bundle quantized before its caching graphs were keeps them at fp32 (kept_precision).
     qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision), bundle.make_command(precision, force=True))
-           for name in QUANTIZED_COMPONENTS} if quantized else None
+           for name in QUANTIZED_COMPONENTS if name in bundle.manifest.components
+           and not bundle.graph(name, precision).kept_precision} if quantized else None
     model = reference_model(bundle, model)
     start = time.perf_counter()
     options = backend_options or {}

@@ -28,7 +28,7 @@ from ..models import reference_model
 from ..runtime.backends import Recorder
 from ..runtime.backends.pytorch import TorchBackend
 from ..runtime.pipeline import SamplingSettings, SvdPipeline
-from .recipe import QUANTIZED_COMPONENTS
+from .recipe import RECORDED_COMPONENTS
 from .shards import CALIBRATION_DIR, SPLITS, save_shard, shard_filename
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def calibration_images(directory: str | os.PathLike | None = None,
 
 
 def capture_calls(backend, bundle, image: PIL.Image.Image, settings: SamplingSettings,
-                  components: tuple[str, ...] = QUANTIZED_COMPONENTS, progress: bool | str = False) -> dict[str, list[dict]]:
+                  components: tuple[str, ...] = RECORDED_COMPONENTS, progress: bool | str = False) -> dict[str, list[dict]]:
     """Run one clip on ``backend`` and return the inputs of every call of ``components``.
 
     ``progress``: a bar over the clip's denoising steps (a string: its label).
@@ -135,7 +135,7 @@ def calibrate_bundle(bundle_path, images: list[tuple[str, PIL.Image.Image]], nam
                 staged.remove(f)
         folder = staged.path / directory
         folder.mkdir(parents=True, exist_ok=True)
-        components = {c: {"calibration": [], "held_out": [], "per_timestep": Counter()} for c in QUANTIZED_COMPONENTS}
+        components = {c: {"calibration": [], "held_out": [], "per_timestep": Counter()} for c in RECORDED_COMPONENTS}
         image_entries = []
         for i, (image_name, image) in enumerate(images):
             split = "held_out" if i == len(images) - 1 else "calibration"

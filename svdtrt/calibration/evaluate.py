@@ -1,6 +1,7 @@
 """The accuracy cost of a quantized graph, on the calibration set's held-out samples.
 
-Each held-out call (the inputs recorded while sampling the held-out image) runs through the
+Each held-out call (the inputs recorded while sampling the held-out image; for ``unet_shallow``
+with the deep feature derived from them, :mod:`svdtrt.calibration.derived`) runs through the
 fp32 PyTorch module and through the quantized graph on ONNX Runtime's CPU provider, and
 :func:`svdtrt.check.compare_components` measures every output (cosine similarity, max and
 mean abs error; PSNR for decoded frames), worst over the calls.
@@ -9,6 +10,7 @@ mean abs error; PSNR for decoded frames), worst over the calls.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -20,8 +22,8 @@ from ..runtime.backends.pytorch import TorchBackend
 from ..specs import COMPONENTS
 
 
-def held_out_accuracy(graph: Path, component: str, precision: str, calibration, model,
-                      progress: bool | str = False) -> dict:
+def held_out_accuracy(graph: Path, component: str, precision: str, samples: Iterable[dict[str, np.ndarray]],
+                      count: int, model, dims=None, progress: bool | str = False) -> dict:
     """Metrics of the quantized ``graph`` of ``component`` against the fp32 PyTorch module.
 
     Args:
@@ -29,23 +31,26 @@ def held_out_accuracy(graph: Path, component: str, precision: str, calibration, 
         component: component name, e.g. ``"unet"``.
         precision: ``"int8"`` or ``"fp8"`` (decides how ONNX Runtime runs it, see the registry's
             ``measured_by``).
-        calibration: the :class:`~svdtrt.calibration.shards.CalibrationSet` whose held-out split is used.
+        samples: the held-out calls, one ``{input_name: float32 array}`` (the component's inputs)
+            at a time (:func:`svdtrt.calibration.derived.component_samples` of the held-out split).
+        count: how many ``samples`` there are (for the progress bar).
         model: the source :class:`SvdModel` (fp32).
+        dims: the bundle's :class:`~svdtrt.specs.ModelDims` (``bundle.dims``), whose cache depth and
+            layer ``unet_full`` / ``unet_shallow`` are built at; default the model's.
         progress: a bar over the held-out samples (a string: its label).
     Returns:
         ``{"samples": n, "measured_by": ..., "outputs": {output: {"max_abs_error", "mean_abs_error",
         "cosine"[, "psnr_db"]}}}``.
     Raises:
-        QuantizationError: no held-out samples, or a corrupt or mismatched shard.
+        QuantizationError: no held-out samples, or a corrupt or mismatched shard (from ``samples``).
     """
     import onnxruntime as ort
     from tqdm import tqdm
 
-    reference = TorchBackend(model).component(component)
+    reference = TorchBackend(model, dims=dims).component(component)
     label = progress if isinstance(progress, str) else "held-out"
     recorded = []
-    for sample in tqdm(calibration.samples(component, "held_out"), total=len(calibration.files(component, "held_out")),
-                       desc=f"{label} (PyTorch)", unit="call", disable=not progress):
+    for sample in tqdm(samples, total=count, desc=f"{label} (PyTorch)", unit="call", disable=not progress):
         inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
         recorded.append((inputs, reference(inputs)))
     # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses.

@@ -32,7 +32,8 @@ from ..fs import checkpoint
 from ..gpu import onnxruntime_package, package_version
 from ..manifest import GraphEntry, Quantization
 from ..precisions import made_by, precision as lookup_precision
-from .recipe import DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
+from .derived import component_samples, sample_count
+from .recipe import CALIBRATED_FROM, DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
 from .shards import SPLITS, CalibrationSet
 
 log = logging.getLogger(__name__)
@@ -206,13 +207,18 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
                     progress: bool = True, quantize_bias: bool = False) -> dict[str, GraphEntry]:
     """Write ``<component>.<precision>.onnx`` for the quantized components, in one bundle transaction.
 
-    For each of :data:`~svdtrt.calibration.recipe.QUANTIZED_COMPONENTS`: quantize the fp32 graph
-    over the set's calibration split, validate it (:func:`validate_qdq_graph`), and measure it
-    against the fp32 PyTorch module on the held-out split (:func:`~svdtrt.calibration.evaluate.
-    held_out_accuracy`). The other components' ``precision`` entries point at their fp32 graphs
-    (they run once per clip). The quantizer works in a scratch folder outside the bundle (its
-    ``*-inferred.onnx`` files never enter it); the graphs and the manifest entries appear
-    together, or not at all.
+    For each of :data:`~svdtrt.calibration.recipe.QUANTIZED_COMPONENTS` the bundle has (the
+    block-caching graphs ``unet_full`` and ``unet_shallow`` only where it was exported with them):
+    quantize the fp32 graph over the set's calibration split, validate it
+    (:func:`validate_qdq_graph`), and measure it against the fp32 PyTorch module on the held-out
+    split (:func:`~svdtrt.calibration.evaluate.held_out_accuracy`). The caching graphs are
+    calibrated and measured on the UNet's recorded calls, ``unet_shallow`` with the deep feature
+    the fp32 ``unet_full`` graph returns on each (:mod:`svdtrt.calibration.derived`), and then
+    read the quantized UNet's weights file where every tensor of theirs matches one in it byte for
+    byte (:func:`svdtrt.export.convert.share_weights`; otherwise they keep their own). The other
+    components' ``precision`` entries point at their fp32 graphs (they run once per clip). The
+    quantizer works in a scratch folder outside the bundle (its ``*-inferred.onnx`` files never
+    enter it); the graphs and the manifest entries appear together, or not at all.
 
     Args:
         bundle_path: the bundle.
@@ -231,6 +237,8 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
     """
     from tqdm import tqdm
 
+    from ..export.convert import share_weights
+    from ..export.external_data import graph_bytes
     from ..export.fp16 import arithmetic_precision
     from ..models import reference_model
     from .evaluate import held_out_accuracy
@@ -245,49 +253,61 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
         if existing and not force:
             raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
                              "pass --force to replace them")
-        for name in QUANTIZED_COMPONENTS:  # fail on missing, corrupt or mismatched data before any long work
-            for split in SPLITS:
-                for _ in calib.samples(name, split):
+        names = [n for n in QUANTIZED_COMPONENTS if n in components]
+        for recorded in dict.fromkeys(CALIBRATED_FROM[n] for n in names):
+            for split in SPLITS:  # fail on missing, corrupt or mismatched data before any long work
+                for _ in calib.samples(recorded, split):
                     pass
         model = reference_model(bundle, model)
         scratch = staged.scratch("quantize")
-        entries = {}
-        for i, name in enumerate(QUANTIZED_COMPONENTS, 1):
-            # Two bars per graph, each naming its stage: the quantizer's calibration pass (it reads
-            # the samples one by one) and the held-out evaluation against PyTorch.
-            stage = f"quantize {precision} {i}/{len(QUANTIZED_COMPONENTS)} {name}"
-            # The quantizer writes its shape-inferred copy beside the source: give it a copy in
-            # the scratch folder (a copy, not a link: onnx refuses external data with several links).
-            fp32 = bundle.graph(name, "fp32")
-            for file in (fp32.file, fp32.data):
-                shutil.copyfile(bundle.path / file, scratch / file)
-            target = scratch / graph_filename(name, precision)
-            start = time.perf_counter()
-            bar = tqdm(calib.samples(name), total=len(calib.files(name)), desc=f"{stage}: calibrating",
-                       unit="sample", disable=not progress)
-            done = quantize_graph(scratch / fp32.file, target, iter(bar), precision, exclude, quantize_bias)
-            bar.close()
-            seconds = time.perf_counter() - start
-            qdq = {**validate_qdq_graph(target), "arithmetic": arithmetic_precision(target)}
-            accuracy = held_out_accuracy(target, name, precision, calib, model,
-                                         progress=f"{stage}: held-out evaluation" if progress else False)
-            log.info("%s %s: quantized in %.1f s, %s, held-out %s", name, precision, seconds, qdq, accuracy)
-            checkpoint("quantize-component")
-            entries[name] = GraphEntry(
-                file=target.name, data=_data_path(target).name,
-                bytes=target.stat().st_size + _data_path(target).stat().st_size, seconds=round(seconds, 3),
-                quantization=Quantization(
-                    calibration=calibration, calibration_samples=len(calib.files(name)),
-                    settings={k: v for k, v in done.items() if k != "excluded_nodes"},
-                    excluded_nodes=done["excluded_nodes"], qdq=qdq, held_out_accuracy=accuracy))
-        for name, component in components.items():
+        # unet_shallow's deep_feature comes from the fp32 unet_full graph (calibration/derived.py).
+        full_graph = bundle.path / components["unet_full"].graphs["fp32"].file if "unet_full" in components else None
+        # Every old file of this precision goes first: a weights file may be read by several graphs
+        # (the caching graphs read the UNet's), and a new file may take an old one's name.
+        for component in components.values():
             old = component.graphs.get(precision)
             if old is not None and not old.kept_precision:
                 for file in (old.file, old.data):
                     staged.remove(file)
-            if name in entries:
-                for file in (entries[name].file, entries[name].data):
-                    shutil.move(scratch / file, staged.path / file)
+        entries = {}
+        for i, name in enumerate(names, 1):
+            # Two bars per graph, each naming its stage: the quantizer's calibration pass (it reads
+            # the samples one by one) and the held-out evaluation against PyTorch.
+            stage = f"quantize {precision} {i}/{len(names)} {name}"
+            # The quantizer writes its shape-inferred copy beside the source: give it a copy in
+            # the scratch folder (a copy, not a link: onnx refuses external data with several links).
+            # The caching graphs' fp32 weights file is the UNet's, copied once.
+            fp32 = bundle.graph(name, "fp32")
+            for file in (fp32.file, fp32.data):
+                if not (scratch / file).exists():
+                    shutil.copyfile(bundle.path / file, scratch / file)
+            target = scratch / graph_filename(name, precision)
+            start = time.perf_counter()
+            bar = tqdm(component_samples(calib, name, full_graph=full_graph), total=sample_count(calib, name),
+                       desc=f"{stage}: calibrating", unit="sample", disable=not progress)
+            done = quantize_graph(scratch / fp32.file, target, iter(bar), precision, exclude, quantize_bias)
+            bar.close()
+            seconds = time.perf_counter() - start
+            for file in (target, _data_path(target)):
+                shutil.move(file, staged.path / file.name)
+            staged_graph = staged.path / target.name
+            qdq = {**validate_qdq_graph(staged_graph), "arithmetic": arithmetic_precision(staged_graph)}
+            # The caching graphs read the quantized UNet's weights file where every tensor matches.
+            graph = share_weights(staged, name, precision, GraphEntry(
+                file=target.name, data=_data_path(target).name, bytes=graph_bytes(staged_graph),
+                seconds=round(seconds, 3)))
+            accuracy = held_out_accuracy(
+                staged_graph, name, precision, component_samples(calib, name, "held_out", full_graph),
+                sample_count(calib, name, "held_out"), model, bundle.dims,
+                progress=f"{stage}: held-out evaluation" if progress else False)
+            log.info("%s %s: quantized in %.1f s, %s, weights in %s, held-out %s", name, precision, seconds, qdq,
+                     graph.data, accuracy)
+            checkpoint("quantize-component")
+            entries[name] = graph.model_copy(update={"quantization": Quantization(
+                calibration=calibration, calibration_samples=sample_count(calib, name),
+                settings={k: v for k, v in done.items() if k != "excluded_nodes"},
+                excluded_nodes=done["excluded_nodes"], qdq=qdq, held_out_accuracy=accuracy)})
+        for name, component in components.items():
             fp32 = component.graphs["fp32"]
             component.graphs[precision] = entries.get(name) or GraphEntry(
                 file=fp32.file, data=fp32.data, bytes=fp32.bytes, kept_precision="fp32")

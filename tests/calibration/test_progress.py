@@ -14,7 +14,7 @@ def test_quantize_names_the_calibration_pass_and_the_held_out_evaluation(calibra
     bundle = copy_bundle(calibrated_bundle, tmp_path)
     code, out, err = run_cli("quantize", bundle.path, "--precision", "int8")
     assert code == 0, err
-    for name in ("1/2 unet", "2/2 vae_decoder"):
+    for name in ("1/4 unet", "2/4 unet_full", "3/4 unet_shallow", "4/4 vae_decoder"):
         for stage in ("calibrating", "held-out evaluation (PyTorch)", "held-out evaluation (ONNX Runtime)"):
             label = f"quantize int8 {name}: {stage}"
             assert re.search(re.escape(label) + r"[^\r\n]*100%", err), label

@@ -141,3 +141,71 @@ def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibra
     assert 0.5 < accuracy.outputs["noise_pred"]["cosine"] < 1.0
     clip = SvdPipeline(OnnxRuntimeBackend(bundle, "fp8"), bundle)(photo, SamplingSettings(4, 64, 64, steps=2))
     assert clip.frames.shape == (4, 64, 64, 3) and 0 <= clip.frames.min() and clip.frames.max() <= 1
+
+
+def test_caching_graphs_are_quantized_with_the_unet_recipe(int8_bundle):
+    """unet_full and unet_shallow get real Q/DQ graphs (not their fp32 graphs), on the UNet's calls."""
+    m = int8_bundle.manifest
+    unet = m.components["unet"].graphs["int8"].quantization
+    for name in ("unet_full", "unet_shallow"):
+        graph = m.components[name].graphs["int8"]
+        assert graph.kept_precision is None and graph.file == f"{name}.int8.onnx"
+        summary = validate_qdq_graph(int8_bundle.path / graph.file)
+        assert summary["quantized_ops"]["Conv"] >= 10 and summary["quantized_ops"]["MatMul"] >= 10
+        q = graph.quantization
+        assert q.settings == unet.settings and q.calibration_samples == unet.calibration_samples
+        model = onnx.load(int8_bundle.path / graph.file, load_external_data=False)
+        assert "/conv_in/Conv" in q.excluded_nodes and "/conv_in/Conv" not in _dq_fed_ops(model)
+    # unet_full is the UNet's graph with one more output, quantized on the same calls: the same ops
+    # are quantized and kept, so its noise_pred costs exactly what the UNet's does
+    full = m.components["unet_full"].graphs["int8"].quantization
+    assert full.qdq["quantized_ops"] == unet.qdq["quantized_ops"]
+    assert len(full.excluded_nodes) == len(unet.excluded_nodes)
+
+
+def test_caching_graphs_held_out_accuracy(int8_bundle):
+    m = int8_bundle.manifest
+    full = m.components["unet_full"].graphs["int8"].quantization.held_out_accuracy
+    shallow = m.components["unet_shallow"].graphs["int8"].quantization.held_out_accuracy
+    assert set(full.outputs) == {"noise_pred", "deep_feature"} and set(shallow.outputs) == {"noise_pred"}
+    held_out = len(m.calibration["default"].components["unet"].held_out)
+    assert full.samples == shallow.samples == held_out
+    # measured on the tiny preset: unet_full noise_pred 0.9944 (as unet's), deep_feature 0.9970,
+    # unet_shallow noise_pred 0.9976 (docs/quantization.md, "Block-caching graphs")
+    for metrics in (*full.outputs.values(), *shallow.outputs.values()):
+        assert 0.98 < metrics["cosine"] < 1.0 and metrics["max_abs_error"] > 0
+
+
+def test_quantized_caching_graphs_read_the_quantized_unet_weights_file(int8_bundle):
+    """ORT's quantizer writes the same int8 weights, scales and fp16 tensors for the same fp32
+    weights (per-channel weight scales depend on the weights alone), so every weight tensor of the
+    caching graphs has a byte-identical copy in unet.int8.onnx.data and they read that file."""
+    from svdtrt.bundle import owned_files
+    from svdtrt.manifest import MANIFEST
+    from svdtrt.verify import verify_bundle
+
+    m = int8_bundle.manifest
+    for name in ("unet_full", "unet_shallow"):
+        graph = m.components[name].graphs["int8"]
+        assert graph.data == "unet.int8.onnx.data"
+        assert not (int8_bundle.path / f"{name}.int8.onnx.data").exists()
+        assert graph.bytes == (int8_bundle.path / graph.file).stat().st_size
+        assert owned_files(m, name, graph) == [graph.file]
+    assert owned_files(m, "unet", m.components["unet"].graphs["int8"]) == ["unet.int8.onnx"]
+    on_disk = {p.relative_to(int8_bundle.path).as_posix() for p in int8_bundle.path.rglob("*") if p.is_file()}
+    assert set(m.files) == on_disk - {MANIFEST}
+    assert verify_bundle(int8_bundle.path) == []
+
+
+def test_cached_int8_clip_runs_on_onnxruntime_close_to_the_cached_fp32_clip(int8_bundle, photo):
+    from svdtrt.accuracy import clip_metrics
+    from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
+    from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
+
+    settings = SamplingSettings(4, 64, 64, steps=4, cache_interval=2)
+    clips = {p: SvdPipeline(OnnxRuntimeBackend(int8_bundle, p), int8_bundle)(photo, settings) for p in ("fp32", "int8")}
+    assert clips["int8"].unet_calls == [("unet_full", 2), ("unet_shallow", 2)] * 2
+    metrics = clip_metrics(clips["int8"].frames, clips["fp32"].frames)
+    # measured on the tiny preset: min / mean PSNR 34.0 / 35.6 dB, SSIM min 0.976; the bound keeps
+    # 4 dB of margin (check's int8 limit is 28 dB); below 50 dB: the int8 graphs did run
+    assert 30 < metrics["min_psnr_db"] < 50, metrics
