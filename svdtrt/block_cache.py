@@ -115,28 +115,26 @@ class UnetFull(torch.nn.Module):
         batch_size, num_frames = sample.shape[:2]
         emb, encoder_hidden_states, hidden, indicator = _stem(unet, sample, timestep, encoder_hidden_states,
                                                               added_time_ids)
+        context = (emb, encoder_hidden_states, indicator)
         skips = (hidden,)
         for block in unet.down_blocks:
-            hidden, res = _call_block(block, hidden, emb, encoder_hidden_states, indicator)
+            hidden, res = _call_block(block, hidden, *context)
             skips += res
         hidden = unet.mid_block(hidden_states=hidden, temb=emb, encoder_hidden_states=encoder_hidden_states,
                                 image_only_indicator=indicator)
         first_shallow = len(unet.up_blocks) - self.depth
         for block in unet.up_blocks[:first_shallow]:
             res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            hidden = _call_block(block, hidden, emb, encoder_hidden_states, indicator, res_hidden_states_tuple=res,
-                                 upsample_size=None)
+            hidden = _call_block(block, hidden, *context, res_hidden_states_tuple=res, upsample_size=None)
         # The block the deep feature enters, layer by layer, so that the feature can be kept.
         block = unet.up_blocks[first_shallow]
-        context = (emb, encoder_hidden_states, indicator)
         hidden, skips = _up_block_layers(block, hidden, skips, range(self.layer), *context)
         deep = hidden
         hidden, skips = _up_block_layers(block, hidden, skips, range(self.layer, len(block.resnets)), *context)
         hidden = _upsample(block, hidden)
         for block in unet.up_blocks[first_shallow + 1:]:
             res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
-            hidden = _call_block(block, hidden, emb, encoder_hidden_states, indicator, res_hidden_states_tuple=res,
-                                 upsample_size=None)
+            hidden = _call_block(block, hidden, *context, res_hidden_states_tuple=res, upsample_size=None)
         noise_pred = unet.conv_out(unet.conv_act(unet.conv_norm_out(hidden)))
         return (noise_pred.reshape(batch_size, num_frames, *noise_pred.shape[1:]),
                 deep.reshape(batch_size, num_frames, *deep.shape[1:]))
