@@ -327,7 +327,11 @@ class Staged:
         old = self.old.manifest.files if self.old else {}
         for name in old:
             if name not in self._dropped and not os.path.lexists(self.path / name):
-                _link_or_copy(self.old.path / name, self.path / name)
+                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(self.old.path / name, self.path / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(self.old.path / name, self.path / name)
         for folder, _, names in os.walk(self.path):
             for n in names:
                 full = Path(folder) / n
@@ -344,16 +348,6 @@ class Staged:
         write_new(self.path / MANIFEST, schema.dump(self.manifest))
         self._txn.publish()
         return Bundle.open(self.target)
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Carry a file of the current bundle into the staging folder: a hard link (the published file
-    keeps its inode, so its recorded hash stands), or a copy where hard links are not possible."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # a file system without hard links
-        shutil.copy2(source, target)
 
 
 def _same_file(a: Path, b: Path) -> bool:
