@@ -81,7 +81,8 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
         names += [n for n, spec in COMPONENTS.items() if spec.shares_weights_with == "unet" and n not in names]
     unet, vae, image_encoder = model.unet.config, model.vae.config, model.image_encoder.config.to_dict()
-    dims = ModelDims.from_configs(unet, vae, image_encoder, cache_depth or DEFAULT_CACHE_DEPTH, cache_layer or 0)
+    dims = ModelDims.from_configs(unet, vae, image_encoder, DEFAULT_CACHE_DEPTH if cache_depth is None else cache_depth,
+                                  cache_layer or 0)
     for p in precisions:
         if lookup_precision(p).name not in PRECISIONS:
             raise InputError(f"export writes {', '.join(PRECISIONS)} graphs, not {p}; "

@@ -168,7 +168,7 @@ def test_static_unet_engine_with_cuda_graph_matches_without(engines_bundle, run_
     torch.testing.assert_close(graphed(single)["noise_pred"],
                                create_backend("tensorrt", bundle, "fp32").component("unet")(single)["noise_pred"],
                                rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(graphed(inputs)["noise_pred"], first, rtol=0, atol=0)  # batch 2's graph again
+    torch.testing.assert_close(graphed(inputs)["noise_pred"], first, rtol=1e-4, atol=1e-4)  # batch 2's graph again
     with pytest.raises(EngineError, match="outside the engine's optimization profile"):
         graphed({**inputs, "sample": inputs["sample"][:, :3]})  # another clip size is not in a static engine
 
