@@ -6,7 +6,7 @@ against diffusers' own pipeline: the same as ``svdtrt bench`` (see ``docs/benchm
 
 import sys
 
-from svdtrt.cli import main
+from svdtrt.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -24,8 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-from svdtrt.export import export_bundle
-from svdtrt.models import load_model
+from svdtrt.export.bundle_export import export_bundle
+from svdtrt.models.loading import load_model
 from svdtrt.specs import COMPONENTS
 
 

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from svdtrt.doctor import diagnose
+    from svdtrt.cli.doctor import diagnose
     from svdtrt.precisions import precision as lookup_precision
     from svdtrt.runtime.backends.onnxrt import provider_loads
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     no_gpu = None if torch.cuda.is_available() else f"no CUDA GPU (torch {torch.__version__} sees none)"
     test = SelfTest(work)
     bundle, image = work / "tiny", work / "photo.png"
-    from svdtrt.images import sample_image
+    from svdtrt.media.images import sample_image
 
     sample_image("astronaut").save(image)
     check = ["--image", image, "--steps", "4"]

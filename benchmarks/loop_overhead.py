@@ -14,8 +14,8 @@ import statistics
 
 import torch
 
-from svdtrt.images import sample_image
-from svdtrt.presets import PRESETS, SVD_FEATURE_EXTRACTOR, SVD_SCHEDULER
+from svdtrt.media.images import sample_image
+from svdtrt.models.presets import PRESETS, SVD_FEATURE_EXTRACTOR, SVD_SCHEDULER
 from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 from svdtrt.specs import COMPONENTS, ModelDims
 

@@ -13,9 +13,9 @@ import warnings
 import onnxruntime as ort
 import torch
 
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
+from svdtrt.models.modules import example_inputs, torch_modules
 from svdtrt.runtime.backends import reference_model
-from svdtrt.components import example_inputs, torch_modules
 from svdtrt.specs import COMPONENTS
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
-import shutil
 import time
 from pathlib import Path
-
 
 
 def _unet_latency(graphs: dict[str, Path], sample: dict, calls: int, threads: int) -> dict[str, dict]:
@@ -46,19 +45,16 @@ def main(argv=None) -> int:
     import onnxruntime as ort
     import torch
 
-    from svdtrt.accuracy import cosine_similarity
-    from svdtrt.bundle import Bundle
-    from svdtrt.calibration.quantize import quantize_graph
-    from svdtrt.calibration.recipe import DEFAULT_EXCLUDE
-    from svdtrt.runtime.backends import TorchBackend
+    from svdtrt.bundle.store import Bundle
     from svdtrt.calibration.capture import calibrate_bundle, calibration_images
-    from svdtrt.calibration.quantize import quantize_bundle
+    from svdtrt.calibration.quantize import quantize_bundle, quantize_graph
+    from svdtrt.calibration.recipe import DEFAULT_EXCLUDE
     from svdtrt.calibration.shards import CalibrationSet
-    from svdtrt.accuracy import clip_metrics
-    from svdtrt.export import export_bundle
-    from svdtrt.images import sample_image
-    from svdtrt.models import load_model
-    from svdtrt.runtime.backends import OnnxRuntimeBackend, reference_model
+    from svdtrt.export.bundle_export import export_bundle
+    from svdtrt.media.images import sample_image
+    from svdtrt.media.metrics import clip_metrics, cosine_similarity
+    from svdtrt.models.loading import load_model
+    from svdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend, reference_model
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

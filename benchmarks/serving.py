@@ -94,8 +94,8 @@ def throughput(bundle: str, image: bytes, replicas: int, clips: int, steps: int,
 def overhead(bundle: str, image_path: Path, image: bytes, rounds: int, steps: int, port: int) -> dict:
     from ray import serve
 
-    from svdtrt.bundle import Bundle
-    from svdtrt.images import load_image
+    from svdtrt.bundle.store import Bundle
+    from svdtrt.media.images import load_image
     from svdtrt.runtime.pipeline import SamplingSettings
     from svdtrt.serving.worker import ClipMaker, WorkerOptions, encode_clip
 
@@ -149,7 +149,7 @@ def main() -> int:
 
     import ray
 
-    from svdtrt.images import sample_image
+    from svdtrt.media.images import sample_image
 
     photo = sample_image("astronaut")
     folder = tempfile.mkdtemp()

@@ -1,6 +1,6 @@
 """UNet FLOPs per clip for work-reduction settings, counted on meta tensors (no sampling, no
 weights): PyTorch's FLOP counter over the exported modules built from a preset's released UNet
-config (svdtrt.flops), with the loop's own call schedule (svdtrt.runtime.pipeline.planned_unet_calls).
+config (svdtrt.models.flops), with the loop's own call schedule (svdtrt.runtime.pipeline.planned_unet_calls).
 
     python benchmarks/work_flops.py --preset svd-xt --frames 25 --height 576 --width 1024 --steps 25
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from svdtrt.flops import clip_unet_flops, unet_call_flops
-from svdtrt.presets import PRESETS
+from svdtrt.models.flops import clip_unet_flops, unet_call_flops
+from svdtrt.models.presets import PRESETS
 from svdtrt.runtime.pipeline import SamplingSettings, planned_unet_calls
 from svdtrt.specs import ModelDims
 

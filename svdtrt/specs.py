@@ -14,7 +14,7 @@ Shape symbols:
     H, W  image size in pixels; h, w  latent size (H / latent_scale, W / latent_scale)
     K  channels of the block-caching deep feature (``block_out_channels[d]``, or ``[d - 1]`` past layer 0;
        :attr:`ModelDims.deep_channels`)
-    hk, wk  size of the deep feature (h / 2**(d - 1), w / 2**(d - 1); :mod:`svdtrt.block_cache`)
+    hk, wk  size of the deep feature (h / 2**(d - 1), w / 2**(d - 1); :mod:`svdtrt.models.block_cache`)
 A symbol may carry an integer factor (``2C``) and a plain integer is a fixed size.
 """
 
@@ -34,7 +34,7 @@ DYNAMIC_SYMBOLS = frozenset({"B", "F", "N", "H", "W", "h", "w", "hk", "wk"})
 DEFAULT_OPSET = 17
 
 #: The block-caching depth unless ``svdtrt export --cache-depth`` says otherwise: the deep feature
-#: enters the last up block (at ``--cache-layer`` 0, its input; :mod:`svdtrt.block_cache`).
+#: enters the last up block (at ``--cache-layer`` 0, its input; :mod:`svdtrt.models.block_cache`).
 DEFAULT_CACHE_DEPTH = 1
 
 #: diffusers' SVD pipeline resizes the CLIP input to this size (``_resize_with_antialiasing(image, (224, 224))``).
@@ -85,7 +85,7 @@ class ComponentSpec:
     ``max_rel_error`` bounds ``max|onnx - torch| / max(1, max|torch|)`` and ``min_cosine``
     the cosine similarity of each output, both measured on ONNX Runtime's CPU provider;
     ``fp16`` holds the fp16 graph's tolerances and ``fp16_fp32_ops`` the op types its fp16
-    conversion keeps in float32 (measured need only; see :mod:`svdtrt.export.fp16`).
+    conversion keeps in float32 (measured need only; see :mod:`svdtrt.graphs.fp16`).
     ``fp16_upcast`` names a ``(module, config key)`` that, when true in the model's configs,
     keeps the whole component in fp32 under the fp16 precision (:func:`runs_fp32_in_fp16`).
     """
@@ -145,7 +145,7 @@ UNET = ComponentSpec(
     outputs=(TensorSpec("noise_pred", ("B", "F", "C", "h", "w")),),
     batch=(1, 2, 2),
 )
-#: Block caching (:mod:`svdtrt.block_cache`): the full UNet that also returns the deep feature
+#: Block caching (:mod:`svdtrt.models.block_cache`): the full UNet that also returns the deep feature
 #: entering layer j of up block n - d, and the shallow UNet that runs only the shallow part on it.
 DEEP_FEATURE = TensorSpec("deep_feature", ("B", "F", "K", "hk", "wk"))
 UNET_FULL = ComponentSpec(

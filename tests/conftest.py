@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from svdtrt.models import load_model
+    from svdtrt.models.loading import load_model
 
     return load_model("tiny")
 
@@ -15,7 +15,7 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tmp_path_factory):
     """The tiny preset exported at its default shape (4 frames, 64x64). Read-only: copy it to change it."""
-    from svdtrt.export import export_bundle
+    from svdtrt.export.bundle_export import export_bundle
 
     return export_bundle(tiny_model, tmp_path_factory.mktemp("bundles") / "tiny", progress=False)
 
@@ -23,7 +23,7 @@ def tiny_bundle(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def photo():
     """scikit-image's astronaut photograph (512x512 RGB)."""
-    from svdtrt.images import sample_image
+    from svdtrt.media.images import sample_image
 
     return sample_image("astronaut")
 
@@ -31,7 +31,7 @@ def photo():
 @pytest.fixture
 def run_cli(capsys):
     """Run the svdtrt CLI in-process: returns (exit code, stdout, stderr)."""
-    from svdtrt.cli import main
+    from svdtrt.cli.main import main
 
     def run(*args):
         code = main([str(a) for a in args])
@@ -48,7 +48,7 @@ def _missing_for(marker: str) -> str | None:
     if not torch.cuda.is_available():
         return f"needs a CUDA GPU; torch {torch.__version__} sees none"
     if marker == "tensorrt":
-        from svdtrt.gpu import import_optional
+        from svdtrt.environment import import_optional
 
         missing = [m for m in ("tensorrt", "polygraphy") if import_optional(m) is None]
         if missing:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from svdtrt import manifest as schema
-from svdtrt.bundle import Bundle, sha256_file
+from svdtrt.bundle import manifest as schema
+from svdtrt.bundle.store import Bundle, sha256_file
 
 
 def rerecord(path, *names: str, edit: Callable[[schema.Manifest], None] | None = None) -> Bundle:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from svdtrt.accuracy import clip_metrics, cosine_similarity, psnr
+from svdtrt.media.metrics import clip_metrics, cosine_similarity, psnr
 
 
 def test_psnr_of_a_broken_clip_fails_every_threshold():

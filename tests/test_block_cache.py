@@ -5,10 +5,10 @@ deep feature gives the same noise_pred again (what a cached step computes when n
 import pytest
 import torch
 
-from svdtrt.block_cache import UnetFull, UnetShallow, max_cache_depth
-from svdtrt.components import Unet, example_inputs
 from svdtrt.errors import InputError
-from svdtrt.models import load_model
+from svdtrt.models.block_cache import UnetFull, UnetShallow, max_cache_depth
+from svdtrt.models.loading import load_model
+from svdtrt.models.modules import Unet, example_inputs
 from svdtrt.specs import COMPONENTS, ModelDims, up_block_layers
 
 

@@ -3,10 +3,10 @@ import copy
 import pytest
 import torch
 
-from svdtrt.check import check_bundle
+from svdtrt.check.compare import check_bundle
 from svdtrt.errors import BundleError
-from svdtrt.export import export_bundle
-from svdtrt.models import load_model
+from svdtrt.export.bundle_export import export_bundle
+from svdtrt.models.loading import load_model
 from svdtrt.runtime.pipeline import SamplingSettings
 
 

@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch  # noqa: F401  (read by a skipif condition)
 
-from svdtrt.runtime.video import read_mp4
+from svdtrt.media.video import read_mp4
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_demo_writes_clip_and_passing_report(run_cli, tmp_path):
 
 
 def test_torch_backend_run_equals_diffusers_frames(run_cli, tiny_bundle, tiny_model, photo, image_file, tmp_path):
-    from svdtrt.images import load_image
+    from svdtrt.media.images import load_image
     from svdtrt.runtime.pipeline import SamplingSettings
 
     code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4",

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from svdtrt.doctor import diagnose
+from svdtrt.cli.doctor import diagnose
 
 
 def test_doctor_reports_this_machine(run_cli):

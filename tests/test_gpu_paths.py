@@ -5,15 +5,15 @@ would run: each audited defect has a test that fails without its fix (docs/tenso
 from __future__ import annotations
 
 import importlib.metadata
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
-from svdtrt import engines
-from svdtrt.components import example_inputs
+from svdtrt.bundle import engines
 from svdtrt.errors import BackendUnavailableError
+from svdtrt.models.modules import example_inputs
 from svdtrt.specs import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def _only_onnxruntime_gpu(monkeypatch):
 
 def test_versions_are_read_with_only_onnxruntime_gpu_installed(monkeypatch):
     """Defect 3: version('onnxruntime') raises where only onnxruntime-gpu is installed."""
-    from svdtrt.gpu import onnxruntime_package, tool_versions
+    from svdtrt.environment import onnxruntime_package, tool_versions
 
     _only_onnxruntime_gpu(monkeypatch)
     assert onnxruntime_package() == "onnxruntime-gpu"
@@ -178,7 +178,7 @@ def test_fp16_bundle_runs_the_vae_encoder_from_its_fp32_graph(tiny_bundle, tmp_p
     """force_upcast in the graphs: 'svdtrt convert' points the fp16 VAE encoder at the fp32 graph."""
     import shutil
 
-    from svdtrt.bundle import Bundle
+    from svdtrt.bundle.store import Bundle
     from svdtrt.export.convert import convert_bundle
 
     path = shutil.copytree(tiny_bundle.path, tmp_path / "b")

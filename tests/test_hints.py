@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import tomllib
 
 import pytest
+import tomllib
 
 from svdtrt import hints
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
 from svdtrt.precisions import NAMES
 from svdtrt.specs import COMPONENTS
 
@@ -177,13 +177,13 @@ def test_install_hint_installs_the_gpu_extra_from_this_clone():
         f"pip uninstall -y onnxruntime && pip install -e {shlex.quote(f'{root}[cuda]')}"
     extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert hints.GPU_EXTRA in extras and any(d.startswith("tensorrt") for d in extras[hints.GPU_EXTRA])
-    from svdtrt.gpu import INSTALL_HINT
+    from svdtrt.environment import INSTALL_HINT
 
     assert INSTALL_HINT.startswith(hints.install_extra(replace_onnxruntime=True))
 
 
 def _photo(folder):
-    from svdtrt.images import sample_image
+    from svdtrt.media.images import sample_image
 
     path = folder / "photo.png"
     if not path.exists():

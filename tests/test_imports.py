@@ -14,12 +14,12 @@ import svdtrt
 
 PACKAGE = Path(svdtrt.__file__).parent
 #: Modules every stage may import; they import no stage.
-SHARED = {"svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtrt.manifest", "svdtrt.fs",
-          "svdtrt.bundle", "svdtrt.engines", "svdtrt.accuracy", "svdtrt.images", "svdtrt.models",
-          "svdtrt.presets", "svdtrt.components", "svdtrt.gpu", "svdtrt.block_cache", "svdtrt.flops",
+SHARED = {"svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtrt.bundle.manifest", "svdtrt.publishing",
+          "svdtrt.bundle.store", "svdtrt.bundle.engines", "svdtrt.media.metrics", "svdtrt.media.images", "svdtrt.models.loading",
+          "svdtrt.models.presets", "svdtrt.models.modules", "svdtrt.environment", "svdtrt.models.block_cache", "svdtrt.models.flops",
           "svdtrt.hints"}
-STAGES = ("svdtrt.export", "svdtrt.calibration", "svdtrt.build", "svdtrt.runtime", "svdtrt.check",
-          "svdtrt.benchmark", "svdtrt.serving", "svdtrt.cli", "svdtrt.demo", "svdtrt.verify", "svdtrt.doctor")
+STAGES = ("svdtrt.export.bundle_export", "svdtrt.calibration", "svdtrt.build", "svdtrt.runtime", "svdtrt.check.compare",
+          "svdtrt.benchmark", "svdtrt.serving", "svdtrt.cli.main", "svdtrt.cli.demo", "svdtrt.bundle.integrity", "svdtrt.cli.doctor")
 
 
 def _module_name(path: Path) -> str:
@@ -92,12 +92,12 @@ def test_shared_modules_import_no_stage_and_the_runtime_no_producing_stage():
         if name in SHARED:
             assert not [e for e in edges if e.startswith(STAGES)], name
         if name.startswith("svdtrt.runtime"):
-            assert not [e for e in edges if e.startswith(("svdtrt.export", "svdtrt.build", "svdtrt.calibration",
-                                                          "svdtrt.check", "svdtrt.benchmark", "svdtrt.cli"))], name
-        if name.startswith(("svdtrt.export", "svdtrt.build")):
-            assert not [e for e in edges if e.startswith(("svdtrt.runtime", "svdtrt.calibration", "svdtrt.check",
-                                                          "svdtrt.benchmark", "svdtrt.cli"))], name
-        if not name.startswith("svdtrt.cli"):  # serving sits below the CLI only
+            assert not [e for e in edges if e.startswith(("svdtrt.export.bundle_export", "svdtrt.build", "svdtrt.calibration",
+                                                          "svdtrt.check.compare", "svdtrt.benchmark", "svdtrt.cli.main"))], name
+        if name.startswith(("svdtrt.export.bundle_export", "svdtrt.build")):
+            assert not [e for e in edges if e.startswith(("svdtrt.runtime", "svdtrt.calibration", "svdtrt.check.compare",
+                                                          "svdtrt.benchmark", "svdtrt.cli.main"))], name
+        if not name.startswith("svdtrt.cli.main"):  # serving sits below the CLI only
             assert not [e for e in edges if e.startswith("svdtrt.serving")] or name.startswith("svdtrt.serving"), name
 
 
@@ -124,7 +124,7 @@ def test_running_the_onnxruntime_and_tensorrt_backends_imports_no_exporter(tiny_
     photo.save(image)
     loaded = _modules_after(f"""
 from svdtrt.bundle import Bundle
-from svdtrt.images import load_image
+from svdtrt.media.images import load_image
 from svdtrt.runtime.backends import create_backend
 from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 from svdtrt.errors import BackendUnavailableError
@@ -137,7 +137,7 @@ SvdPipeline(create_backend("onnxruntime", bundle), bundle)(load_image({str(image
                                                           SamplingSettings(4, 64, 64, steps=2))
 """)
     assert "svdtrt.runtime.backends.onnxrt" in loaded and "svdtrt.runtime.backends.trt" in loaded
-    assert not {m for m in loaded if m.startswith(("svdtrt.export", "svdtrt.build", "svdtrt.calibration"))}
+    assert not {m for m in loaded if m.startswith(("svdtrt.export.bundle_export", "svdtrt.build", "svdtrt.calibration"))}
     assert "onnxslim" not in loaded and "onnxruntime.quantization" not in loaded
     assert not {m for m in loaded if m.startswith("svdtrt.serving") or m == "ray" or m.startswith("ray.")}
     # diffusers (the loop's scheduler) imports torch._dynamo, which loads torch.onnx on its own;
@@ -151,10 +151,10 @@ def test_help_and_doctor_import_no_stage():
     # The CLI reads the backend names, the settings' limits and the scheduler registry (modules that import
     # no torch), no more.
     assert not {m for m in help_loaded if m.startswith(STAGES[:-1])} - {
-        "svdtrt.cli", "svdtrt.runtime", "svdtrt.runtime.backends", "svdtrt.runtime.backends.base",
+        "svdtrt.cli.main", "svdtrt.runtime", "svdtrt.runtime.backends", "svdtrt.runtime.backends.base",
         "svdtrt.runtime.limits", "svdtrt.runtime.schedulers"}
     assert not {"torch", "onnx", "onnxruntime", "diffusers", "transformers", "pydantic"} & help_loaded
     doctor_loaded = _modules_after("from svdtrt.cli import main\nmain(['doctor'])")
-    assert not {m for m in doctor_loaded if m.startswith(("svdtrt.export", "svdtrt.build", "svdtrt.calibration",
-                                                           "svdtrt.runtime.pipeline", "svdtrt.check"))}
+    assert not {m for m in doctor_loaded if m.startswith(("svdtrt.export.bundle_export", "svdtrt.build", "svdtrt.calibration",
+                                                           "svdtrt.runtime.pipeline", "svdtrt.check.compare"))}
     assert not {"diffusers", "transformers", "onnxslim"} & doctor_loaded

@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 
 from svdtrt.errors import InputError
-from svdtrt.runtime.video import read_mp4
+from svdtrt.media.video import read_mp4
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_decompression_bomb_png_is_refused_in_one_line(run_cli, tiny_bundle, tmp
 def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
     from PIL import ImageFile
 
-    from svdtrt.images import MAX_IMAGE_PIXELS, load_image
+    from svdtrt.media.images import MAX_IMAGE_PIXELS, load_image
 
     big = tmp_path / "big.png"
     _png_1bit(big, 8193, 8193)  # 67.1 million pixels: just over 2**26, under PIL's own limit
@@ -317,12 +317,12 @@ def test_output_in_a_read_only_folder_is_refused_before_sampling(run_cli, tiny_b
 
 
 def test_check_report_is_reserved_before_any_work(run_cli, tiny_bundle, image_file, tmp_path, monkeypatch):
-    import svdtrt.bundle
+    import svdtrt.bundle.store
 
     def no_work(*args, **kwargs):
         raise AssertionError("the bundle was opened before the report path was checked")
 
-    monkeypatch.setattr(svdtrt.bundle.Bundle, "open", no_work)
+    monkeypatch.setattr(svdtrt.bundle.store.Bundle, "open", no_work)
     _refused(run_cli("check", tiny_bundle.path, "--image", image_file, "--report", "/nonexistent-dir/r.json"),
              "does not exist")
     (tmp_path / "r.json").write_text("{}")
@@ -366,7 +366,7 @@ def test_ctrl_c_while_a_command_imports_its_modules(run_cli, tiny_bundle, image_
     real_import = builtins.__import__
 
     def interrupted_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level == 1 and name == "bundle" and (globals or {}).get("__name__") == "svdtrt.cli":
+        if level == 1 and name == "bundle" and (globals or {}).get("__name__") == "svdtrt.cli.main":
             raise KeyboardInterrupt  # the first lazy import of 'run'
         return real_import(name, globals, locals, fromlist, level)
 
@@ -376,12 +376,12 @@ def test_ctrl_c_while_a_command_imports_its_modules(run_cli, tiny_bundle, image_
 
 
 def test_ctrl_c_in_the_model_loader_leaves_nothing(run_cli, tiny_bundle, image_file, tmp_path, monkeypatch):
-    import svdtrt.models
+    import svdtrt.models.loading
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(svdtrt.models, "load_model", interrupted)
+    monkeypatch.setattr(svdtrt.models.loading, "load_model", interrupted)
     _interrupted(_run(run_cli, tiny_bundle, image_file, tmp_path, "--model", "tiny", "--save-frames",
                       tmp_path / "f.npy"))
     _interrupted(run_cli("check", tiny_bundle.path, "--image", image_file, "--report", tmp_path / "r.json",
@@ -390,10 +390,10 @@ def test_ctrl_c_in_the_model_loader_leaves_nothing(run_cli, tiny_bundle, image_f
 
 
 def test_ctrl_c_while_parsing_the_command_line(run_cli, monkeypatch):
-    import svdtrt.cli
+    import svdtrt.cli.main
 
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(svdtrt.cli, "build_parser", interrupted)
+    monkeypatch.setattr(svdtrt.cli.main, "build_parser", interrupted)
     _interrupted(run_cli("doctor"))

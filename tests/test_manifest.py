@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from svdtrt import manifest as schema
-from svdtrt.bundle import Bundle
+from svdtrt.bundle import manifest as schema
+from svdtrt.bundle.store import Bundle
 from svdtrt.errors import BundleError
 
 
@@ -92,7 +92,7 @@ def test_a_file_of_another_size_names_the_file_and_the_rebuild_command(bundle):
 
 
 def test_the_manifest_round_trips_and_lists_every_file_with_its_hash(tiny_bundle):
-    from svdtrt.bundle import sha256_file
+    from svdtrt.bundle.store import sha256_file
 
     m = tiny_bundle.manifest
     assert schema.parse(schema.dump(m), "x") == m

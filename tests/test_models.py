@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from svdtrt.errors import InputError
-from svdtrt.models import build_preset, load_model
+from svdtrt.models.loading import build_preset, load_model
 
 
 def test_presets_are_deterministic(tiny_model):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import svdtrt
-from svdtrt.cli import build_parser
+from svdtrt.cli.main import build_parser
 
 
 def _one_line_error(code, err, needle):
@@ -26,7 +26,7 @@ def _one_line_error(code, err, needle):
 
 @pytest.fixture(scope="module")
 def small_photo(tmp_path_factory):
-    from svdtrt.images import sample_image
+    from svdtrt.media.images import sample_image
 
     path = tmp_path_factory.mktemp("photo") / "photo.png"
     sample_image("chelsea").resize((96, 64)).save(path)
@@ -60,7 +60,7 @@ def test_check_defaults_to_the_bundled_photo_and_names_each_stage(tiny_bundle):
                   "check 3/4: onnxruntime fp32 clip", "check 4/4: onnxruntime fp32 components"):
         assert re.search(re.escape(stage) + r"[^\r\n]*100%", err), stage
     # -v after the command adds each stage's wall time
-    assert "INFO svdtrt.check: check 2/4: diffusers reference took" in err
+    assert "INFO svdtrt.check.compare: check 2/4: diffusers reference took" in err
 
 
 def test_run_says_when_the_model_has_random_weights(run_cli, tiny_bundle, small_photo, tmp_path):

@@ -1,7 +1,7 @@
 """The built-in presets: each builds, and ``mid`` is the larger benchmark model it claims to be."""
 
-from svdtrt.models import load_model
-from svdtrt.presets import PRESETS
+from svdtrt.models.loading import load_model
+from svdtrt.models.presets import PRESETS
 
 
 def test_mid_is_bigger_than_small_and_runs_its_default_shape():

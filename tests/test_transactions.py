@@ -2,7 +2,7 @@
 instant leaves the old state or the new one, nothing appears over a path that is not ours, and
 leftovers of killed runs are removed by the next writer. Commands run as a user runs them, in a
 subprocess of ``python -m svdtrt``; ``SVDTRT_KILL_AT`` names the instant at which
-:func:`svdtrt.fs.checkpoint` SIGKILLs the process."""
+:func:`svdtrt.publishing.checkpoint` SIGKILLs the process."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
 
 
 def svdtrt(*args, cwd=None, kill_at: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -136,7 +136,7 @@ def test_concurrent_int8_and_fp8_quantization_both_land(calibrated, tmp_path):
 
 @pytest.mark.slow
 def test_export_does_not_replace_a_folder_that_appears_meanwhile(tmp_path, run_cli, monkeypatch):
-    import svdtrt.export as export
+    import svdtrt.export.bundle_export as export
 
     out = tmp_path / "D"
     original = export._export_components
@@ -155,7 +155,7 @@ def test_export_does_not_replace_a_folder_that_appears_meanwhile(tmp_path, run_c
 
 @pytest.mark.slow
 def test_two_exports_to_one_path_cannot_both_succeed(tiny_bundle, tmp_path, run_cli, monkeypatch):
-    import svdtrt.export as export
+    import svdtrt.export.bundle_export as export
 
     out = tmp_path / "b"
     original = export._export_components
@@ -195,9 +195,9 @@ def test_run_does_not_replace_an_output_that_appears_while_sampling(tiny_bundle,
 
 
 def test_a_killed_writers_part_file_is_removed_by_the_next_writer(tmp_path):
-    from svdtrt.fs import OutputFile
+    from svdtrt.publishing import OutputFile
 
-    script = ("import os, signal, sys; from svdtrt.fs import OutputFile; o = OutputFile(sys.argv[1]); "
+    script = ("import os, signal, sys; from svdtrt.publishing import OutputFile; o = OutputFile(sys.argv[1]); "
               "o.part.write_text('half'); os.kill(os.getpid(), signal.SIGKILL)")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "clip.mp4")])
     assert done.returncode == -signal.SIGKILL
@@ -211,8 +211,8 @@ def test_a_killed_writers_part_file_is_removed_by_the_next_writer(tmp_path):
 
 def _rerecord(bundle: Path, name: str) -> None:
     """Make the manifest vouch for ``name`` as it now is (a file changed by someone on purpose)."""
-    from svdtrt import manifest as schema
-    from svdtrt.bundle import sha256_file
+    from svdtrt.bundle import manifest as schema
+    from svdtrt.bundle.store import sha256_file
 
     m = schema.parse((bundle / "manifest.json").read_bytes(), str(bundle))
     m.files[name] = schema.FileRecord(bytes=(bundle / name).stat().st_size, sha256=sha256_file(bundle / name))

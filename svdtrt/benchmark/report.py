@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
-from ..fs import DirectoryTransaction
+from ..publishing import DirectoryTransaction
 from .runner import STAGES
 
 FILES = ("results.json", "results.md", "stages.png", "tradeoff.png", "work.png")
@@ -112,7 +111,7 @@ def work_markdown(results: dict) -> list[str]:
         return []
     lines = ["", "Fewer and cheaper UNet calls, against the same backend and precision at the base settings "
              "(full compute); clip ms is the median, UNet TFLOP counted per graph at the clip's shape "
-             "(svdtrt.flops); PSNR and SSIM are the worst frame against the full-compute clip:", "",
+             "(svdtrt.models.flops); PSNR and SSIM are the worst frame against the full-compute clip:", "",
              "| backend | precision | scheduler | steps | cache interval | guidance steps | UNet calls | "
              "UNet TFLOP/clip | x fewer FLOPs | clip ms | x faster | PSNR dB | SSIM |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -4,7 +4,7 @@ precision asked for, each over the same image, settings and seed, in one process
 A row is measured as: ``warmup`` clips that are not recorded, then ``repeat`` clips whose
 per-stage seconds give the median and 90th percentile. Peak memory covers the whole row,
 creating the backend included. Each clip is compared frame by frame with the reference
-clip (PSNR, SSIM; :func:`svdtrt.accuracy.clip_metrics`).
+clip (PSNR, SSIM; :func:`svdtrt.media.metrics.clip_metrics`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..accuracy import clip_metrics
 from ..errors import BackendUnavailableError, BundleError, EngineError, InputError
-from ..flops import clip_unet_flops
-from ..images import image_sha256
+from ..media.images import image_sha256
+from ..media.metrics import clip_metrics
+from ..models.flops import clip_unet_flops
 from ..precisions import NAMES
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
@@ -76,7 +76,7 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
         bundle: the opened bundle.
         image: RGB conditioning image (resized to the clip size, as diffusers does).
         settings: sampling settings shared by every row.
-        model: the bundle's source :class:`svdtrt.models.SvdModel` (reference and ``torch`` rows).
+        model: the bundle's source :class:`svdtrt.models.loading.SvdModel` (reference and ``torch`` rows).
         backends: names from :data:`BACKENDS`; default all.
         precisions: names from :data:`PRECISIONS`; default those the bundle holds.
         warmup, repeat: clips run before measuring (>= 0) and measured (>= 1) per row.
@@ -254,7 +254,7 @@ def _clips(pipeline, image, settings, warmup, repeat, bar):
 
 
 def _work(bundle, settings, clip) -> dict:
-    """The work settings of a row and the UNet work of its clip (:func:`svdtrt.flops.clip_unet_flops`)."""
+    """The work settings of a row and the UNet work of its clip (:func:`svdtrt.models.flops.clip_unet_flops`)."""
     flops = clip_unet_flops(bundle.manifest.configs["unet"], bundle.dims, clip.unet_calls, settings.frames,
                             settings.height, settings.width)
     return {"scheduler": settings.scheduler, "steps": settings.steps, "cache_interval": settings.cache_interval,
@@ -330,6 +330,6 @@ def _timed_modules(timer: StageTimer, modules: dict[str, torch.nn.Module]):
 
 
 def _versions() -> dict[str, str | None]:
-    from ..gpu import package_version, tool_versions
+    from ..environment import package_version, tool_versions
 
     return {**tool_versions(), **{name: package_version(name) for name in _VERSIONS}}

@@ -11,10 +11,10 @@ import logging
 import time
 from pathlib import Path
 
-from ..bundle import changing, sha256_file
-from ..engines import make_sidecar, stale_reasons
+from ..bundle.engines import make_sidecar, stale_reasons
+from ..bundle.manifest import EngineEntry
+from ..bundle.store import changing, sha256_file
 from ..errors import BundleError, EngineError, first_line
-from ..manifest import EngineEntry
 from .plan import check_precision_supported
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool =
     """
     from tqdm import tqdm
 
-    from ..gpu import cuda_device, quiet_polygraphy, require_tensorrt
+    from ..environment import cuda_device, quiet_polygraphy, require_tensorrt
 
     trt = require_tensorrt("svdtrt build")
     quiet_polygraphy()

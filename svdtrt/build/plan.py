@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..engines import engine_name, sidecar_name
+from ..bundle.engines import engine_name, sidecar_name
 from ..errors import InputError
 from ..precisions import precision as lookup_precision
 from ..specs import COMPONENTS, Range, component, profile_shapes
@@ -28,7 +28,7 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
     """What ``svdtrt build`` will build: one engine per component, with its optimization profile.
 
     Args:
-        bundle: the opened :class:`svdtrt.bundle.Bundle`.
+        bundle: the opened :class:`svdtrt.bundle.store.Bundle`.
         precision: a precision of :mod:`svdtrt.precisions`; the bundle must have its graphs.
         profile: ``"dynamic"``: each input's min/opt/max; ``"static"``: min = opt = max = the
             optimal shape (fastest, one clip size only), except the UNet graphs' batch, which

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from ..bundle import changing
+from ..bundle.manifest import CalibrationEntry
+from ..bundle.store import changing
 from ..errors import InputError
-from ..fs import checkpoint, path_kind
-from ..images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
-from ..manifest import CalibrationEntry
-from ..models import reference_model
+from ..media.images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
+from ..models.loading import reference_model
+from ..publishing import checkpoint, path_kind
 from ..runtime.backends import Recorder
 from ..runtime.backends.pytorch import TorchBackend
 from ..runtime.pipeline import SamplingSettings, SvdPipeline
@@ -42,7 +42,7 @@ def calibration_images(directory: str | os.PathLike | None = None,
 
     Args:
         directory: a folder of image files; None uses scikit-image's real photographs
-            (:data:`svdtrt.images.SAMPLE_IMAGES`: five different scenes).
+            (:data:`svdtrt.media.images.SAMPLE_IMAGES`: five different scenes).
         count: use only the first ``count`` images (at least 2: the last one is held out).
     Raises:
         InputError: the folder is missing or holds no image file, ``count`` < 2, or fewer than 2

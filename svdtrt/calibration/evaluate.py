@@ -3,7 +3,7 @@
 Each held-out call (the inputs recorded while sampling the held-out image; for ``unet_shallow``
 with the deep feature derived from them, :mod:`svdtrt.calibration.derived`) runs through the
 fp32 PyTorch module and through the quantized graph on ONNX Runtime's CPU provider, and
-:func:`svdtrt.check.compare_components` measures every output (cosine similarity, max and
+:func:`svdtrt.check.compare.compare_components` measures every output (cosine similarity, max and
 mean abs error; PSNR for decoded frames), worst over the calls.
 """
 
@@ -15,7 +15,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ..accuracy import compare_components
+from ..media.metrics import compare_components
 from ..precisions import precision as lookup_precision
 from ..runtime.backends.onnxrt import session_options
 from ..runtime.backends.pytorch import TorchBackend

@@ -26,12 +26,13 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..bundle import Bundle, changing, graph_filename
+from ..bundle.manifest import GraphEntry, Quantization
+from ..bundle.store import Bundle, changing, graph_filename
+from ..environment import onnxruntime_package, package_version
 from ..errors import InputError, QuantizationError
-from ..fs import checkpoint
-from ..gpu import onnxruntime_package, package_version
-from ..manifest import GraphEntry, Quantization
-from ..precisions import made_by, precision as lookup_precision
+from ..precisions import made_by
+from ..precisions import precision as lookup_precision
+from ..publishing import checkpoint
 from .derived import component_samples, sample_count
 from .recipe import CALIBRATED_FROM, DEFAULT_EXCLUDE, QUANTIZED_COMPONENTS, QUANTIZED_OP_TYPES, excluded_nodes
 from .shards import SPLITS, CalibrationSet
@@ -80,7 +81,7 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
     Two steps (docs/quantization.md, "fp16 base"): ONNX Runtime's quantizer calibrates and
     places the Q/DQ pairs on the fp32 graph (its calibrator runs fp32 graphs; the scales come
     from fp32 activations, as in NVIDIA Model Optimizer's flow); then the fp16 converter that
-    makes the fp16 graphs (:func:`svdtrt.export.fp16.convert_to_fp16`) retypes everything outside
+    makes the fp16 graphs (:func:`svdtrt.graphs.fp16.convert_to_fp16`) retypes everything outside
     the integer weights to fp16, scales included, at opset 19, so each DequantizeLinear outputs
     fp16 and every op between the Q/DQ pairs computes in fp16 in TensorRT's strongly typed build.
     What stays fp32 is the fp16 graphs' list (the sinusoidal time embeddings).
@@ -98,7 +99,7 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from ..export.fp16 import convert_to_fp16
+    from ..graphs.fp16 import convert_to_fp16
 
     settings = check_precision(precision)
     fp32_qdq = target.with_name(target.name.removesuffix(".onnx") + ".fp32-base.onnx")
@@ -238,9 +239,9 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
     from tqdm import tqdm
 
     from ..export.convert import share_weights
-    from ..export.external_data import graph_bytes
-    from ..export.fp16 import arithmetic_precision
-    from ..models import reference_model
+    from ..graphs.files import graph_bytes
+    from ..graphs.fp16 import arithmetic_precision
+    from ..models.loading import reference_model
     from .evaluate import held_out_accuracy
 
     check_precision(precision, bundle_path)

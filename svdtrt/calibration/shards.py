@@ -22,7 +22,6 @@ from .. import hints
 from ..errors import InputError, QuantizationError
 from ..specs import DYNAMIC_SYMBOLS, ComponentSpec, ModelDims, component
 
-
 CALIBRATION_DIR = "calibration"
 SPLITS = ("calibration", "held_out")
 
@@ -109,7 +108,7 @@ class CalibrationSet:
 
     Attributes:
         name: the set's name (``BUNDLE/calibration/<name>/``).
-        entry: its :class:`svdtrt.manifest.CalibrationEntry`.
+        entry: its :class:`svdtrt.bundle.manifest.CalibrationEntry`.
     """
 
     def __init__(self, bundle, name: str):

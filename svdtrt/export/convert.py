@@ -1,6 +1,6 @@
 """``svdtrt convert``: fp16 graphs as a bundle operation, from the bundle's own fp32 graphs.
 
-fp16 is an ONNX-level conversion of the validated fp32 graph (:mod:`svdtrt.export.fp16`), so
+fp16 is an ONNX-level conversion of the validated fp32 graph (:mod:`svdtrt.graphs.fp16`), so
 adding it needs neither the source model nor a re-export. Each fp16 graph is validated on
 ONNX Runtime's CPU provider against the fp32 graph's outputs at the inputs the fp32 graph was
 validated with (the fp32 graph itself matches PyTorch to about 1e-6), with the spec's fp16
@@ -15,15 +15,16 @@ from pathlib import Path
 
 import torch
 
-from ..bundle import Bundle, changing, graph_filename, owned_files
-from ..components import example_inputs
+from ..bundle.manifest import Accuracy, GraphEntry
+from ..bundle.store import Bundle, changing, graph_filename, owned_files
 from ..errors import InputError
-from ..manifest import Accuracy, GraphEntry
-from ..precisions import made_by, precision as lookup_precision
+from ..graphs.deployability import check_deployable
+from ..graphs.files import data_filename, graph_bytes, share_external_data
+from ..graphs.fp16 import convert_to_fp16
+from ..models.modules import example_inputs
+from ..precisions import made_by
+from ..precisions import precision as lookup_precision
 from ..specs import COMPONENTS, runs_fp32_in_fp16
-from .deployability import check_deployable
-from .external_data import data_filename, graph_bytes, share_external_data
-from .fp16 import convert_to_fp16
 from .validation import cpu_session, validate_graph
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,13 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
 def share_weights(staged, name: str, precision: str, graph: GraphEntry) -> GraphEntry:
     """Point a staged graph of a component that copies another's weights (``spec.shares_weights_with``)
     at that component's weights file of the same precision, where every tensor matches
-    (:func:`~svdtrt.export.external_data.share_external_data`). The owner's graph is the one the
+    (:func:`~svdtrt.graphs.files.share_external_data`). The owner's graph is the one the
     new bundle will have: staged in this transaction, or kept from the bundle (when only the caching
     graphs are re-exported). Returns the entry as it is when there is no owner graph or a tensor
     differs.
 
     Args:
-        staged: the :class:`svdtrt.bundle.Staged` transaction; ``graph.file`` is in ``staged.path``.
+        staged: the :class:`svdtrt.bundle.store.Staged` transaction; ``graph.file`` is in ``staged.path``.
     """
     owner = COMPONENTS[name].shares_weights_with
     owner_graph = staged.current(graph_filename(owner, precision)) if owner else None

@@ -19,9 +19,9 @@ import onnx
 import torch
 
 from ..errors import ExportError, first_line
+from ..graphs.files import check_graph_file, save_graph
+from ..graphs.slim import slim_graph
 from ..specs import DEFAULT_OPSET, ComponentSpec
-from .cleanup import slim_graph
-from .external_data import check_graph_file, save_graph
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from ..accuracy import psnr, tensor_metrics
 from ..errors import AccuracyError, ExportError
+from ..media.metrics import psnr, tensor_metrics
 from ..specs import ComponentSpec
 
 

@@ -2,7 +2,7 @@
 (kept apart from the pipeline so that the CLI's help reads them without importing torch)."""
 
 #: Denoising steps: at most the scheduler's ``num_train_timesteps``, 1000 in the released SVD
-#: scheduler config (:data:`svdtrt.presets.SVD_SCHEDULER`): the number of noise levels the model
+#: scheduler config (:data:`svdtrt.models.presets.SVD_SCHEDULER`): the number of noise levels the model
 #: was trained on. More steps only resample the same sigma range more finely (diffusers' default
 #: is 25), and a typo such as 25000 would run for hours before anyone noticed.
 MAX_STEPS = 1000

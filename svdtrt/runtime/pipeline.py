@@ -9,7 +9,7 @@ it produces the same clip as diffusers does with ``generator=torch.Generator("cp
 Two settings do less work than diffusers' loop, and at their neutral values change nothing:
 guidance truncation (``guidance_steps``: the conditional branch alone, a batch-1 UNet call,
 after the first K steps) and block caching (``cache_interval``: DeepCache, the full UNet every
-N-th step and the shallow UNet on its kept deep feature in between; :mod:`svdtrt.block_cache`).
+N-th step and the shallow UNet on its kept deep feature in between; :mod:`svdtrt.models.block_cache`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from .. import hints
 from ..errors import InputError, NumericalError
-from ..images import check_image_size
+from ..media.images import check_image_size
 from ..specs import CLIP_INPUT_SIZE, ModelDims
 from .backends import Backend
 from .limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE, SEED_RANGE
@@ -199,7 +199,7 @@ class Clip:
     per-step figures of :meth:`StageTimer.summary`; on a GPU only when the clip was made with
     ``timings=True``) and ``total``, always (the frames are on the host then, so it is true);
     ``unet_calls`` the UNet calls in order, as (component, batch) pairs (what
-    :func:`svdtrt.flops.clip_unet_flops` counts)."""
+    :func:`svdtrt.models.flops.clip_unet_flops` counts)."""
 
     frames: np.ndarray
     timings: dict[str, float]
@@ -232,7 +232,7 @@ class SvdPipeline:
 
     Args:
         backend: a :class:`svdtrt.runtime.backends.Backend`.
-        model_info: a :class:`svdtrt.bundle.Bundle` or :class:`svdtrt.models.SvdModel`: anything
+        model_info: a :class:`svdtrt.bundle.store.Bundle` or :class:`svdtrt.models.loading.SvdModel`: anything
             with ``dims``, ``scheduler_config`` and ``feature_extractor_config``.
     """
 
@@ -258,7 +258,7 @@ class SvdPipeline:
 
         Raises:
             InputError: settings the model cannot run, or an image too small or too large
-                (:func:`svdtrt.images.check_image_size`).
+                (:func:`svdtrt.media.images.check_image_size`).
         """
         from diffusers.utils.torch_utils import randn_tensor
         from tqdm import tqdm

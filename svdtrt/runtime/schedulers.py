@@ -1,7 +1,7 @@
 """The schedulers ``--scheduler`` offers: diffusers' own, as data (name, class, config changes,
 default steps), so the CLI's help reads them without importing torch or diffusers.
 
-Each is made from the bundle's scheduler config (the released SVD one, :data:`svdtrt.presets.
+Each is made from the bundle's scheduler config (the released SVD one, :data:`svdtrt.models.presets.
 SVD_SCHEDULER`) with ``from_config``, as one swaps schedulers on diffusers' pipeline
 (``pipe.scheduler = Cls.from_config(pipe.scheduler.config)``), plus the entry's changes:
 

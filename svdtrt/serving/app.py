@@ -188,7 +188,7 @@ class Ingress:
     """
 
     def __init__(self, model, worker: WorkerOptions, retry_after_s: float = 10.0):
-        from ..bundle import Bundle
+        from ..bundle.store import Bundle
 
         self.model, self.retry_after_s = model, retry_after_s
         self.backend, self.precision = worker.backend, worker.precision
@@ -233,7 +233,7 @@ class Ingress:
     async def clips(self, form: Annotated[ClipRequest, Form()]) -> Response:
         """Make a clip from ``image`` with the settings given (the others at ``svdtrt run``'s
         defaults): the same seed and settings give the same frames as ``svdtrt run``."""
-        from ..images import decode_image
+        from ..media.images import decode_image
 
         if form.image.size is not None and form.image.size > MAX_UPLOAD_BYTES:
             return _error(413, _too_large(form.image.size))

@@ -4,7 +4,7 @@
 - Workers are Ray actors (:class:`ClipWorker`), each holding a
   :class:`~svdtrt.serving.worker.ClipMaker`; the driver hands each idle worker the next image's
   bytes (so only the bundle, not the images, must be on every node) and gets the encoded clip back.
-- Every clip is published by the driver with :class:`svdtrt.fs.OutputFile` (``OUT/<image
+- Every clip is published by the driver with :class:`svdtrt.publishing.OutputFile` (``OUT/<image
   stem>.<format>``): it appears complete or not at all, and never over a file already there.
 - ``OUT/clips.jsonl`` gets one JSON line per finished attempt (input, output, status, error, seed,
   settings, timings, worker), appended whole under the batch's lock; a line left half-written by a
@@ -145,7 +145,7 @@ class ClipWorker:
     def make(self, data: bytes, name: str, settings, fmt: str) -> dict:
         """The clip of the image ``data`` (the file ``name``), encoded as ``fmt``: a dict with
         ``status`` ok and ``data``, ``timings``; or ``status`` failed and ``error`` (one line)."""
-        from ..images import decode_image
+        from ..media.images import decode_image
 
         where = f"{socket.gethostname()}:{os.getpid()}"
         try:
@@ -199,7 +199,7 @@ def run_batch(job: BatchJob, progress: bool = True) -> BatchSummary:
             name, or a format other than mp4 or npy.
         SvdtrtError: a worker cannot load the backend (its own error, e.g. BackendUnavailableError).
     """
-    from ..fs import Lock, os_error_message
+    from ..publishing import Lock, os_error_message
 
     if job.fmt not in FORMATS:
         raise InputError(f"unknown format '{job.fmt}': choose from {', '.join(FORMATS)}")
@@ -292,7 +292,7 @@ def _unreadable(image: Path, e: OSError) -> str:
 def _finish(job: BatchJob, image: Path, name: str, result: dict, journal: Journal, summary: BatchSummary,
             settings: dict, seconds: float) -> None:
     """Publish a finished clip and journal the attempt."""
-    from ..fs import OutputFile
+    from ..publishing import OutputFile
 
     if result["status"] == "ok":
         try:

@@ -78,8 +78,8 @@ class ClipMaker:
     def __init__(self, options: WorkerOptions):
         import torch
 
-        from ..bundle import Bundle
-        from ..models import load_model, reference_model
+        from ..bundle.store import Bundle
+        from ..models.loading import load_model, reference_model
         from ..runtime.backends import create_backend
         from ..runtime.pipeline import SvdPipeline
 
@@ -123,8 +123,8 @@ def components_to_load(bundle, backend: str, precision: str) -> list[str]:
 def encode_clip(frames, fmt: str, fps: int) -> bytes:
     """``frames`` (float32 [F, H, W, 3] in [0, 1]) as the bytes of ``run``'s files: an H.264 mp4
     at ``fps`` (``fmt="mp4"``) or the ``--save-frames`` ``.npy`` (``fmt="npy"``), written by the
-    same writers (:mod:`svdtrt.runtime.video`)."""
-    from ..runtime.video import save_frames, write_mp4
+    same writers (:mod:`svdtrt.media.video`)."""
+    from ..media.video import save_frames, write_mp4
 
     with tempfile.TemporaryDirectory(prefix="svdtrt-clip-") as folder:
         path = Path(folder) / f"clip.{fmt}"

@@ -15,7 +15,7 @@ import torch
 
 from svdtrt.benchmark import FILES, bundle_precisions, parse_names, run_benchmark
 from svdtrt.benchmark.measure import PeakMemory, order_stats
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
 from svdtrt.errors import InputError
 from svdtrt.runtime.pipeline import SamplingSettings, StageTimer
 
@@ -27,7 +27,7 @@ LOOP_KEYS = {"step", "overhead_per_step"}
 def bench_out(tiny_bundle, tmp_path_factory):
     """One CLI bench of the tiny bundle on the CPU (also where a GPU is present): 1 step, 1 measured
     clip, with rows that must be skipped."""
-    from svdtrt.cli import main
+    from svdtrt.cli.main import main
 
     out = tmp_path_factory.mktemp("bench") / "results"
     threads = torch.get_num_threads()
@@ -147,7 +147,7 @@ def test_bench_refuses_existing_output(run_cli, tiny_bundle, tmp_path):
 
 
 def test_default_precisions_come_from_the_manifest(tiny_bundle):
-    from svdtrt.manifest import GraphEntry
+    from svdtrt.bundle.manifest import GraphEntry
 
     manifest = tiny_bundle.manifest.model_copy(deep=True)
     manifest.components["unet"].graphs["int8"] = GraphEntry(file="unet.int8.onnx", data=None, bytes=0)

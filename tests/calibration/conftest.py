@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
 
 #: Small enough to keep the suite fast: 2 images (1 held out), 3 denoising steps.
 STEPS, COUNT = 3, 2
@@ -16,7 +16,7 @@ STEPS, COUNT = 3, 2
 def calibrated_bundle(tiny_bundle, tmp_path_factory):
     """A copy of the tiny bundle with calibration set 'default', made by ``svdtrt calibrate``
     (read-only: copy it to change it)."""
-    from svdtrt.cli import main
+    from svdtrt.cli.main import main
 
     path = tmp_path_factory.mktemp("calibrated") / "tiny"
     shutil.copytree(tiny_bundle.path, path)
@@ -28,7 +28,7 @@ def calibrated_bundle(tiny_bundle, tmp_path_factory):
 def int8_bundle(calibrated_bundle, tmp_path_factory):
     """The calibrated tiny bundle with int8 graphs, made by ``svdtrt quantize --precision int8``
     (read-only: copy it to change it)."""
-    from svdtrt.cli import main
+    from svdtrt.cli.main import main
 
     path = tmp_path_factory.mktemp("int8") / "tiny"
     shutil.copytree(calibrated_bundle.path, path)

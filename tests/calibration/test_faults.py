@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
 from svdtrt.calibration.shards import check_sample
 from svdtrt.errors import QuantizationError
 from svdtrt.specs import UNET, VAE_DECODER

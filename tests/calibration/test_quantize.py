@@ -31,7 +31,7 @@ def _assert_fp16_base(bundle, precision):
     """Q/DQ on an fp16 base: opset 19, fp16 scales (so every DequantizeLinear outputs fp16), and at
     least 90 % of the float arithmetic in fp16 (what TensorRT's strongly typed build computes in);
     what stays fp32 is the sinusoidal time embedding."""
-    from svdtrt.export.fp16 import arithmetic_precision
+    from svdtrt.graphs.fp16 import arithmetic_precision
 
     for name in ("unet", "vae_decoder"):
         path = bundle.graph_path(name, precision)
@@ -117,12 +117,11 @@ def test_graph_without_qdq_is_refused(tiny_bundle):
 
 def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibrated_bundle, tmp_path, photo,
                                                                         monkeypatch):
-    from svdtrt.cli import main
-
-    from ..test_gpu_paths import _only_onnxruntime_gpu
+    from svdtrt.cli.main import main
     from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
+    from ..test_gpu_paths import _only_onnxruntime_gpu
     from .conftest import copy_bundle
 
     bundle = copy_bundle(calibrated_bundle, tmp_path)
@@ -180,9 +179,9 @@ def test_quantized_caching_graphs_read_the_quantized_unet_weights_file(int8_bund
     """ORT's quantizer writes the same int8 weights, scales and fp16 tensors for the same fp32
     weights (per-channel weight scales depend on the weights alone), so every weight tensor of the
     caching graphs has a byte-identical copy in unet.int8.onnx.data and they read that file."""
-    from svdtrt.bundle import owned_files
-    from svdtrt.manifest import MANIFEST
-    from svdtrt.verify import verify_bundle
+    from svdtrt.bundle.integrity import verify_bundle
+    from svdtrt.bundle.manifest import MANIFEST
+    from svdtrt.bundle.store import owned_files
 
     m = int8_bundle.manifest
     for name in ("unet_full", "unet_shallow"):
@@ -198,7 +197,7 @@ def test_quantized_caching_graphs_read_the_quantized_unet_weights_file(int8_bund
 
 
 def test_cached_int8_clip_runs_on_onnxruntime_close_to_the_cached_fp32_clip(int8_bundle, photo):
-    from svdtrt.accuracy import clip_metrics
+    from svdtrt.media.metrics import clip_metrics
     from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 

@@ -9,15 +9,15 @@ import types
 import onnx
 import pytest
 
-import svdtrt.gpu
-from svdtrt import engines as cache
+import svdtrt.environment
 from svdtrt.build import builder as builder_module
 from svdtrt.build.builder import build_engines
 from svdtrt.build.plan import plan_build
-from svdtrt.bundle import Bundle, changing
+from svdtrt.bundle import engines as cache
+from svdtrt.bundle.integrity import verify_bundle
+from svdtrt.bundle.manifest import EngineEntry
+from svdtrt.bundle.store import Bundle, changing
 from svdtrt.errors import BundleError, EngineError
-from svdtrt.manifest import EngineEntry
-from svdtrt.verify import verify_bundle
 
 from ..helpers import rerecord
 
@@ -144,8 +144,8 @@ def fake_builder(monkeypatch):
     """TensorRT and the GPU replaced by stand-ins; returns the list of graphs 'built'."""
     built = []
     machine = types.SimpleNamespace(trt=types.SimpleNamespace(__version__="10.3.0"), gpu=dict(ORIN, memory_bytes=2**36))
-    monkeypatch.setattr(svdtrt.gpu, "require_tensorrt", lambda purpose="": machine.trt)
-    monkeypatch.setattr(svdtrt.gpu, "cuda_device", lambda index=0: machine.gpu)
+    monkeypatch.setattr(svdtrt.environment, "require_tensorrt", lambda purpose="": machine.trt)
+    monkeypatch.setattr(svdtrt.environment, "cuda_device", lambda index=0: machine.gpu)
 
     def build(trt, graph, profile, flags):
         built.append(graph.name)
@@ -215,7 +215,7 @@ def test_the_rebuild_hint_of_a_static_engine_keeps_its_clip_size(bundle, fake_bu
 
 def test_a_file_is_hashed_once_per_version_across_backends(bundle, monkeypatch, tmp_path):
     """Audit defect 10: creating backends and loading engines does not re-hash gigabytes each time."""
-    import svdtrt.bundle as bundle_module
+    import svdtrt.bundle.store as bundle_module
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     hashed = []

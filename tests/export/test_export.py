@@ -6,11 +6,11 @@ import onnx
 import pytest
 import torch
 
-from svdtrt.bundle import Bundle
-from svdtrt.components import example_inputs, torch_modules
+from svdtrt.bundle.store import Bundle
 from svdtrt.errors import AccuracyError, ExportError, InputError
-from svdtrt.export import export_bundle
+from svdtrt.export.bundle_export import export_bundle
 from svdtrt.export.validation import cpu_session, validate_graph
+from svdtrt.models.modules import example_inputs, torch_modules
 from svdtrt.specs import COMPONENTS
 
 
@@ -68,7 +68,7 @@ def test_validation_names_component_output_and_error(tiny_bundle, tiny_model):
 
 
 def test_failed_export_leaves_no_bundle_and_keeps_an_existing_one(tiny_model, tmp_path, monkeypatch):
-    import svdtrt.export as export
+    import svdtrt.export.bundle_export as export
 
     def fail(module, spec, *args, **kwargs):
         raise ExportError(f"{spec.name}: simulated failure")
@@ -118,7 +118,7 @@ def test_bundle_open_refuses_other_versions_and_missing_graphs(tiny_bundle, tmp_
 
 @pytest.mark.slow
 def test_release_weights_frees_each_module_after_its_last_component(tmp_path):
-    from svdtrt.models import build_preset
+    from svdtrt.models.loading import build_preset
 
     model = build_preset("tiny")
     bundle = export_bundle(model, tmp_path / "b", progress=False, release_weights=True)

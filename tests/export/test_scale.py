@@ -14,15 +14,15 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from svdtrt.bundle import Bundle
-from svdtrt.components import example_inputs, torch_modules
+from svdtrt.bundle.store import Bundle
 from svdtrt.errors import AccuracyError, BundleError, ExportError, InputError
-from svdtrt.export import export_bundle
-from svdtrt.export.deployability import check_deployable, deployability_problems
-from svdtrt.export.external_data import ALIGNMENT, EMBED_BELOW_BYTES
+from svdtrt.export.bundle_export import export_bundle
 from svdtrt.export.validation import validate_graph
-from svdtrt.models import ModelDims
-from svdtrt.presets import PRESETS
+from svdtrt.graphs.deployability import check_deployable, deployability_problems
+from svdtrt.graphs.files import ALIGNMENT, EMBED_BELOW_BYTES
+from svdtrt.models.loading import ModelDims
+from svdtrt.models.modules import example_inputs, torch_modules
+from svdtrt.models.presets import PRESETS
 from svdtrt.specs import COMPONENTS, validation_shape
 
 
@@ -107,7 +107,7 @@ def test_shape_ranges_are_recorded_per_input(fp16_bundle):
 
 
 def test_fixed_axes_are_reported():
-    from svdtrt.export import _fixed_axes
+    from svdtrt.export.bundle_export import _fixed_axes
 
     axes = {"latents": ["N", 4, 8, "w"], "frames": ["N", 3, "H", "W"]}
     assert _fixed_axes(COMPONENTS["vae_decoder"], axes) == ["latents[2]=8 (h)"]
@@ -183,7 +183,7 @@ def test_a_failing_component_leaves_the_bundle_as_it_was(fp16_bundle, tiny_model
     out = tmp_path / "b"
     shutil.copytree(fp16_bundle.path, out)
     before = _snapshot(out)
-    import svdtrt.export.external_data as external_data
+    import svdtrt.graphs.files as external_data
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -197,7 +197,7 @@ def test_a_failing_component_leaves_the_bundle_as_it_was(fp16_bundle, tiny_model
 
 
 def test_a_bundle_of_another_model_is_refused(fp16_bundle, tmp_path):
-    from svdtrt.models import load_model
+    from svdtrt.models.loading import load_model
 
     out = tmp_path / "b"
     shutil.copytree(fp16_bundle.path, out)
@@ -239,7 +239,7 @@ def test_released_presets_have_the_released_dimensions(name, frames):
 def test_fp16_weight_encoding_matches_the_converters():
     from onnxruntime.transformers.float16 import convert_np_to_float16
 
-    from svdtrt.export.fp16 import to_float16
+    from svdtrt.graphs.fp16 import to_float16
 
     special = np.array([0, 1e-9, -1e-9, 1e5, -1e5, np.inf, -np.inf, np.nan, 1.2345, -3e-5], np.float32)
     a = np.concatenate([special, np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 1e3])

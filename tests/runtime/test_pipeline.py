@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from svdtrt.accuracy import clip_metrics
+from svdtrt.media.metrics import clip_metrics
 from svdtrt.runtime.backends import Recorder
 from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
 from svdtrt.runtime.backends.pytorch import TorchBackend

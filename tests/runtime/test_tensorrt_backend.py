@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from svdtrt.bundle import Bundle
-from svdtrt.components import example_inputs
+from svdtrt.bundle.store import Bundle
 from svdtrt.errors import EngineError
+from svdtrt.models.modules import example_inputs
 from svdtrt.runtime.backends import create_backend
 from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend, ort_tensorrt_cache, ort_tensorrt_options
 from svdtrt.specs import COMPONENTS
@@ -79,7 +79,7 @@ def test_onnxruntime_tensorrt_provider_options_follow_the_profile(bundle, tmp_pa
 
 
 def _image(tmp_path):
-    from svdtrt.images import sample_image
+    from svdtrt.media.images import sample_image
 
     path = tmp_path / "input.png"
     sample_image("astronaut").save(path)
@@ -110,7 +110,7 @@ def engines_bundle(tiny_bundle, tmp_path_factory):
     converted, int8 graphs quantized from a calibration set, and fp32, fp16 and int8 engines built
     with one shared timing cache. Read-only: tests that change engines work on a copy
     (:func:`_copy`), which keeps the timing cache."""
-    from svdtrt.cli import main
+    from svdtrt.cli.main import main
 
     root = tmp_path_factory.mktemp("engines")
     path = shutil.copytree(tiny_bundle.path, root / "tiny")
@@ -196,7 +196,7 @@ def test_sampling_loop_on_tensorrt_passes_check(engines_bundle, run_cli, tmp_pat
                                "--precision", precision, "--steps", "4")
         assert code == 0, err
         frames[backend] = np.load(tmp_path / f"{backend}.npy")
-    from svdtrt.accuracy import psnr
+    from svdtrt.media.metrics import psnr
 
     assert frames["tensorrt"].shape == frames["onnxruntime"].shape
     assert psnr(frames["tensorrt"], frames["onnxruntime"]) > {"fp32": 50.0, "fp16": 35.0, "int8": 25.0}[precision]

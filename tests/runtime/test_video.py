@@ -1,6 +1,6 @@
 import numpy as np
 
-from svdtrt.runtime.video import read_mp4, save_frames, write_mp4
+from svdtrt.media.video import read_mp4, save_frames, write_mp4
 
 
 def test_mp4_round_trip_keeps_frames_and_size(tmp_path):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from svdtrt.accuracy import clip_metrics
-from svdtrt.flops import clip_unet_flops, unet_call_flops
+from svdtrt.media.metrics import clip_metrics
+from svdtrt.models.flops import clip_unet_flops, unet_call_flops
 from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend
 from svdtrt.runtime.backends.pytorch import TorchBackend
 from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline, planned_unet_calls
@@ -26,7 +26,7 @@ def _diffusers(model, image, settings):
 
 class DeepCacheReference:
     """Block caching as the DeepCache paper defines it (section 3.2), over diffusers' own UNet and
-    independent of svdtrt.block_cache: a full step runs diffusers' UNet and keeps the feature
+    independent of svdtrt.models.block_cache: a full step runs diffusers' UNet and keeps the feature
     entering the skip branch, here the hidden state entering layer ``layer`` of the last up block
     (the first channels of that layer's resnet input, ahead of the concatenated skip); a cached
     step runs diffusers' UNet with that feature replaced by the kept one (a forward pre-hook), so
@@ -151,8 +151,8 @@ def test_flops_are_counted_per_graph(tiny_bundle):
 
 def test_settings_are_checked():
     from svdtrt.errors import InputError
+    from svdtrt.models.presets import PRESETS
     from svdtrt.specs import ModelDims
-    from svdtrt.presets import PRESETS
 
     p = PRESETS["tiny"]
     dims = ModelDims.from_configs(p["unet"], p["vae"], p["image_encoder"])
@@ -164,8 +164,8 @@ def test_settings_are_checked():
 
 
 def test_caching_graphs_read_the_unet_weights_file(tiny_bundle):
-    from svdtrt.bundle import owned_files
-    from svdtrt.verify import verify_bundle
+    from svdtrt.bundle.integrity import verify_bundle
+    from svdtrt.bundle.store import owned_files
 
     m = tiny_bundle.manifest
     for name in ("unet_full", "unet_shallow"):
@@ -184,9 +184,9 @@ def test_a_later_cache_layer_reexported_into_a_bundle_matches_the_reference(tiny
     at that branch, on ONNX Runtime and on torch with the bundle's dims."""
     import shutil
 
-    from svdtrt.bundle import Bundle
-    from svdtrt.export import export_bundle
-    from svdtrt.verify import verify_bundle
+    from svdtrt.bundle.integrity import verify_bundle
+    from svdtrt.bundle.store import Bundle
+    from svdtrt.export.bundle_export import export_bundle
 
     shutil.copytree(tiny_bundle.path, tmp_path / "b")
     bundle = export_bundle(tiny_model, tmp_path / "b", components=["unet_full", "unet_shallow"], cache_layer=1,

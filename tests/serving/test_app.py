@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from svdtrt.accuracy import psnr
+from svdtrt.media.metrics import psnr
 
 from .conftest import busiest, kill, processes
 

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from svdtrt.runtime.video import read_mp4
+from svdtrt.media.video import read_mp4
 
 from .conftest import kill, processes
 
@@ -25,7 +25,7 @@ STEPS = 12
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Six real photographs (scikit-image's samples and a mirrored astronaut)."""
-    from svdtrt.images import SAMPLE_IMAGES, sample_image
+    from svdtrt.media.images import SAMPLE_IMAGES, sample_image
 
     folder = tmp_path_factory.mktemp("images")
     for name in SAMPLE_IMAGES:

@@ -58,7 +58,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
     if name == "torch":
         import torch
 
-        from ...models import reference_model
+        from ...models.loading import reference_model
         from .pytorch import TorchBackend
 
         if device == "cuda" and not torch.cuda.is_available():

@@ -10,8 +10,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from ...environment import ORT_GPU_HINT
 from ...errors import BackendUnavailableError
-from ...gpu import ORT_GPU_HINT
 from ...specs import COMPONENTS
 from .base import ComponentFn
 
@@ -23,7 +23,7 @@ class OnnxRuntimeBackend:
     """The bundle's graphs of one precision on ONNX Runtime; sessions are created on first use.
 
     Args:
-        bundle: an opened :class:`svdtrt.bundle.Bundle`.
+        bundle: an opened :class:`svdtrt.bundle.store.Bundle`.
         precision: which graphs to run (``"fp32"``, ``"fp16"``, ``"int8"``, ``"fp8"``; fp8 on the CPU
             provider is simulated quantization, see :meth:`session`).
         providers: ONNX Runtime execution providers, first choice first; default CPU. With
@@ -210,7 +210,7 @@ def ort_tensorrt_cache(bundle) -> Path:
     keyed by the bundle's manifest, since nothing is written into a bundle outside a transaction."""
     import hashlib
 
-    from ...manifest import dump
+    from ...bundle.manifest import dump
 
     key = hashlib.sha256(dump(bundle.manifest)).hexdigest()[:16]
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-from ...components import FP32_INPUTS, VaeEncoder, torch_modules
+from ...models.modules import FP32_INPUTS, VaeEncoder, torch_modules
 from ...specs import COMPONENTS, runs_fp32_in_fp16
 from .base import ComponentFn
 
@@ -18,10 +18,10 @@ class TorchBackend:
 
     In fp16, a component the model's config keeps in fp32 (:func:`svdtrt.specs.runs_fp32_in_fp16`:
     SVD's VAE encoder, ``force_upcast``) runs in fp32 from its own copy of the VAE, and the
-    UNet's ``timestep`` stays fp32 (:data:`svdtrt.components.FP32_INPUTS`).
+    UNet's ``timestep`` stays fp32 (:data:`svdtrt.models.modules.FP32_INPUTS`).
 
     Args:
-        model: an :class:`svdtrt.models.SvdModel`.
+        model: an :class:`svdtrt.models.loading.SvdModel`.
         device: ``"cpu"`` or ``"cuda"``; inputs are moved there, outputs come back there (float32).
         dtype: ``torch.float32`` (reference) or ``torch.float16`` (GPU).
         dims: the :class:`svdtrt.specs.ModelDims` whose cache depth and layer ``unet_full`` /

@@ -1,7 +1,7 @@
 """The ``tensorrt`` backend: a bundle's engines run with torch CUDA tensors as I/O buffers.
 
 Each engine is checked against its sidecar (graph identity, TensorRT version, GPU; see
-:mod:`svdtrt.engines`) and deserialized through Polygraphy's ``EngineFromBytes``
+:mod:`svdtrt.bundle.engines`) and deserialized through Polygraphy's ``EngineFromBytes``
 the first time its component is called, so a loop that never decodes never loads the decoder
 and, with ``one_engine_at_a_time``, only one engine occupies memory at once (Jetson's unified
 memory). Inputs and outputs are torch tensors on the GPU, bound to the execution context by
@@ -20,9 +20,9 @@ from typing import Mapping
 
 import torch
 
-from ... import engines
+from ...bundle import engines
+from ...environment import cuda_device, quiet_polygraphy, require_tensorrt
 from ...errors import EngineError
-from ...gpu import cuda_device, quiet_polygraphy, require_tensorrt
 from ...specs import COMPONENTS
 from .base import ComponentFn
 
@@ -138,7 +138,7 @@ class TensorRTBackend:
     """A bundle's TensorRT engines of one precision (built with ``svdtrt build``).
 
     Args:
-        bundle: the opened :class:`svdtrt.bundle.Bundle`.
+        bundle: the opened :class:`svdtrt.bundle.store.Bundle`.
         precision: which engines (``fp32``, ``fp16``, ``int8``, ``fp8``).
         cuda_graph: replay the UNet from a CUDA graph when its engine has a static profile.
         one_engine_at_a_time: release the other engines when one is loaded (for unified-memory

@@ -16,15 +16,15 @@ from dataclasses import asdict
 import numpy as np
 import PIL.Image
 
-from .accuracy import clip_metrics, compare_components
-from .calibration.quantize import validate_qdq_graph
-from .calibration.recipe import QUANTIZED_COMPONENTS
-from .models import reference_model
-from .precisions import precision as lookup_precision
-from .runtime.backends import Recorder, create_backend
-from .runtime.backends.pytorch import TorchBackend
-from .runtime.pipeline import SamplingSettings, SvdPipeline
-from .runtime.schedulers import use_scheduler
+from ..calibration.quantize import validate_qdq_graph
+from ..calibration.recipe import QUANTIZED_COMPONENTS
+from ..media.metrics import clip_metrics, compare_components
+from ..models.loading import reference_model
+from ..precisions import precision as lookup_precision
+from ..runtime.backends import Recorder, create_backend
+from ..runtime.backends.pytorch import TorchBackend
+from ..runtime.pipeline import SamplingSettings, SvdPipeline
+from ..runtime.schedulers import use_scheduler
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .specs import UNET_COMPONENTS
+from ..specs import UNET_COMPONENTS
 
 #: PSNR of identical inputs is infinite; it is reported as this cap so reports stay valid JSON.
 PSNR_CAP_DB = 200.0

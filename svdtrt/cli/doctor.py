@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import platform
 
-from .gpu import INSTALL_HINT, ORT_GPU_HINT, ORT_HINT, cuda_device, import_optional, onnxruntime_package, package_version, tensorrt_version
+from ..environment import (
+    INSTALL_HINT,
+    ORT_GPU_HINT,
+    ORT_HINT,
+    cuda_device,
+    import_optional,
+    onnxruntime_package,
+    package_version,
+    tensorrt_version,
+)
 
 
 def diagnose() -> dict:
@@ -18,7 +27,7 @@ def diagnose() -> dict:
     """
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     ort = import_optional("onnxruntime")
     providers = list(ort.get_available_providers()) if ort is not None else []
@@ -57,7 +66,7 @@ def _ort_backend(ort, provider: str, hint: str) -> str:
     """'ready' when a session on ``provider`` loads here (not merely compiled in), else why not."""
     if ort is None:
         return f"needs ONNX Runtime: {ORT_HINT}"
-    from .runtime.backends.onnxrt import provider_loads
+    from ..runtime.backends.onnxrt import provider_loads
 
     problem = provider_loads(provider)
     return "ready" if problem is None else f"{problem}; {hint}"

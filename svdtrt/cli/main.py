@@ -14,11 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import InputError, SvdtrtError
-from .precisions import NAMES as PRECISIONS, made_by
-from .runtime.backends import BACKENDS
-from .specs import DEFAULT_OPSET
+from .. import __version__
+from ..errors import InputError, SvdtrtError
+from ..precisions import NAMES as PRECISIONS
+from ..precisions import made_by
+from ..runtime.backends import BACKENDS
+from ..specs import DEFAULT_OPSET
 
 log = logging.getLogger("svdtrt")
 
@@ -58,7 +59,7 @@ def _finite_float(text: str) -> float:
 
 
 def _component_list(text: str) -> list[str]:
-    from .specs import COMPONENTS
+    from ..specs import COMPONENTS
 
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in COMPONENTS]
@@ -69,7 +70,7 @@ def _component_list(text: str) -> list[str]:
 
 
 def _sampling_options(p: argparse.ArgumentParser, work_lists: bool = False) -> None:
-    from .runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
+    from ..runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
 
     g = p.add_argument_group("sampling (defaults: the bundle's shape and diffusers' pipeline defaults)")
     g.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator, 0 to 2**64-1 (default 0)")
@@ -97,7 +98,7 @@ def _sampling_options(p: argparse.ArgumentParser, work_lists: bool = False) -> N
 
 def _work_options(p: argparse.ArgumentParser, lists: bool = False) -> None:
     """Fewer and cheaper UNet calls (``bench`` takes comma-separated lists of each)."""
-    from .runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+    from ..runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
     g = p.add_argument_group("work reduction" + (" (comma-separated lists: one row per combination)" if lists
                                                   else ""))
@@ -316,8 +317,8 @@ def _settings(args, bundle, **work):
     check has passed). ``work``: ``scheduler``, ``cache_interval``, ``guidance_steps`` in place of
     the arguments' (``bench`` passes each of its combinations). ``--steps`` defaults to the
     scheduler's."""
-    from .runtime.pipeline import SamplingSettings
-    from .runtime.schedulers import scheduler_choice
+    from ..runtime.pipeline import SamplingSettings
+    from ..runtime.schedulers import scheduler_choice
 
     work = {"scheduler": args.scheduler, "cache_interval": args.cache_interval,
             "guidance_steps": args.guidance_steps, **work}
@@ -348,7 +349,7 @@ def _warn_outside_range(bundle, settings) -> None:
 def _check_memory(bundle, settings, backend: str, precision: str, device: str = "cpu", reference: bool = False,
                   clips: int = 1) -> None:
     """Refuse, before any model load or sampling, a clip whose host memory estimate does not fit."""
-    from .runtime.memory import check_host_memory, estimate_host_memory
+    from ..runtime.memory import check_host_memory, estimate_host_memory
 
     check_host_memory(estimate_host_memory(bundle, settings, backend, precision, device, reference, clips),
                       f"a {settings.frames}-frame {settings.width}x{settings.height} clip on {backend} ({precision})")
@@ -368,8 +369,8 @@ def _discarded_on_error(*outputs):
 
 
 def _cmd_export(args) -> int:
-    from .export import export_bundle
-    from .models import load_model
+    from ..export.bundle_export import export_bundle
+    from ..models.loading import load_model
 
     if os.path.lexists(args.out) and not args.force and not (args.components and args.out.is_dir()):
         raise InputError(f"'{args.out}' already exists; choose another path, pass --force to replace it, "
@@ -400,7 +401,7 @@ def _print_graphs(bundle, components=None, precisions=None) -> None:
 
 
 def _cmd_convert(args) -> int:
-    from .export.convert import convert_bundle
+    from ..export.convert import convert_bundle
 
     bundle = convert_bundle(args.bundle, args.precision, args.force)
     print(f"{args.precision} graphs written to {bundle.path}")
@@ -409,7 +410,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_verify(args) -> int:
-    from .verify import leftover_runs, verify_bundle
+    from ..bundle.integrity import leftover_runs, verify_bundle
 
     problems = verify_bundle(args.bundle, progress=True)
     for problem in problems:
@@ -441,13 +442,13 @@ def _cmd_run(args) -> int:
     import json
     from dataclasses import asdict
 
-    from .bundle import Bundle
-    from .fs import OutputFile
-    from .images import load_image
-    from .models import load_model, reference_model
-    from .runtime.backends import create_backend
-    from .runtime.pipeline import SvdPipeline
-    from .runtime.video import check_clip_path, check_frames_path, save_frames, write_clip
+    from ..bundle.store import Bundle
+    from ..media.images import load_image
+    from ..media.video import check_clip_path, check_frames_path, save_frames, write_clip
+    from ..models.loading import load_model, reference_model
+    from ..publishing import OutputFile
+    from ..runtime.backends import create_backend
+    from ..runtime.pipeline import SvdPipeline
 
     clip_format = check_clip_path(args.out)
     if args.save_frames:
@@ -479,7 +480,7 @@ def _cmd_run(args) -> int:
             frames_out.write(lambda part: save_frames(clip.frames, part))
             frames_out.publish()
         if timings_out:
-            from .flops import clip_unet_flops
+            from ..models.flops import clip_unet_flops
 
             work = clip_unet_flops(bundle.manifest.configs["unet"], bundle.dims, clip.unet_calls, settings.frames,
                                    settings.height, settings.width)
@@ -507,12 +508,12 @@ def _print_random_weights(bundle) -> None:
 def _cmd_check(args) -> int:
     import json
 
-    from .bundle import Bundle
-    from .check import check_bundle
-    from .fs import OutputFile
-    from .images import load_image, sample_image
-    from .models import load_model, reference_model
-    from .precisions import precision as lookup_precision
+    from ..bundle.store import Bundle
+    from ..check.compare import check_bundle
+    from ..media.images import load_image, sample_image
+    from ..models.loading import load_model, reference_model
+    from ..precisions import precision as lookup_precision
+    from ..publishing import OutputFile
 
     report_out = OutputFile(args.report, args.force) if args.report else None  # before minutes of work
     with _discarded_on_error(report_out):
@@ -550,10 +551,10 @@ def _print_report(report: dict) -> None:
 
 
 def _cmd_calibrate(args) -> int:
-    from .bundle import Bundle
-    from .calibration.capture import calibrate_bundle, calibration_images
-    from .models import load_model
-    from .runtime.limits import MAX_STEPS, SEED_RANGE
+    from ..bundle.store import Bundle
+    from ..calibration.capture import calibrate_bundle, calibration_images
+    from ..models.loading import load_model
+    from ..runtime.limits import MAX_STEPS, SEED_RANGE
 
     Bundle.open(args.bundle)
     if not 1 <= args.steps <= MAX_STEPS:
@@ -572,10 +573,10 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from .bundle import Bundle
-    from .calibration.quantize import quantize_bundle
-    from .calibration.recipe import DEFAULT_EXCLUDE
-    from .models import load_model
+    from ..bundle.store import Bundle
+    from ..calibration.quantize import quantize_bundle
+    from ..calibration.recipe import DEFAULT_EXCLUDE
+    from ..models.loading import load_model
 
     Bundle.open(args.bundle)
     exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
@@ -598,7 +599,7 @@ def _cmd_quantize(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .bundle import Bundle
+    from ..bundle.store import Bundle
     from .demo import run_demo
 
     report = run_demo(args.out, args.force)
@@ -610,14 +611,14 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_build(args) -> int:
-    from .build.plan import plan_build
-    from .bundle import Bundle
+    from ..build.plan import plan_build
+    from ..bundle.store import Bundle
 
     bundle = Bundle.open(args.bundle)
     plan = plan_build(bundle, args.precision, args.profile, args.frames, args.height, args.width,
                       args.components, args.workspace, args.timing_cache)
     if not args.dry_run:
-        from .gpu import require_tensorrt
+        from ..environment import require_tensorrt
 
         require_tensorrt("svdtrt build")  # before announcing a build this machine cannot do
     print(f"{'plan' if args.dry_run else 'building'}: {plan['precision']} engines, {plan['profile']} profile, "
@@ -628,7 +629,7 @@ def _cmd_build(args) -> int:
             print(f"    {tensor:22s} min {p['min']}  opt {p['opt']}  max {p['max']}")
     if args.dry_run:
         return 0
-    from .build.builder import build_engines
+    from ..build.builder import build_engines
 
     for name, r in build_engines(bundle.path, plan, force=args.force).items():
         what = "reused (current)" if r["reused"] else f"built in {r['seconds']:.1f} s"
@@ -641,8 +642,8 @@ def _gib(n) -> str:
 
 
 def _cmd_doctor(args) -> int:
+    from ..environment import INSTALL_HINT
     from .doctor import diagnose, format_report
-    from .gpu import INSTALL_HINT
 
     report = diagnose()
     print("\n".join(format_report(report)))
@@ -657,8 +658,8 @@ def _work_variants(args) -> list[dict]:
     guidance on every step), each combination once."""
     import itertools
 
-    from .benchmark import parse_names
-    from .runtime.schedulers import SCHEDULERS
+    from ..benchmark import parse_names
+    from ..runtime.schedulers import SCHEDULERS
 
     def integers(text, what, words=()):
         values = []
@@ -689,10 +690,10 @@ def _cmd_bench(args) -> int:
 
     import torch
 
-    from .benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
-    from .bundle import Bundle
-    from .images import load_image, sample_image
-    from .models import load_model, reference_model
+    from ..benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
+    from ..bundle.store import Bundle
+    from ..media.images import load_image, sample_image
+    from ..models.loading import load_model, reference_model
 
     backends = parse_names(args.backends, BACKENDS, "backend")
     precisions = parse_names(args.precisions, PRECISIONS, "precision")
@@ -722,10 +723,10 @@ def _worker_options(args, bundle, count: int):
     """The serving layer's WorkerOptions from ``serve``'s or ``batch``'s options, checked here
     first (backend, precision, count) so that a mistake is one line, not a replica's traceback;
     then joins Ray (:func:`svdtrt.serving.cluster.connect`) to share out its CPUs."""
-    from .runtime.backends import create_backend
-    from .serving.cluster import connect, cpus_each
-    from .serving.worker import WorkerOptions
-    from .specs import COMPONENTS
+    from ..runtime.backends import create_backend
+    from ..serving.cluster import connect, cpus_each
+    from ..serving.worker import WorkerOptions
+    from ..specs import COMPONENTS
 
     if args.backend.startswith("onnxruntime"):  # cheap: checks the precision and the providers, loads nothing
         create_backend(args.backend, bundle, args.precision)
@@ -743,12 +744,12 @@ def _worker_options(args, bundle, count: int):
 
 
 def _cmd_serve(args) -> int:
-    from .bundle import Bundle
+    from ..bundle.store import Bundle
 
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
     worker = _worker_options(args, Bundle.open(args.bundle), args.replicas)
-    from .serving.app import ServeOptions, serve_forever
+    from ..serving.app import ServeOptions, serve_forever
 
     serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
                   args.request_timeout)
@@ -756,8 +757,8 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .bundle import Bundle
-    from .serving.batch import JOURNAL, BatchJob, list_images, output_names
+    from ..bundle.store import Bundle
+    from ..serving.batch import JOURNAL, BatchJob, list_images, output_names
 
     bundle = Bundle.open(args.bundle)
     settings = _settings(args, bundle)
@@ -766,7 +767,7 @@ def _cmd_batch(args) -> int:
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts
     worker = _worker_options(args, bundle, args.workers)
-    from .serving.batch import run_batch
+    from ..serving.batch import run_batch
 
     summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))
     print(f"{len(summary.made)} clip(s) made, {len(summary.skipped)} already in {args.out}, "
@@ -807,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         if (e.name or "").partition(".")[0] != "onnxruntime":
             raise
-        from .gpu import ORT_HINT
+        from ..environment import ORT_HINT
 
         print(f"svdtrt: error: ONNX Runtime is not installed; {ORT_HINT}", file=sys.stderr)
         return 2

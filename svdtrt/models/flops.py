@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from functools import lru_cache
 
-from .specs import COMPONENTS, ModelDims
+from ..specs import COMPONENTS, ModelDims
 
 
 @lru_cache(maxsize=4)
@@ -40,7 +40,7 @@ def unet_call_flops(unet_config: dict, dims: ModelDims, component: str, batch: i
     from torch.utils.flop_counter import FlopCounterMode
 
     from .block_cache import UnetFull, UnetShallow
-    from .components import Unet
+    from .modules import Unet
 
     unet = _meta_unet(json.dumps(unet_config, sort_keys=True))
     branch = (dims.cache_depth, dims.cache_layer)

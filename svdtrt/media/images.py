@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from .errors import InputError, first_line
-from .fs import path_kind
-
+from ..errors import InputError, first_line
+from ..publishing import path_kind
 
 #: Most pixels an input image may have: 2**26 (67.1 million, "64 megapixels"; a 64 MP camera's
 #: 9248x6936 photo fits). The checked header size is refused before any pixel is decoded, because

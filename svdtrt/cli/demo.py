@@ -10,14 +10,14 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from .accuracy import psnr
-from .check import check_bundle
-from .export import export_bundle
-from .fs import DirectoryTransaction
-from .images import sample_image
-from .models import load_model
-from .runtime.pipeline import SamplingSettings
-from .runtime.video import to_uint8, write_mp4
+from ..check.compare import check_bundle
+from ..export.bundle_export import export_bundle
+from ..media.images import sample_image
+from ..media.metrics import psnr
+from ..media.video import to_uint8, write_mp4
+from ..models.loading import load_model
+from ..publishing import DirectoryTransaction
+from ..runtime.pipeline import SamplingSettings
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
@@ -70,7 +70,7 @@ def side_by_side(image: PIL.Image.Image, tested: np.ndarray, reference: np.ndarr
         count: frames per row, evenly spaced over the clip.
     Returns:
         An RGB image. The difference row is amplified x255 (so one 8-bit step is full white) and
-        labelled with each frame's PSNR in dB (``svdtrt.accuracy.psnr``, data range 1): a black
+        labelled with each frame's PSNR in dB (``svdtrt.media.metrics.psnr``, data range 1): a black
         row means the clips are the same to within 1/65025 per pixel.
     """
     frames, height, width = tested.shape[:3]

@@ -2,7 +2,7 @@
 ``.gif``), and raw float frames as ``.npy``.
 
 These write the file they are given; callers that publish outputs write to the part file of a
-:class:`svdtrt.fs.OutputFile`, so a clip appears complete or not at all.
+:class:`svdtrt.publishing.OutputFile`, so a clip appears complete or not at all.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ExportError
-from .external_data import check_graph_file
+from .files import check_graph_file
 
 #: ONNX operators (default domain) that TensorRT's ONNX parser supports: the "Y" rows of
 #: onnx/onnx-tensorrt docs/operators.md at the ONNX-TensorRT 10.1 GA release (commit 96e7811,

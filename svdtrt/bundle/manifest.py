@@ -28,10 +28,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
-from . import hints
-from .errors import BundleError
-from .precisions import NAMES as PRECISION_NAMES
-from .specs import COMPONENTS
+from .. import hints
+from ..errors import BundleError
+from ..precisions import NAMES as PRECISION_NAMES
+from ..specs import COMPONENTS
 
 #: Bumped whenever a change makes older bundles unreadable.
 FORMAT_VERSION = 2
@@ -125,7 +125,7 @@ class Source(Schema):
 
     def random_weights_note(self) -> str | None:
         """What a clip of this model shows when it has seeded random weights (every preset: see
-        :mod:`svdtrt.presets`), or None for a trained model."""
+        :mod:`svdtrt.models.presets`), or None for a trained model."""
         if self.kind != "preset":
             return None
         return (f"the model is the '{self.name}' preset, an SVD-architecture model with seeded random weights "
@@ -242,7 +242,7 @@ class CalibrationEntry(Schema):
 
 
 class EngineEntry(Schema):
-    """A TensorRT engine and its JSON sidecar (:mod:`svdtrt.engines`)."""
+    """A TensorRT engine and its JSON sidecar (:mod:`svdtrt.bundle.engines`)."""
 
     component: ComponentName
     precision: PrecisionName

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError, first_line
+from ..errors import InputError, first_line
+from ..specs import ModelDims
 from .presets import PRESETS, SVD_FEATURE_EXTRACTOR, SVD_SCHEDULER
-from .specs import ModelDims
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def load_model(model: str, variant: str | None = None, random_weights: bool = Fa
     """Load ``model``: a preset name, a diffusers SVD directory, or a hub id.
 
     Args:
-        model: a preset (``tiny``, ``small``, ``svd``, ``svd-xt``; see :mod:`svdtrt.presets`), a directory with
+        model: a preset (``tiny``, ``small``, ``svd``, ``svd-xt``; see :mod:`svdtrt.models.presets`), a directory with
             ``unet/``, ``vae/``, ``image_encoder/``, ``scheduler/``, ``feature_extractor/``,
             or a hub id ``owner/name`` (downloaded by diffusers; needs the network).
         variant: weights variant of a directory or hub model, e.g. ``"fp16"`` (loaded, then
@@ -297,7 +297,7 @@ def reference_model(bundle, model: SvdModel | None = None) -> SvdModel:
             config hashes in the manifest), so it would run or compare another model.
         InputError: the recorded source cannot be loaded here.
     """
-    from .errors import BundleError
+    from ..errors import BundleError
 
     model = model or load_model(bundle.source)
     if model.config_hashes() != bundle.manifest.config_hashes:

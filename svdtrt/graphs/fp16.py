@@ -4,7 +4,7 @@ part of the onnxruntime wheel: no extra dependency and no torch).
 
 The conversion runs on the weightless graph structure; the converter only retypes external
 initializers, and their bytes are then re-encoded one tensor at a time while streaming into the
-new data file (:func:`svdtrt.export.external_data.save_graph`), clamped to the fp16 range as
+new data file (:func:`svdtrt.graphs.files.save_graph`), clamped to the fp16 range as
 the converter does (:func:`to_float16`). Graph inputs and outputs stay float32
 (``keep_io_types``): the runtime feeds and reads every precision alike.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .external_data import check_graph_file, infer_shapes_file, save_graph
+from .files import check_graph_file, infer_shapes_file, save_graph
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ that is not ours without ``force``):
   appeared there meanwhile) or, with ``force``, renamed over it. Parts whose writer died (their
   flock is free) are removed by the next writer of the same target.
 
-Nothing here knows what a bundle holds; :mod:`svdtrt.bundle` builds on it.
+Nothing here knows what a bundle holds; :mod:`svdtrt.bundle.store` builds on it.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from .bundle import Bundle, sha256_file
+from ..publishing import leftovers
 from .engines import SIDECAR_VERSION
-from .fs import leftovers
 from .manifest import MANIFEST
+from .store import Bundle, sha256_file
 
 
 def verify_bundle(path: str | os.PathLike, progress: bool = False) -> list[str]:

@@ -2,9 +2,9 @@
 ``manifest.json`` that lists every file with its size and sha256 (docs/architecture.md,
 "The bundle").
 
-:meth:`Bundle.open` validates the manifest (:mod:`svdtrt.manifest`) and checks that every
+:meth:`Bundle.open` validates the manifest (:mod:`svdtrt.bundle.manifest`) and checks that every
 listed file is a regular file inside the bundle with its recorded size; hashes are checked by
-``svdtrt verify`` and by the stages that build from a file (:mod:`svdtrt.verify`).
+``svdtrt verify`` and by the stages that build from a file (:mod:`svdtrt.bundle.integrity`).
 
 Every change goes through :func:`changing` (an existing bundle) or :func:`creating` (a new
 one): a :class:`Staged` bundle under the bundle's lock, published in one atomic step by
@@ -22,12 +22,13 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from . import hints, manifest as schema
-from .errors import BundleError, InputError
-from .fs import DirectoryTransaction, checkpoint, write_new
+from .. import hints
+from ..errors import BundleError, InputError
+from ..precisions import precision as lookup_precision
+from ..publishing import DirectoryTransaction, checkpoint, write_new
+from ..specs import ModelDims
+from . import manifest as schema
 from .manifest import CONFIG_FILES, MANIFEST, GraphEntry, Manifest
-from .precisions import precision as lookup_precision
-from .specs import ModelDims
 
 
 def graph_filename(component: str, precision: str) -> str:
@@ -103,7 +104,7 @@ class Bundle:
 
     Attributes:
         path: the bundle folder.
-        manifest: its validated :class:`svdtrt.manifest.Manifest`.
+        manifest: its validated :class:`svdtrt.bundle.manifest.Manifest`.
     """
 
     def __init__(self, path: Path, manifest: Manifest):
@@ -191,7 +192,7 @@ class Bundle:
 
     def precisions(self) -> list[str]:
         """The precisions any component has a graph of, in registry order."""
-        from .precisions import NAMES
+        from ..precisions import NAMES
 
         have = {p for c in self.manifest.components.values() for p in c.graphs}
         return [p for p in NAMES if p in have]

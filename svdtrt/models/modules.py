@@ -9,8 +9,8 @@ from typing import Mapping
 
 import torch
 
+from ..specs import COMPONENTS, ComponentSpec
 from .block_cache import UnetFull, UnetShallow
-from .specs import COMPONENTS, ComponentSpec
 
 
 class ImageEncoder(torch.nn.Module):
@@ -69,7 +69,7 @@ FP32_INPUTS = frozenset({"timestep"})
 
 
 def torch_modules(model, dims=None) -> dict[str, torch.nn.Module]:
-    """Spec-shaped modules of an :class:`svdtrt.models.SvdModel`, keyed by component name; the
+    """Spec-shaped modules of an :class:`svdtrt.models.loading.SvdModel`, keyed by component name; the
     block-caching pair at the cache depth and layer of ``dims`` (a :class:`svdtrt.specs.ModelDims`,
     default ``model.dims``)."""
     branch = ((dims or model.dims).cache_depth, (dims or model.dims).cache_layer)

@@ -8,7 +8,7 @@ memory and numerics work at production scale; their module configs are those of
 ``stabilityai/stable-video-diffusion-img2vid{,-xt}`` (``unet/``, ``vae/``, ``image_encoder/config.json``),
 they differ only in ``num_frames`` (14 and 25), and the default clip is the pipeline's 576x1024.
 A preset with ``"init": "fast"`` skips the modules' own initialisation and fills every weight
-with a seeded normal draw (:func:`svdtrt.models.fast_seeded_init`): the default init of a 1.5 B
+with a seeded normal draw (:func:`svdtrt.models.loading.fast_seeded_init`): the default init of a 1.5 B
 UNet takes about 50 s on 2 cores, and weight values do not change export behaviour.
 ``mid`` is large enough for int8 and ONNX Runtime to pay off on a CPU (compute, not
 Python and framework overhead, dominates a clip) yet calibrates and benchmarks in minutes.

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from .specs import DEFAULT_CACHE_DEPTH, up_block_layers
+from ..specs import DEFAULT_CACHE_DEPTH, up_block_layers
 
 
 def max_cache_depth(unet_config) -> int:

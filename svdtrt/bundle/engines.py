@@ -24,8 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from . import __version__, hints
-from .errors import EngineError
+from .. import __version__, hints
+from ..errors import EngineError
 
 ENGINE_DIR = "engines"
 #: Bumped when the sidecar's fields change meaning; other versions are treated as stale.
@@ -49,13 +49,13 @@ def make_sidecar(component: str, precision: str, graph: str, graph_sha: str, eng
 
     Args:
         component, precision: what was built.
-        graph, graph_sha: the graph's file name and :meth:`svdtrt.bundle.Bundle.graph_identity`.
+        graph, graph_sha: the graph's file name and :meth:`svdtrt.bundle.store.Bundle.graph_identity`.
         engine: the serialized engine (its size and sha256 are recorded).
         profile: ``{input: {"min", "opt", "max"}}`` of the engine's one optimization profile.
         profile_kind: ``"static"`` or ``"dynamic"``.
         flags: the builder settings (the ``flags`` of :func:`svdtrt.build.plan.plan_build`).
         tensorrt: ``tensorrt.__version__`` of the builder.
-        gpu: ``{"name", "compute_capability", ...}`` of the building GPU (:func:`svdtrt.gpu.cuda_device`).
+        gpu: ``{"name", "compute_capability", ...}`` of the building GPU (:func:`svdtrt.environment.cuda_device`).
         build_seconds: wall-clock build time in seconds.
         shapes: the plan's clip-size ranges ``{"frames"|"height"|"width": {"min", "opt", "max"}}``.
     """

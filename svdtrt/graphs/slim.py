@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import ExportError, first_line
-from .external_data import read_tensor_array
+from .files import read_tensor_array
 
 log = logging.getLogger(__name__)
 
