@@ -6,29 +6,40 @@ Polygraphy and TensorRT are imported only when :func:`build_engines` runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle.engines import make_sidecar, stale_reasons
+from ..bundle.engines import NO_ENGINE, BuildFlags, SidecarError, dump_sidecar, load_sidecar, make_sidecar, stale_reasons
 from ..bundle.manifest import EngineEntry
 from ..bundle.store import changing, sha256_file
 from ..errors import BundleError, EngineError, first_line
-from .plan import check_precision_supported
+from .plan import BuildPlan, EnginePlan, Profile, check_precision_supported
 
 log = logging.getLogger(__name__)
 
 
-def _verify_graph(bundle, item: dict) -> None:
+@dataclass(frozen=True)
+class BuiltEngine:
+    """One engine of a build: where it is, whether a current one was reused, its build time in
+    seconds (0 when reused) and its size in bytes."""
+
+    engine: Path
+    reused: bool
+    seconds: float
+    bytes: int
+
+
+def _verify_graph(bundle, item: EnginePlan) -> None:
     """Hash the graph and weights a build reads against the manifest (an engine bakes them in)."""
-    for file in (item["graph"], item["data"]):
+    for file in (item.graph, item.data):
         if file and sha256_file(bundle.path / file) != bundle.manifest.files[file].sha256:
             raise BundleError(f"bundle '{bundle.path}': {file} does not match its recorded sha256 (a corrupted or "
                               f"replaced file); {bundle.remedy(file)}")
 
 
-def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool = True) -> dict[str, dict]:
+def build_engines(bundle_path, plan: BuildPlan, force: bool = False, progress: bool = True) -> dict[str, BuiltEngine]:
     """Build (or reuse) the engines of ``plan`` and publish them with their sidecars.
 
     An engine is reused when its sidecar matches the graph's identity, the precision, the
@@ -40,7 +51,7 @@ def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool =
         plan: from :func:`svdtrt.build.plan.plan_build`.
         force: rebuild even engines that could be reused.
     Returns:
-        ``{component: {"engine": path, "reused": bool, "seconds": build seconds, "bytes": size}}``.
+        ``{component: BuiltEngine}`` in the plan's order.
     Raises:
         BackendUnavailableError: no TensorRT, Polygraphy or CUDA GPU here.
         InputError: a precision the GPU has no tensor cores for.
@@ -54,48 +65,51 @@ def build_engines(bundle_path, plan: dict, force: bool = False, progress: bool =
     trt = require_tensorrt("svdtrt build")
     quiet_polygraphy()
     gpu = cuda_device()
-    precision = plan["precision"]
+    precision = plan.precision
     check_precision_supported(precision, gpu)
     results = {}
     with changing(bundle_path) as staged:
         bundle = staged.old
-        for name, item in tqdm(plan["components"].items(), desc="build", unit="engine", disable=not progress):
+        for name, item in tqdm(plan.components.items(), desc="build", unit="engine", disable=not progress):
             _verify_graph(bundle, item)
             graph_sha = bundle.graph_identity(name, precision)
             expected = {"graph_sha256": graph_sha, "precision": precision, "tensorrt": trt.__version__,
-                        "gpu": gpu, "profile_kind": plan["profile"], "profile": item["profile"]}
+                        "gpu": gpu, "profile_kind": plan.profile, "profile": item.profile}
             key = f"{name}.{precision}"
             current = bundle.manifest.engines.get(key)
-            sidecar = json.loads((bundle.path / current.sidecar).read_text()) if current else None
-            reasons = stale_reasons(sidecar, expected)
+            try:
+                reasons = stale_reasons(load_sidecar(bundle.path / current.sidecar), expected) if current else \
+                    [NO_ENGINE]
+            except SidecarError as e:
+                reasons = [str(e)]
             if current and not reasons and sha256_file(bundle.path / current.engine) != \
                     bundle.manifest.files[current.engine].sha256:
                 reasons = ["the engine file does not match its recorded sha256"]
             if not reasons and not force:
                 log.info("%s: reusing %s (same graph, profile, TensorRT and GPU)", name, current.engine)
-                results[name] = {"engine": str(bundle.path / current.engine), "reused": True, "seconds": 0.0,
-                                 "bytes": bundle.manifest.files[current.engine].bytes}
+                results[name] = BuiltEngine(bundle.path / current.engine, reused=True, seconds=0.0,
+                                            bytes=bundle.manifest.files[current.engine].bytes)
                 continue
-            log.info("%s: building %s because %s", name, item["engine"], "; ".join(reasons) or "--force")
+            log.info("%s: building %s because %s", name, item.engine, "; ".join(reasons) or "--force")
             start = time.perf_counter()
-            data = _build_serialized(trt, bundle.path / item["graph"], item["profile"], plan["flags"])
+            data = _build_serialized(trt, bundle.path / item.graph, item.profile, plan.flags)
             seconds = time.perf_counter() - start
-            sidecar = make_sidecar(name, precision, item["graph"], graph_sha, data, item["profile"], plan["profile"],
-                                   plan["flags"], trt.__version__, gpu, seconds, shapes=plan["shapes"])
-            engine = staged.path / item["engine"]
+            sidecar = make_sidecar(name, precision, item.graph, graph_sha, data, item.profile, plan.profile,
+                                   plan.flags, trt.__version__, gpu, seconds, shapes=plan.shapes)
+            engine = staged.path / item.engine
             engine.parent.mkdir(parents=True, exist_ok=True)
-            staged.remove(item["engine"])
+            staged.remove(item.engine)
             engine.write_bytes(data)
-            staged.write_json(item["sidecar"], sidecar)
-            staged.manifest.engines[key] = EngineEntry(component=name, precision=precision, engine=item["engine"],
-                                                       sidecar=item["sidecar"])
-            results[name] = {"engine": str(Path(bundle_path) / item["engine"]), "reused": False, "seconds": seconds,
-                             "bytes": len(data)}
+            staged.write_json(item.sidecar, dump_sidecar(sidecar))
+            staged.manifest.engines[key] = EngineEntry(component=name, precision=precision, engine=item.engine,
+                                                       sidecar=item.sidecar)
+            results[name] = BuiltEngine(Path(bundle_path) / item.engine, reused=False, seconds=seconds,
+                                        bytes=len(data))
         staged.commit()
     return results
 
 
-def engine_loader(trt, graph: Path, profile: dict, flags: dict):
+def engine_loader(trt, graph: Path, profile: Profile, flags: BuildFlags):
     """The Polygraphy loader chain that builds one engine, not yet run (Polygraphy's loaders are
     lazy, so this needs no GPU): ``EngineBytesFromNetwork(NetworkFromOnnxPath(graph,
     strongly_typed=...), config=CreateConfig(profiles=[Profile with the plan's min/opt/max],
@@ -110,14 +124,14 @@ def engine_loader(trt, graph: Path, profile: dict, flags: dict):
     trt_profile = Profile()
     for name, shapes in profile.items():
         trt_profile.add(name, min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
-    pools = ({trt.MemoryPoolType.WORKSPACE: flags["workspace_bytes"]} if flags.get("workspace_bytes") else None)
-    config = CreateConfig(profiles=[trt_profile], memory_pool_limits=pools, tf32=flags.get("tf32", False),
-                          load_timing_cache=flags.get("timing_cache"))
-    network = NetworkFromOnnxPath(str(graph), strongly_typed=flags.get("strongly_typed", True))
-    return EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.get("timing_cache"))
+    pools = {trt.MemoryPoolType.WORKSPACE: flags.workspace_bytes} if flags.workspace_bytes else None
+    config = CreateConfig(profiles=[trt_profile], memory_pool_limits=pools, tf32=flags.tf32,
+                          load_timing_cache=flags.timing_cache)
+    network = NetworkFromOnnxPath(str(graph), strongly_typed=flags.strongly_typed)
+    return EngineBytesFromNetwork(network, config=config, save_timing_cache=flags.timing_cache)
 
 
-def _build_serialized(trt, graph: Path, profile: dict, flags: dict) -> bytes:
+def _build_serialized(trt, graph: Path, profile: Profile, flags: BuildFlags) -> bytes:
     """One engine through Polygraphy's loaders (:func:`engine_loader`): strongly typed network,
     one optimization profile."""
     from polygraphy.exception import PolygraphyException

@@ -11,20 +11,57 @@ flags and the int8 calibrator) and TensorRT 10.x supports it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..bundle.engines import engine_name, sidecar_name
+from ..bundle.engines import BuildFlags, engine_name, sidecar_name
 from ..errors import InputError
 from ..precisions import precision as lookup_precision
 from ..specs import COMPONENTS, Range, component, profile_shapes
 
 PROFILE_KINDS = ("static", "dynamic")
 
+#: An optimization profile: ``{input: {"min": shape, "opt": shape, "max": shape}}``.
+Profile = dict[str, dict[str, list[int]]]
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """One engine of a plan: the graph it is built from and where it goes (paths relative to the
+    bundle), and its one optimization profile."""
+
+    graph: str
+    data: str | None
+    engine: str
+    sidecar: str
+    profile: Profile
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What ``svdtrt build`` builds (:func:`plan_build`).
+
+    Attributes:
+        bundle: the bundle's path.
+        precision: the graphs' precision (engines are strongly typed: it comes from the graphs).
+        profile: ``"static"`` or ``"dynamic"``.
+        shapes: the clip-size ranges ``{"frames"|"height"|"width": {"min", "opt", "max"}}``.
+        flags: the builder settings.
+        components: ``{component: EnginePlan}``, in build order.
+    """
+
+    bundle: str
+    precision: str
+    profile: str
+    shapes: dict[str, dict[str, int]]
+    flags: BuildFlags
+    components: dict[str, EnginePlan]
+
 
 def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range | None = None,
                height: Range | None = None, width: Range | None = None,
                components: list[str] | None = None, workspace_gb: float | None = None,
-               timing_cache: str | Path | None = None) -> dict:
+               timing_cache: str | Path | None = None) -> BuildPlan:
     """What ``svdtrt build`` will build: one engine per component, with its optimization profile.
 
     Args:
@@ -42,10 +79,8 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
             the device's memory).
         timing_cache: a tactic timing-cache file, read if present and updated after each build.
     Returns:
-        A JSON-serialisable plan: ``{"bundle", "precision", "profile", "shapes", "flags",
-        "components": {name: {"graph", "data", "engine", "sidecar", "profile": {input:
-        {"min", "opt", "max"}}}}}``; shapes include the classifier-free-guidance batch (B = 2
-        for the UNet's opt and max).
+        The plan; its profiles' shapes include the classifier-free-guidance batch (B = 2 for the
+        UNet's opt and max).
     Raises:
         InputError: unknown precision, profile kind or component; a size the model cannot take;
             a non-positive workspace.
@@ -80,22 +115,16 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         if profile == "static":
             shapes_by_input = static_profile(COMPONENTS[name], shapes_by_input)
         engine = engine_name(name, precision)
-        plan_components[name] = {
-            "graph": graph.file, "data": graph.data, "engine": engine, "sidecar": sidecar_name(engine),
-            "profile": {k: {key: list(v[key]) for key in ("min", "opt", "max")} for k, v in shapes_by_input.items()},
-        }
-    return {
-        "bundle": str(bundle.path), "precision": precision, "profile": profile,
-        "shapes": {k: dict(zip(("min", "opt", "max"), v)) for k, v in shapes.items()},
-        "flags": {
-            "strongly_typed": True,
-            "builder_precision_flags": [],  # precision comes from the graph (TensorRT 11 has none)
-            "tf32": False,
-            "workspace_bytes": None if workspace_gb is None else int(workspace_gb * 2**30),
-            "timing_cache": None if timing_cache is None else str(timing_cache),
-        },
-        "components": plan_components,
-    }
+        plan_components[name] = EnginePlan(
+            graph=graph.file, data=graph.data, engine=engine, sidecar=sidecar_name(engine),
+            profile={k: {key: list(v[key]) for key in ("min", "opt", "max")} for k, v in shapes_by_input.items()})
+    return BuildPlan(
+        bundle=str(bundle.path), precision=precision, profile=profile,
+        shapes={k: dict(zip(("min", "opt", "max"), v)) for k, v in shapes.items()},
+        # precision comes from the graph: strongly typed, no builder precision flags (BuildFlags)
+        flags=BuildFlags(workspace_bytes=None if workspace_gb is None else int(workspace_gb * 2**30),
+                         timing_cache=None if timing_cache is None else str(timing_cache)),
+        components=plan_components)
 
 
 def static_profile(spec, profile: dict) -> dict:

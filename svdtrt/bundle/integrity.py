@@ -8,12 +8,11 @@ this checks the content too, reading every byte once (seconds per GB).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..publishing import leftovers
-from .engines import SIDECAR_VERSION
+from .engines import SidecarError, load_sidecar
 from .manifest import MANIFEST
 from .store import Bundle, sha256_file
 
@@ -40,20 +39,20 @@ def verify_bundle(path: str | os.PathLike, progress: bool = False) -> list[str]:
     for name in sorted(on_disk - set(m.files) - {MANIFEST}):
         problems.append(f"{name}: on disk but not in the manifest (not svdtrt's, or left by another tool); "
                         "move it out of the bundle")
-    for key, entry in m.engines.items():
+    for entry in m.engines.values():
         try:
-            sidecar = json.loads((bundle.path / entry.sidecar).read_text())
-        except (OSError, ValueError):
-            problems.append(f"{entry.sidecar}: unreadable sidecar; {bundle.remedy(entry.engine)}")
+            sidecar = load_sidecar(bundle.path / entry.sidecar)
+        except SidecarError as e:
+            what = "unreadable sidecar" if e.unreadable else f"sidecar version {e.version}"
+            problems.append(f"{entry.sidecar}: {what}; {bundle.remedy(entry.engine)}")
             continue
         engine_record = m.files[entry.engine]
         checks = [
-            (sidecar.get("sidecar_version") == SIDECAR_VERSION, f"sidecar version {sidecar.get('sidecar_version')}"),
-            ((sidecar.get("component"), sidecar.get("precision")) == (entry.component, entry.precision),
-             f"it describes {sidecar.get('component')} {sidecar.get('precision')}"),
-            (sidecar.get("engine") == {"bytes": engine_record.bytes, "sha256": engine_record.sha256},
+            ((sidecar.component, sidecar.precision) == (entry.component, entry.precision),
+             f"it describes {sidecar.component} {sidecar.precision}"),
+            ((sidecar.engine.bytes, sidecar.engine.sha256) == (engine_record.bytes, engine_record.sha256),
              "it describes another engine file"),
-            (sidecar.get("graph", {}).get("sha256") == bundle.graph_identity(entry.component, entry.precision),
+            (sidecar.graph.sha256 == bundle.graph_identity(entry.component, entry.precision),
              "the engine was built from another graph"),
         ]
         for ok, what in checks:

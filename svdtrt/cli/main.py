@@ -621,19 +621,19 @@ def _cmd_build(args) -> int:
         from ..environment import require_tensorrt
 
         require_tensorrt("svdtrt build")  # before announcing a build this machine cannot do
-    print(f"{'plan' if args.dry_run else 'building'}: {plan['precision']} engines, {plan['profile']} profile, "
-          f"strongly typed, workspace {_gib(plan['flags']['workspace_bytes'])}")
-    for name, item in plan["components"].items():
-        print(f"  {name:14s} {item['graph']} -> {item['engine']}")
-        for tensor, p in item["profile"].items():
+    print(f"{'plan' if args.dry_run else 'building'}: {plan.precision} engines, {plan.profile} profile, "
+          f"strongly typed, workspace {_gib(plan.flags.workspace_bytes)}")
+    for name, item in plan.components.items():
+        print(f"  {name:14s} {item.graph} -> {item.engine}")
+        for tensor, p in item.profile.items():
             print(f"    {tensor:22s} min {p['min']}  opt {p['opt']}  max {p['max']}")
     if args.dry_run:
         return 0
     from ..build.builder import build_engines
 
     for name, r in build_engines(bundle.path, plan, force=args.force).items():
-        what = "reused (current)" if r["reused"] else f"built in {r['seconds']:.1f} s"
-        print(f"  {name:14s} {r['bytes'] / 2**20:9.1f} MiB  {what}")
+        what = "reused (current)" if r.reused else f"built in {r.seconds:.1f} s"
+        print(f"  {name:14s} {r.bytes / 2**20:9.1f} MiB  {what}")
     return 0
 
 

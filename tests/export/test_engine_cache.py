@@ -42,7 +42,7 @@ def _save_fake_engine(bundle, component="unet", precision="fp32", tensorrt="10.3
     with changing(bundle.path) as staged:
         (staged.path / engine).parent.mkdir(parents=True, exist_ok=True)
         (staged.path / engine).write_bytes(data)
-        staged.write_json(cache.sidecar_name(engine), sidecar)
+        staged.write_json(cache.sidecar_name(engine), cache.dump_sidecar(sidecar))
         staged.manifest.engines[f"{component}.{precision}"] = EngineEntry(
             component=component, precision=precision, engine=engine, sidecar=cache.sidecar_name(engine))
         bundle = staged.commit()
@@ -53,15 +53,15 @@ def test_sidecar_records_what_the_engine_depends_on(bundle):
     bundle, engine, data = _save_fake_engine(bundle)
     path, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
     assert path == engine == bundle.path / "engines" / "unet.fp32.engine"
-    assert sidecar["graph"]["sha256"] == bundle.graph_identity("unet", "fp32")
-    assert sidecar["precision"] == "fp32" and sidecar["tensorrt"] == "10.3.0"
-    assert sidecar["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
-    assert sidecar["profile"] == {k: v.model_dump()
+    assert sidecar.graph.sha256 == bundle.graph_identity("unet", "fp32")
+    assert sidecar.precision == "fp32" and sidecar.tensorrt == "10.3.0"
+    assert sidecar.gpu.model_dump() == {"name": "Orin", "compute_capability": "8.7"}
+    assert sidecar.profile_lists() == {k: v.model_dump()
                                   for k, v in bundle.manifest.components["unet"].profile.items()}
-    assert sidecar["build_seconds"] == 1.25 and sidecar["built"]
+    assert sidecar.build_seconds == 1.25 and sidecar.built
     # the engine is a bundle file: the manifest records the bytes the sidecar describes
     record = bundle.manifest.files["engines/unet.fp32.engine"]
-    assert sidecar["engine"] == {"bytes": record.bytes, "sha256": record.sha256}
+    assert sidecar.engine.model_dump() == {"bytes": record.bytes, "sha256": record.sha256}
     assert path.read_bytes() == data
     assert verify_bundle(bundle.path) == []
 
@@ -160,10 +160,10 @@ def test_rebuild_with_the_same_inputs_reuses_the_cached_engine(bundle, fake_buil
     plan = plan_build(bundle, "fp32", components=["unet", "vae_decoder"])
     first = build_engines(bundle.path, plan, progress=False)
     assert fake_builder.built == ["unet.fp32.onnx", "vae_decoder.fp32.onnx"]
-    assert not any(r["reused"] for r in first.values())
+    assert not any(r.reused for r in first.values())
     second = build_engines(bundle.path, plan, progress=False)
     assert fake_builder.built == ["unet.fp32.onnx", "vae_decoder.fp32.onnx"]  # nothing built again
-    assert all(r["reused"] for r in second.values())
+    assert all(r.reused for r in second.values())
     # the engines written are usable by the runtime on this machine
     bundle = Bundle.open(bundle.path)
     path, sidecar = cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)
@@ -184,7 +184,7 @@ def test_changed_inputs_rebuild_the_engine(bundle, fake_builder):
     build_engines(bundle.path, plan_build(bundle, "fp32", "static", components=["unet"]), force=True, progress=False)
     assert len(fake_builder.built) == 5  # --force
     _, sidecar = cache.usable_engine(Bundle.open(bundle.path), "unet", "fp32", "10.13.0", H100)
-    assert sidecar["profile_kind"] == "static"
+    assert sidecar.profile_kind == "static"
 
 
 # ---- audited GPU-path defects (docs/tensorrt.md, "Audit") -----------------------------------
@@ -199,7 +199,7 @@ def test_a_corrupt_engine_is_rebuilt_not_reused(bundle, fake_builder):
     raw[0] ^= 0xFF  # same size: opening the bundle does not notice, the hash does
     engine.write_bytes(bytes(raw))
     result = build_engines(bundle.path, plan, progress=False)
-    assert not result["unet"]["reused"] and len(fake_builder.built) == 2
+    assert not result["unet"].reused and len(fake_builder.built) == 2
     assert verify_bundle(bundle.path) == []  # the rebuilt engine matches its record again
 
 

@@ -53,10 +53,10 @@ def _ranges(args):
 
 def _printed(out, plan):
     """The dry run prints every component of ``plan``: graph -> engine and each input's shapes."""
-    assert out.startswith(f"plan: {plan['precision']} engines, {plan['profile']} profile, strongly typed")
-    for name, item in plan["components"].items():
-        assert f"{name:14s} {item['graph']} -> {item['engine']}" in out
-        for tensor, p in item["profile"].items():
+    assert out.startswith(f"plan: {plan.precision} engines, {plan.profile} profile, strongly typed")
+    for name, item in plan.components.items():
+        assert f"{name:14s} {item.graph} -> {item.engine}" in out
+        for tensor, p in item.profile.items():
             assert f"{tensor:22s} min {p['min']}  opt {p['opt']}  max {p['max']}" in out
 
 
@@ -64,30 +64,30 @@ def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_c
     out = _dry_run(bundle, run_cli, "fp16", *RANGES)
     plan = plan_build(bundle, "fp16", **_ranges(RANGES))
     _printed(out, plan)
-    assert list(plan["components"]) == list(COMPONENTS)
-    assert plan["profile"] == "dynamic" and plan["precision"] == "fp16"
-    assert plan["shapes"] == {"frames": {"min": 2, "opt": 4, "max": 6}, "height": {"min": 64, "opt": 64, "max": 128},
+    assert list(plan.components) == list(COMPONENTS)
+    assert plan.profile == "dynamic" and plan.precision == "fp16"
+    assert plan.shapes == {"frames": {"min": 2, "opt": 4, "max": 6}, "height": {"min": 64, "opt": 64, "max": 128},
                               "width": {"min": 64, "opt": 64, "max": 64}}
-    c = plan["components"]
-    assert c["image_encoder"]["profile"] == {"pixel_values": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224],
+    c = plan.components
+    assert c["image_encoder"].profile == {"pixel_values": {"min": [1, 3, 224, 224], "opt": [1, 3, 224, 224],
                                                               "max": [1, 3, 224, 224]}}
-    assert c["vae_encoder"]["profile"] == {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64],
+    assert c["vae_encoder"].profile == {"image": {"min": [1, 3, 64, 64], "opt": [1, 3, 64, 64],
                                                      "max": [1, 3, 128, 64]}}
     # the UNet's batch is the classifier-free-guidance batch: 1 without guidance, 2 with it
-    assert c["unet"]["profile"] == {
+    assert c["unet"].profile == {
         "sample": {"min": [1, 2, 8, 16, 16], "opt": [2, 4, 8, 16, 16], "max": [2, 6, 8, 32, 16]},
         "timestep": {"min": [1], "opt": [2], "max": [2]},
         "encoder_hidden_states": {"min": [1, 1, 32], "opt": [2, 1, 32], "max": [2, 1, 32]},
         "added_time_ids": {"min": [1, 3], "opt": [2, 3], "max": [2, 3]},
     }
     # a decode chunk runs from 1 frame to the clip's frames
-    assert c["vae_decoder"]["profile"] == {"latents": {"min": [1, 4, 16, 16], "opt": [4, 4, 16, 16],
+    assert c["vae_decoder"].profile == {"latents": {"min": [1, 4, 16, 16], "opt": [4, 4, 16, 16],
                                                        "max": [6, 4, 32, 16]}}
     for name, item in c.items():
-        assert item["graph"] == bundle.manifest.components[name].graphs["fp16"].file
-        assert item["engine"] == f"engines/{name}.fp16.engine"
-        assert item["sidecar"] == f"engines/{name}.fp16.engine.json"
-    assert plan["flags"] == {"strongly_typed": True, "builder_precision_flags": [], "tf32": False,
+        assert item.graph == bundle.manifest.components[name].graphs["fp16"].file
+        assert item.engine == f"engines/{name}.fp16.engine"
+        assert item.sidecar == f"engines/{name}.fp16.engine.json"
+    assert plan.flags.model_dump() == {"strongly_typed": True, "builder_precision_flags": [], "tf32": False,
                              "workspace_bytes": None, "timing_cache": None}
     assert "max [2, 6, 8, 32, 16]" in out
     assert not (bundle.path / "engines").exists()  # a dry run builds nothing
@@ -97,13 +97,13 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max_but_the_unet_bat
     out = _dry_run(bundle, run_cli, "fp16", "--profile", "static", *RANGES)
     plan = plan_build(bundle, "fp16", "static", **_ranges(RANGES))
     _printed(out, plan)
-    assert plan["profile"] == "static"
+    assert plan.profile == "static"
     expected_opt = {"pixel_values": [1, 3, 224, 224], "image": [1, 3, 64, 64], "sample": [2, 4, 8, 16, 16],
                     "timestep": [2], "encoder_hidden_states": [2, 1, 32], "added_time_ids": [2, 3],
                     "latents": [4, 4, 16, 16], "deep_feature": [2, 4, 64, 16, 16]}
     seen = set()
-    for component, item in plan["components"].items():
-        for name, p in item["profile"].items():
+    for component, item in plan.components.items():
+        for name, p in item.profile.items():
             assert p["opt"] == p["max"] == expected_opt[name], name
             # the UNet graphs also take batch 1, for guidance truncation's conditional-only calls
             batch_1 = [1, *expected_opt[name][1:]] if component.startswith("unet") else expected_opt[name]
@@ -114,16 +114,16 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max_but_the_unet_bat
 
 def test_dynamic_plan_without_overrides_is_the_manifests_profile(bundle):
     plan = plan_build(bundle, "fp32")
-    for name, item in plan["components"].items():
-        assert item["profile"] == {k: v.model_dump() for k, v in bundle.manifest.components[name].profile.items()}
+    for name, item in plan.components.items():
+        assert item.profile == {k: v.model_dump() for k, v in bundle.manifest.components[name].profile.items()}
 
 
 def test_plan_flags_components_and_written_file(bundle, tmp_path):
     plan = plan_build(bundle, "fp32", "dynamic", components=["unet", "vae_decoder"], workspace_gb=1.5,
                       timing_cache=tmp_path / "timing.cache")
-    assert list(plan["components"]) == ["unet", "vae_decoder"]
-    assert plan["flags"]["workspace_bytes"] == 1536 * 2**20
-    assert plan["flags"]["timing_cache"] == str(tmp_path / "timing.cache")
+    assert list(plan.components) == ["unet", "vae_decoder"]
+    assert plan.flags.workspace_bytes == 1536 * 2**20
+    assert plan.flags.timing_cache == str(tmp_path / "timing.cache")
 
 
 @pytest.mark.parametrize("precision, hint", [("int8", "svdtrt quantize"), ("fp8", "svdtrt quantize")])
@@ -177,14 +177,14 @@ def test_build_plan_becomes_polygraphys_real_loader_chain(bundle, tmp_path):
 
     cache = tmp_path / "timing.cache"
     plan = plan_build(bundle, "fp16", "static", components=["unet"], workspace_gb=2, timing_cache=cache)
-    item = plan["components"]["unet"]
+    item = plan.components["unet"]
     trt = types.SimpleNamespace(MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"))  # TensorRT's enum
-    loader = engine_loader(trt, bundle.path / item["graph"], item["profile"], plan["flags"])
+    loader = engine_loader(trt, bundle.path / item.graph, item.profile, plan.flags)
 
     assert isinstance(loader, EngineBytesFromNetwork) and loader.timing_cache_path == str(cache)
     network, config = loader._network, loader._config
     assert isinstance(network, NetworkFromOnnxPath) and isinstance(config, CreateConfig)
-    assert network.path == str(bundle.path / item["graph"]) and network.strongly_typed
+    assert network.path == str(bundle.path / item.graph) and network.strongly_typed
     assert not (config.fp16 or config.int8 or config.fp8 or config.bf16 or config.tf32)  # precision is the graph's
     assert config.memory_pool_limits == {"workspace": 2 * 2**30}
     assert config.timing_cache_path == str(cache)
@@ -193,5 +193,5 @@ def test_build_plan_becomes_polygraphys_real_loader_chain(bundle, tmp_path):
     sample = profile["sample"]
     assert sample.opt == sample.max == [2, 4, 8, 16, 16]  # static: B=2 (guidance), F=4, 2C=8, 64/4
     assert sample.min == [1, 4, 8, 16, 16]  # and batch 1 after --guidance-steps
-    for name, shapes in item["profile"].items():
+    for name, shapes in item.profile.items():
         assert (profile[name].min, profile[name].opt, profile[name].max) == (shapes["min"], shapes["opt"], shapes["max"])

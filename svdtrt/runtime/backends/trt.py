@@ -180,7 +180,7 @@ class TensorRTBackend:
                 raise EngineError(f"TensorRT could not deserialize {path}; rebuild it with "
                                   f"'{engines.rebuild_command(self.bundle.path, name, self.precision, sidecar)}'")
             rebuild = engines.rebuild_command(self.bundle.path, name, self.precision, sidecar)
-            self._runners[name] = EngineRunner(self.trt, engine, name, sidecar["profile"], self.stream, rebuild,
+            self._runners[name] = EngineRunner(self.trt, engine, name, sidecar.profile_lists(), self.stream, rebuild,
                                                cuda_graph=self.cuda_graph and name == "unet")
             log.info("%s: loaded %s", name, path)
         return self._runners[name]
