@@ -16,7 +16,7 @@ import shlex
 from pathlib import Path
 
 from .precisions import PRECISIONS
-from .specs import COMPONENTS
+from .specs import COMPONENTS, SVD_COMPONENTS
 
 #: The preset a hint suggests when there is no bundle yet, so no source model to name.
 EXAMPLE_MODEL = "tiny"
@@ -95,9 +95,8 @@ def make_precision(bundle: str | os.PathLike, precision: str, source: str, calib
     """
     p = PRECISIONS[precision]
     have = have if have is not None else {name: {"fp32"} for name in COMPONENTS}
-    # The block-caching graphs are optional (only --cache-interval above 1 runs them): a bundle
-    # without them lacks nothing.
-    needed = [c for c in COMPONENTS if c in have or not COMPONENTS[c].shares_weights_with]
+    # The block-caching graphs are optional: a bundle without them lacks nothing.
+    needed = [c for c in COMPONENTS if c in have or c in SVD_COMPONENTS]
     no_fp32 = [c for c in needed if "fp32" not in have.get(c, ())]
     lacking = [c for c in needed if precision not in have.get(c, ())]
     if p.made_by == "export":

@@ -114,11 +114,18 @@ class ComponentSpec:
         return [t.name for t in self.outputs]
 
 
-def _resolve(dim: str, sizes: Mapping[str, int]) -> int:
+def split_dim(dim: str) -> tuple[int, str | None]:
+    """A dimension of the shape notation above as (factor, symbol): ``"2C"`` -> (2, "C"),
+    ``"B"`` -> (1, "B"), ``"3"`` -> (3, None)."""
     if dim.isdigit():
-        return int(dim)
+        return int(dim), None
     factor, symbol = re.fullmatch(r"(\d*)([A-Za-z]+)", dim).groups()
-    return int(factor or 1) * sizes[symbol]
+    return int(factor or 1), symbol
+
+
+def _resolve(dim: str, sizes: Mapping[str, int]) -> int:
+    factor, symbol = split_dim(dim)
+    return factor if symbol is None else factor * sizes[symbol]
 
 
 IMAGE_ENCODER = ComponentSpec(
@@ -167,6 +174,11 @@ VAE_DECODER = ComponentSpec(
 COMPONENTS: dict[str, ComponentSpec] = {
     s.name: s for s in (IMAGE_ENCODER, VAE_ENCODER, UNET, VAE_DECODER, UNET_FULL, UNET_SHALLOW)
 }
+#: The block-caching graphs: optional (a bundle may lack them; only ``--cache-interval`` above 1
+#: runs them), and exported with the UNet, whose weights they share.
+CACHING_COMPONENTS: tuple[str, ...] = tuple(n for n, s in COMPONENTS.items() if s.shares_weights_with)
+#: SVD's four components: what every bundle has and every clip runs.
+SVD_COMPONENTS: tuple[str, ...] = tuple(n for n in COMPONENTS if n not in CACHING_COMPONENTS)
 #: The components that are UNet calls of the denoising loop (what ``unet_calls`` counts).
 UNET_COMPONENTS = ("unet", "unet_full", "unet_shallow")
 

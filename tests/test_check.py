@@ -13,12 +13,12 @@ from svdtrt.runtime.pipeline import SamplingSettings
 def test_check_reports_components_and_clip_for_tiny(tiny_bundle, tiny_model, photo):
     settings = SamplingSettings(frames=4, height=64, width=64, steps=5, seed=11)
     report = check_bundle(tiny_bundle, photo, settings, model=tiny_model)
-    assert report["passed"], report["failures"]
-    assert set(report["components"]) == {"image_encoder", "vae_encoder", "unet", "vae_decoder"}
-    assert report["components"]["vae_decoder"]["frames"]["psnr_db"] > 60
-    assert report["end_to_end"]["vs_diffusers"]["min_psnr_db"] >= 60
-    assert len(report["end_to_end"]["vs_diffusers"]["psnr_db"]) == 4
-    assert report["end_to_end"]["torch_loop_vs_diffusers"]["min_psnr_db"] == 200.0  # identical
+    assert report.passed, report.failures
+    assert set(report.components) == {"image_encoder", "vae_encoder", "unet", "vae_decoder"}
+    assert report.components["vae_decoder"]["frames"]["psnr_db"] > 60
+    assert report.end_to_end.vs_diffusers["min_psnr_db"] >= 60
+    assert len(report.end_to_end.vs_diffusers["psnr_db"]) == 4
+    assert report.end_to_end.torch_loop_vs_diffusers["min_psnr_db"] == 200.0  # identical
 
 
 def test_check_fails_when_a_graph_is_off(tiny_bundle, tiny_model, photo):
@@ -29,8 +29,8 @@ def test_check_fails_when_a_graph_is_off(tiny_bundle, tiny_model, photo):
             p.mul_(1.05)
     report = check_bundle(tiny_bundle, photo, SamplingSettings(frames=4, height=64, width=64, steps=3),
                           model=other)
-    assert not report["passed"]
-    assert any(f.startswith("unet.noise_pred cosine") for f in report["failures"])
+    assert not report.passed
+    assert any(f.startswith("unet.noise_pred cosine") for f in report.failures)
 
 
 def test_check_refuses_a_model_the_bundle_was_not_exported_from(tiny_bundle, photo):
@@ -47,5 +47,5 @@ def test_second_config_meets_60_db(tmp_path, photo):
     frames, height, width = bundle.default_shape
     report = check_bundle(bundle, photo, SamplingSettings(frames=frames, height=height, width=width, steps=4),
                           model=small)
-    assert report["passed"], report["failures"]
-    assert report["end_to_end"]["vs_diffusers"]["min_psnr_db"] >= 60
+    assert report.passed, report.failures
+    assert report.end_to_end.vs_diffusers["min_psnr_db"] >= 60

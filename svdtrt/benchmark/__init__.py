@@ -5,7 +5,8 @@ precision, side by side with diffusers' own pipeline (``svdtrt bench``; ``benchm
 """
 
 from .report import FILES, markdown, write_results
-from .runner import BACKENDS, PRECISIONS, REFERENCE, RESULT_SCHEMA, bundle_precisions, parse_names, run_benchmark
+from .results import RESULT_SCHEMA, BenchResults, Row
+from .runner import BACKENDS, PRECISIONS, REFERENCE, bundle_precisions, parse_names, run_benchmark
 
-__all__ = ["BACKENDS", "FILES", "PRECISIONS", "REFERENCE", "RESULT_SCHEMA", "bundle_precisions", "markdown",
-           "parse_names", "run_benchmark", "write_results"]
+__all__ = ["BACKENDS", "FILES", "PRECISIONS", "REFERENCE", "RESULT_SCHEMA", "BenchResults", "Row", "bundle_precisions",
+           "markdown", "parse_names", "run_benchmark", "write_results"]

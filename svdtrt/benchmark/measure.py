@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .results import Memory, OrderStats
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -56,23 +58,22 @@ class PeakMemory:
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
-    def read(self) -> dict:
-        """``{"peak_rss_bytes", "rss_start_bytes", "host_method", "peak_gpu_bytes"}``;
-        ``peak_gpu_bytes`` is None without CUDA."""
+    def read(self) -> Memory:
+        """The peaks since :meth:`reset`; ``peak_gpu_bytes`` is None without CUDA."""
         if self.host_method == "VmHWM":
             peak = _status_bytes("VmHWM")
         else:  # ru_maxrss is in kB on Linux and in bytes on macOS
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         gpu = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
-        return {"peak_rss_bytes": peak, "rss_start_bytes": self.rss_start_bytes,
-                "host_method": self.host_method, "peak_gpu_bytes": gpu}
+        return Memory(peak_rss_bytes=peak, rss_start_bytes=self.rss_start_bytes, host_method=self.host_method,
+                      peak_gpu_bytes=gpu)
 
 
-def order_stats(values: list[float]) -> dict[str, float]:
+def order_stats(values: list[float]) -> OrderStats:
     """Median and 90th percentile (numpy's linear interpolation) of ``values``, plus min, max, n."""
     a = np.asarray(values, dtype=np.float64)
-    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)),
-            "min": float(a.min()), "max": float(a.max()), "n": int(a.size)}
+    return OrderStats(median=float(np.median(a)), p90=float(np.percentile(a, 90)), min=float(a.min()),
+                      max=float(a.max()), n=int(a.size))
 
 
 def machine_info() -> dict:

@@ -10,7 +10,6 @@ clip (PSNR, SSIM; :func:`svdtrt.media.metrics.clip_metrics`).
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
 
@@ -28,6 +27,7 @@ from ..runtime.backends import BACKENDS
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
 from ..runtime.schedulers import use_scheduler
 from .measure import PeakMemory, load_average, machine_info, order_stats
+from .results import BenchResults, Overhead, Row, Work
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,6 @@ PRECISIONS = NAMES
 REFERENCE = "diffusers"
 #: The four component stages, in pipeline order; ``other`` is the rest of a clip.
 STAGES = ("clip", "vae_encode", "unet", "vae_decode")
-RESULT_SCHEMA = "svdtrt-bench/1"
 
 _VERSIONS = ("torch", "diffusers", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt",
              "polygraphy", "numpy")
@@ -69,8 +68,8 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
                   backends: list[str] | None = None, precisions: list[str] | None = None,
                   warmup: int = 1, repeat: int = 3, device: str = "cpu", threads: int | None = None,
                   command: str | None = None, progress: bool = False,
-                  work: list[SamplingSettings] | None = None) -> dict:
-    """Benchmark ``bundle`` on this machine; see :data:`RESULT_SCHEMA` results in ``docs/benchmarks.md``.
+                  work: list[SamplingSettings] | None = None) -> BenchResults:
+    """Benchmark ``bundle`` on this machine; see :data:`~svdtrt.benchmark.results.RESULT_SCHEMA` results in ``docs/benchmarks.md``.
 
     Args:
         bundle: the opened bundle.
@@ -89,12 +88,10 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
             FLOPs per clip and its accuracy against the same backend's clip at ``settings`` (the
             full-compute clip): ``work_rows``.
     Returns:
-        The results (JSON-serialisable): ``schema``, ``created``, ``command``, ``machine``,
-        ``versions``, ``bundle``, ``settings``, ``image``, ``warmup``, ``repeat``, ``device``,
-        ``rows`` (one per reference/backend/precision: ``status`` ``"measured"`` or ``"skipped"``
-        with a ``reason``), ``work_rows`` (one per backend/precision/work setting),
-        ``seconds`` (wall time of the whole benchmark). Every measured row has ``work``: its
-        scheduler, steps, cache interval, guidance steps, UNet calls and FLOPs per clip.
+        The results: a row per reference/backend/precision (measured, or skipped with a reason)
+        and a work row per backend/precision/work setting; every measured row but the
+        reference's has its work (scheduler, steps, cache interval, guidance steps, UNet calls
+        and FLOPs per clip). ``to_json()`` is ``results.json``.
     Raises:
         InputError: bad counts, an unknown name, or ``cuda`` without a CUDA device.
     """
@@ -131,20 +128,12 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
     # the fp32 one would leave the fp32 row with fp16-rounded weights.
     precisions = sorted(precisions, key=PRECISIONS.index) if precisions else bundle_precisions(bundle)
     start = time.perf_counter()
-    results = {
-        "schema": RESULT_SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": command,
-        "machine": machine_info(),
-        "versions": _versions(),
-        "bundle": {"path": str(bundle.path), "source": bundle.manifest.source.model_dump(),
-                   "precisions": bundle_precisions(bundle)},
-        "settings": dict(vars(settings)),
-        "image": {"size": list(image.size), "sha256": image_sha256(image)},
-        "warmup": warmup, "repeat": repeat, "device": device, "threads": threads,
-        "work": [dict(vars(w)) for w in work],
-        "rows": [], "work_rows": [],
-    }
+    results = BenchResults(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), command=command, machine=machine_info(), versions=_versions(),
+        bundle={"path": str(bundle.path), "source": bundle.manifest.source.model_dump(),
+                "precisions": bundle_precisions(bundle)},
+        settings=dict(vars(settings)), image={"size": list(image.size), "sha256": image_sha256(image)},
+        warmup=warmup, repeat=repeat, device=device, threads=threads, work=[dict(vars(w)) for w in work])
     plan = [(b, p) for b in backends for p in precisions]
     # The bar counts clips of the rows that run: a skipped row takes its clips off the total, so the
     # time left is that of the work left.
@@ -153,26 +142,26 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
     bar.set_postfix_str("diffusers reference")
 
     reference_row, reference = _reference_row(model, image, settings, device, warmup, repeat, bar)
-    results["rows"].append(reference_row)
+    results.rows.append(reference_row)
     for name, precision in plan:
         bar.set_postfix_str(f"{name} {precision}")
         counted = bar.n
         row, work_rows = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup,
                                       repeat, bar, reference, work)
-        if row["status"] == "skipped":
+        if not row.measured:
             bar.total -= (warmup + repeat) * (1 + len(work)) - (bar.n - counted)
             bar.refresh()
-            log.info("skipped %s %s: %s", name, precision, row["reason"])
-        results["rows"].append(row)
-        results["work_rows"] += work_rows
+            log.info("skipped %s %s: %s", name, precision, row.reason)
+        results.rows.append(row)
+        results.work_rows += work_rows
     bar.close()
-    _add_ratios(results["rows"])
-    results["machine"]["load_average_end"] = load_average()
-    results["seconds"] = time.perf_counter() - start
+    _add_ratios(results.rows)
+    results.machine["load_average_end"] = load_average()
+    results.seconds = time.perf_counter() - start
     return results
 
 
-def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple[dict, np.ndarray]:
+def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple[Row, np.ndarray]:
     """diffusers' pipeline, timed per component with forward hooks on the PyTorch modules."""
     memory = PeakMemory()
     memory.reset()
@@ -192,53 +181,55 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
         bar.update()
     pipe.to("cpu")
     row = _measured_row(REFERENCE, "fp32", device, runs, memory.read(), accuracy=None)
-    row["reference"] = True
-    row["note"] = ("stages are the PyTorch modules' forward calls (forward hooks); pre- and post-processing "
-                   "are in 'other'")
+    row.reference = True
+    row.note = ("stages are the PyTorch modules' forward calls (forward hooks); pre- and post-processing "
+                "are in 'other'")
     return row, np.asarray(frames, dtype=np.float32)
 
 
 def _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup, repeat, bar,
-                 reference, work) -> tuple[dict, list[dict]]:
+                 reference, work) -> tuple[Row, list[Row]]:
     """The row of one backend and precision at ``settings``, and one row per ``work`` setting."""
     memory = PeakMemory()
     memory.reset()
-    skipped = {"backend": name, "precision": precision, "status": "skipped"}
     if name == "torch" and precision == "fp16" and device != "cuda":
-        return {**skipped, "device": device,
-                "reason": "torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
-                          "is not a deployment configuration"}, []
+        return Row(name, precision, "skipped", device=device,
+                   reason="torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
+                          "is not a deployment configuration"), []
     try:
         backend = runtime_backends.create_backend(name, bundle, precision, model=model, device=device,
                                                   threads=threads)
-        pipeline = SvdPipeline(backend, bundle)
-        runs, clip = _clips(pipeline, image, settings, warmup, repeat, bar)
     except (BackendUnavailableError, BundleError, EngineError, InputError) as e:
-        # BundleError: a graph of this precision is missing; EngineError: no current engine
-        # (tensorrt's default state before 'svdtrt build'); InputError: the backend does not run
+        # BundleError: a graph of this precision is missing; InputError: the backend does not run
         # this precision.
-        return {**skipped, "device": device if name == "torch" else None, "reason": str(e)}, []
-    row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),
-                        accuracy=clip_metrics(clip.frames, reference))
-    row["work"] = _work(bundle, settings, clip)
-    work_rows = []
-    for w in work:
-        memory.reset()
+        return Row(name, precision, "skipped", device=device if name == "torch" else None, reason=str(e)), []
+    with backend:  # its sessions, engines or modules are freed before the next row's are made
+        pipeline = SvdPipeline(backend, bundle)
         try:
-            w_runs, w_clip = _clips(pipeline, image, w, warmup, repeat, bar)
-        except BundleError as e:  # e.g. a bundle exported before block caching
-            work_rows.append({**skipped, "work": dict(vars(w)), "reason": str(e)})
-            bar.update(warmup + repeat)
-            continue
-        w_row = _measured_row(name, precision, str(backend.device.type), w_runs, memory.read(),
-                              accuracy=clip_metrics(w_clip.frames, clip.frames))
-        w_row["work"] = _work(bundle, w, w_clip)
-        w_row["reference_clip"] = "the same backend and precision at the base settings (full compute)"
-        w_row["speedup_vs_full_compute"] = row["stages"]["total"]["median"] / w_row["stages"]["total"]["median"]
-        w_row["flops_saving_vs_full_compute"] = row["work"]["unet_flops"] / w_row["work"]["unet_flops"]
-        work_rows.append(w_row)
-    del backend, pipeline
-    gc.collect()
+            runs, clip = _clips(pipeline, image, settings, warmup, repeat, bar)
+        except (BackendUnavailableError, BundleError, EngineError, InputError) as e:
+            # EngineError: no current engine (tensorrt's default state before 'svdtrt build')
+            return Row(name, precision, "skipped", device=device if name == "torch" else None, reason=str(e)), []
+        row = _measured_row(name, precision, str(backend.device.type), runs, memory.read(),
+                            accuracy=clip_metrics(clip.frames, reference))
+        row.work = _work(bundle, settings, clip)
+        work_rows = []
+        for w in work:
+            memory.reset()
+            try:
+                w_runs, w_clip = _clips(pipeline, image, w, warmup, repeat, bar)
+            except BundleError as e:  # e.g. a bundle exported before block caching
+                work_rows.append(Row(name, precision, "skipped", work_row=True, skipped_settings=dict(vars(w)),
+                                     reason=str(e)))
+                bar.update(warmup + repeat)
+                continue
+            w_row = _measured_row(name, precision, str(backend.device.type), w_runs, memory.read(),
+                                  accuracy=clip_metrics(w_clip.frames, clip.frames))
+            w_row.work_row, w_row.work = True, _work(bundle, w, w_clip)
+            w_row.reference_clip = "the same backend and precision at the base settings (full compute)"
+            w_row.speedup_vs_full_compute = row.median("total") / w_row.median("total")
+            w_row.flops_saving_vs_full_compute = row.work.unet_flops / w_row.work.unet_flops
+            work_rows.append(w_row)
     return row, work_rows
 
 
@@ -253,44 +244,43 @@ def _clips(pipeline, image, settings, warmup, repeat, bar):
     return runs, clip
 
 
-def _work(bundle, settings, clip) -> dict:
+def _work(bundle, settings, clip) -> Work:
     """The work settings of a row and the UNet work of its clip (:func:`svdtrt.models.flops.clip_unet_flops`)."""
     flops = clip_unet_flops(bundle.manifest.configs["unet"], bundle.dims, clip.unet_calls, settings.frames,
                             settings.height, settings.width)
-    return {"scheduler": settings.scheduler, "steps": settings.steps, "cache_interval": settings.cache_interval,
-            "guidance_steps": settings.guidance_steps, **flops}
+    return Work(scheduler=settings.scheduler, steps=settings.steps, cache_interval=settings.cache_interval,
+                guidance_steps=settings.guidance_steps, **flops)
 
 
-def _measured_row(name, precision, device, runs, memory, accuracy) -> dict:
+def _measured_row(name, precision, device, runs, memory, accuracy) -> Row:
     stats = {}
     for key in sorted({k for r in runs for k in r}):
         stats[key] = order_stats([r[key] for r in runs if key in r])
     others = [r["total"] - sum(r.get(s, 0.0) for s in STAGES) for r in runs]
     stats["other"] = order_stats(others)
     overhead = _overhead(runs) if "overhead_per_step" in stats else None
-    return {"backend": name, "precision": precision, "device": device, "status": "measured",
-            "reference": False, "stages": stats, "overhead": overhead, "memory": memory,
-            "accuracy": accuracy, "runs": runs}
+    return Row(name, precision, "measured", device=device, stages=stats, overhead=overhead, memory=memory,
+               accuracy=accuracy, runs=runs)
 
 
-def _overhead(runs) -> dict:
+def _overhead(runs) -> Overhead:
     """The loop's own cost per denoising step, as a share of the step and of the UNet call (medians)."""
     per_step = np.median([r["overhead_per_step"] for r in runs])
     unet = np.median([r["unet_per_step"] for r in runs])
-    return {"per_step_seconds": float(per_step), "unet_call_seconds": float(unet),
-            "share_of_step": float(per_step / (per_step + unet)), "share_of_unet_call": float(per_step / unet)}
+    return Overhead(per_step_seconds=float(per_step), unet_call_seconds=float(unet),
+                    share_of_step=float(per_step / (per_step + unet)), share_of_unet_call=float(per_step / unet))
 
 
-def _add_ratios(rows: list[dict]) -> None:
+def _add_ratios(rows: list[Row]) -> None:
     """Per row: clip speed-up over the reference, and UNet-call speed-up over the same backend's fp32."""
-    measured = [r for r in rows if r["status"] == "measured"]
-    reference = next(r for r in measured if r["reference"])
-    fp32 = {r["backend"]: r for r in measured if r["precision"] == "fp32" and not r["reference"]}
+    measured = [r for r in rows if r.measured]
+    reference = next(r for r in measured if r.reference)
+    fp32 = {r.backend: r for r in measured if r.precision == "fp32" and not r.reference}
     for r in measured:
-        r["speedup_vs_reference"] = reference["stages"]["total"]["median"] / r["stages"]["total"]["median"]
-        base = fp32.get(r["backend"])
-        r["unet_speedup_vs_fp32"] = (base["stages"]["unet_per_step"]["median"] / r["stages"]["unet_per_step"]["median"]
-                                     if base and not r["reference"] else None)
+        r.speedup_vs_reference = reference.median("total") / r.median("total")
+        base = fp32.get(r.backend)
+        r.unet_speedup_vs_fp32 = (base.median("unet_per_step") / r.median("unet_per_step")
+                                  if base and not r.reference else None)
 
 
 class _DeviceSync:

@@ -11,7 +11,6 @@ so a shard can never execute code.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -20,7 +19,7 @@ import numpy as np
 
 from .. import hints
 from ..errors import InputError, QuantizationError
-from ..specs import DYNAMIC_SYMBOLS, ComponentSpec, ModelDims, component
+from ..specs import DYNAMIC_SYMBOLS, ComponentSpec, ModelDims, component, split_dim
 
 CALIBRATION_DIR = "calibration"
 SPLITS = ("calibration", "held_out")
@@ -83,7 +82,7 @@ def check_sample(arrays: Mapping[str, np.ndarray], spec: ComponentSpec, dims: Mo
             raise QuantizationError(f"{where}: '{t.name}' has shape {list(a.shape)}, {spec.name} takes "
                                     f"[{', '.join(t.dims)}]")
         for size, dim in zip(a.shape, t.dims):
-            factor, symbol = _split(dim)
+            factor, symbol = split_dim(dim)
             if symbol is None:
                 want = factor
             elif symbol in fixed:
@@ -93,14 +92,6 @@ def check_sample(arrays: Mapping[str, np.ndarray], spec: ComponentSpec, dims: Mo
             if size != want:
                 raise QuantizationError(f"{where}: '{t.name}' has shape {list(a.shape)}, which does not fit "
                                         f"{spec.name}'s [{', '.join(t.dims)}] for this bundle ({dim} = {want})")
-
-
-def _split(dim: str) -> tuple[int, str | None]:
-    """``"2C"`` -> (2, "C"); ``"3"`` -> (3, None); the notation of :mod:`svdtrt.specs`."""
-    if dim.isdigit():
-        return int(dim), None
-    factor, symbol = re.fullmatch(r"(\d*)([A-Za-z]+)", dim).groups()
-    return int(factor or 1), symbol
 
 
 class CalibrationSet:

@@ -25,13 +25,14 @@ from ..runtime.backends import Recorder, create_backend
 from ..runtime.backends.pytorch import TorchBackend
 from ..runtime.pipeline import SamplingSettings, SvdPipeline
 from ..runtime.schedulers import use_scheduler
+from .report import CheckReport, EndToEnd
 
 log = logging.getLogger(__name__)
 
 
 def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, backend: str = "onnxruntime",
                  precision: str = "fp32", model=None, progress: bool = False,
-                 backend_options: dict | None = None, clips: dict | None = None) -> dict:
+                 backend_options: dict | None = None) -> CheckReport:
     """Measure the accuracy of ``backend`` over ``bundle`` against PyTorch and diffusers.
 
     Args:
@@ -44,11 +45,9 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
             (``device``, ``cuda_graph``, ``one_engine_at_a_time``, ``threads``).
         progress: show a progress bar per stage, labelled ``check i/n: <stage>``, and log each
             stage's wall time at INFO.
-        clips: if given, receives the frames (float32 [F, H, W, 3] in [0, 1]) of the tested clip
-            (``"tested"``) and of diffusers' (``"diffusers"``), e.g. for a picture of both.
     Returns:
-        A JSON-serialisable report with ``components``, ``end_to_end``, ``thresholds``,
-        ``failures`` (a list of strings) and ``passed``.
+        The report, with the tested clip's and the reference's frames (``tested_frames``,
+        ``reference_frames``: float32 [F, H, W, 3] in [0, 1], e.g. for a picture of both).
 
     Pass/fail limits are the precision's ``thresholds`` in :mod:`svdtrt.precisions`.
     The end-to-end reference is diffusers' pipeline with the same scheduler; for settings it has
@@ -90,14 +89,13 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         clip = SvdPipeline(tested, bundle)(image, settings, progress=label)
     with stages(f"{backend} {precision} components on the recorded inputs") as label:
         components = compare_components(recorder.calls, tested, progress=label)
-    end_to_end = {"reference": "fp32", "reference_clip": reference_clip}
+    vs_fp32_graphs = None
     if quantized:
-        with stages(f"{backend} fp32 clip, for comparison") as label:
-            fp32_clip = SvdPipeline(create_backend(backend, bundle, "fp32", **options), bundle)(image, settings,
-                                                                                                progress=label)
-        end_to_end["vs_fp32_graphs"] = clip_metrics(clip.frames, fp32_clip.frames)
-    if clips is not None:
-        clips.update(tested=clip.frames, diffusers=np.asarray(reference, dtype=np.float32))
+        with stages(f"{backend} fp32 clip, for comparison") as label, \
+                create_backend(backend, bundle, "fp32", **options) as fp32_graphs:
+            fp32_clip = SvdPipeline(fp32_graphs, bundle)(image, settings, progress=label)
+        vs_fp32_graphs = clip_metrics(clip.frames, fp32_clip.frames)
+    reference = np.asarray(reference, dtype=np.float32)
 
     limits = vars(p.thresholds)
     vs_diffusers = clip_metrics(clip.frames, reference)
@@ -108,18 +106,15 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         for out, m in outputs.items():
             if not m["cosine"] >= limits["component_min_cosine"]:
                 failures.append(f"{name}.{out} cosine {m['cosine']:.6f} < {limits['component_min_cosine']}")
-    return {
-        "bundle": str(bundle.path), "backend": backend, "precision": precision,
-        "settings": asdict(settings),
-        "components": components,
-        "end_to_end": {**end_to_end, "vs_diffusers": vs_diffusers,
-                       "torch_loop_vs_diffusers": clip_metrics(torch_clip.frames, reference),
-                       "identical_to_diffusers": bool(np.array_equal(clip.frames, reference))},
-        "timings": clip.timings,
-        "check_seconds": time.perf_counter() - start,
-        **({"qdq": qdq} if qdq else {}),
-        "thresholds": dict(limits), "failures": failures, "passed": not failures,
-    }
+    return CheckReport(
+        bundle=str(bundle.path), backend=backend, precision=precision, settings=asdict(settings),
+        components=components,
+        end_to_end=EndToEnd(reference="fp32", reference_clip=reference_clip, vs_diffusers=vs_diffusers,
+                            torch_loop_vs_diffusers=clip_metrics(torch_clip.frames, reference),
+                            identical_to_diffusers=bool(np.array_equal(clip.frames, reference)),
+                            vs_fp32_graphs=vs_fp32_graphs),
+        timings=clip.timings, check_seconds=time.perf_counter() - start, qdq=qdq or None,
+        thresholds=dict(limits), failures=failures, tested_frames=clip.frames, reference_frames=reference)
 
 
 class _Stages:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import PIL.Image
 import PIL.ImageDraw
 
 from ..check.compare import check_bundle
+from ..check.report import CheckReport
 from ..export.bundle_export import export_bundle
 from ..media.images import sample_image
 from ..media.metrics import psnr
@@ -26,7 +28,7 @@ DEMO_IMAGE = "astronaut"
 PICTURE_FRAMES = 4
 
 
-def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
+def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[CheckReport, float]:
     """Export ``tiny``, run it on ONNX Runtime and check it against diffusers.
 
     Writes ``DIR/bundle/``, ``DIR/input.png``, ``DIR/clip.mp4`` (the ONNX Runtime clip),
@@ -34,7 +36,8 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
     appears only when all of them are complete.
 
     Returns:
-        The check report, with ``demo_seconds`` (wall time of the whole demo) added.
+        The check report (its ``bundle`` the published one) and the wall time of the whole demo
+        in seconds (also in ``report.json`` as ``demo_seconds``).
     Raises:
         InputError: ``out`` exists and ``force`` is false.
     """
@@ -48,15 +51,14 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
         frames, height, width = bundle.default_shape
         settings = SamplingSettings(frames=frames, height=height, width=width, seed=seed)
         # The check runs the ONNX Runtime clip; the demo keeps it rather than sampling it twice.
-        clips: dict = {}
-        report = check_bundle(bundle, image, settings, backend="onnxruntime", model=model, progress=True, clips=clips)
-        write_mp4(clips["tested"], txn.path / "clip.mp4", fps=settings.fps)
-        side_by_side(image, clips["tested"], clips["diffusers"]).save(txn.path / "side_by_side.png")
-        report["bundle"] = str(out / "bundle")
-        report["demo_seconds"] = time.perf_counter() - start
-        (txn.path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        report = check_bundle(bundle, image, settings, backend="onnxruntime", model=model, progress=True)
+        write_mp4(report.tested_frames, txn.path / "clip.mp4", fps=settings.fps)
+        side_by_side(image, report.tested_frames, report.reference_frames).save(txn.path / "side_by_side.png")
+        report = dataclasses.replace(report, bundle=str(out / "bundle"))
+        seconds = time.perf_counter() - start
+        (txn.path / "report.json").write_text(json.dumps({**report.to_json(), "demo_seconds": seconds}, indent=2) + "\n")
         txn.publish()
-    return report
+    return report, seconds
 
 
 def side_by_side(image: PIL.Image.Image, tested: np.ndarray, reference: np.ndarray, count: int = PICTURE_FRAMES,

@@ -528,26 +528,27 @@ def _cmd_check(args) -> int:
         report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True,
                               backend_options=_backend_kwargs(args))
         if report_out:
-            report_out.write(lambda part: part.write_text(json.dumps(report, indent=2) + "\n"))
+            report_out.write(lambda part: part.write_text(json.dumps(report.to_json(), indent=2) + "\n"))
             report_out.publish()
     _print_report(report)
-    return 0 if report["passed"] else 1
+    return 0 if report.passed else 1
 
 
-def _print_report(report: dict) -> None:
-    print(f"accuracy of {report['backend']} ({report['precision']}) against PyTorch:")
-    for name, outputs in report["components"].items():
+def _print_report(report) -> None:
+    """A :class:`svdtrt.check.report.CheckReport` as ``check`` and ``demo`` print it."""
+    print(f"accuracy of {report.backend} ({report.precision}) against PyTorch:")
+    for name, outputs in report.components.items():
         for out, m in outputs.items():
             extra = f"  PSNR {m['psnr_db']:.1f} dB" if "psnr_db" in m else ""
             print(f"  {name + '.' + out:28s} max abs {m['max_abs_error']:.2e}  cosine {m['cosine']:.8f}{extra}")
-    e2e = report["end_to_end"]["vs_diffusers"]
+    e2e = report.end_to_end.vs_diffusers
     print(f"  clip vs diffusers: PSNR min {e2e['min_psnr_db']:.1f} dB, mean {e2e['mean_psnr_db']:.1f} dB; "
           f"SSIM min {e2e['min_ssim']:.6f}")
-    if "vs_fp32_graphs" in report["end_to_end"]:
-        e = report["end_to_end"]["vs_fp32_graphs"]
+    if report.end_to_end.vs_fp32_graphs is not None:
+        e = report.end_to_end.vs_fp32_graphs
         print(f"  clip vs fp32 graphs: PSNR min {e['min_psnr_db']:.1f} dB, mean {e['mean_psnr_db']:.1f} dB; "
               f"SSIM min {e['min_ssim']:.6f}")
-    print("PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"]))
+    print("PASSED" if report.passed else "FAILED: " + "; ".join(report.failures))
 
 
 def _cmd_calibrate(args) -> int:
@@ -602,12 +603,12 @@ def _cmd_demo(args) -> int:
     from ..bundle.store import Bundle
     from .demo import run_demo
 
-    report = run_demo(args.out, args.force)
+    report, seconds = run_demo(args.out, args.force)
     _print_report(report)
-    print(f"demo written to {args.out}/ in {report['demo_seconds']:.1f} s: clip.mp4 (the ONNX Runtime clip), "
+    print(f"demo written to {args.out}/ in {seconds:.1f} s: clip.mp4 (the ONNX Runtime clip), "
           "side_by_side.png (input, ONNX Runtime and diffusers frames, their difference), report.json, bundle/")
     _print_random_weights(Bundle.open(args.out / "bundle"))
-    return 0 if report["passed"] else 1
+    return 0 if report.passed else 1
 
 
 def _cmd_build(args) -> int:
@@ -715,7 +716,7 @@ def _cmd_bench(args) -> int:
                             work=work)
     write_results(results, args.out, args.force)
     print(markdown(results), end="")
-    print(f"results written to {args.out}/ in {results['seconds']:.1f} s")
+    print(f"results written to {args.out}/ in {results.seconds:.1f} s")
     return 0
 
 

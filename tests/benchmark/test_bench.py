@@ -5,6 +5,7 @@ Timings are not asserted (they depend on the machine); accuracy and structure ar
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import re
@@ -115,7 +116,7 @@ def test_bench_progress_counts_only_the_rows_that_run(tiny_bundle, tiny_model, p
     settings = SamplingSettings(frames=4, height=64, width=64, steps=1)
     results = run_benchmark(tiny_bundle, photo, settings, tiny_model, ["onnxruntime", "tensorrt"], ["fp32", "int8"],
                             warmup=0, repeat=2, progress=True)
-    measured = [r for r in results["rows"] if r["status"] == "measured"]
+    measured = results.measured()
     assert len(measured) == 2  # the reference and onnxruntime fp32; three rows skipped
     counts = re.findall(r"bench:.*?\b(\d+)/(\d+) \[", capsys.readouterr().err)
     done, total = map(int, counts[-1])
@@ -164,7 +165,7 @@ def test_parse_names():
 
 def test_order_stats_median_and_p90():
     s = order_stats([4.0, 1.0, 3.0, 2.0, 10.0])
-    assert s == {"median": 3.0, "p90": pytest.approx(7.6), "min": 1.0, "max": 10.0, "n": 5}
+    assert dataclasses.asdict(s) == {"median": 3.0, "p90": pytest.approx(7.6), "min": 1.0, "max": 10.0, "n": 5}
 
 
 def test_peak_memory_sees_an_allocation_after_reset():
@@ -175,9 +176,9 @@ def test_peak_memory_sees_an_allocation_after_reset():
     small = np.ones(2**24)  # 128 MiB
     m = memory.read()
     del small
-    assert m["peak_rss_bytes"] - m["rss_start_bytes"] >= 100 * 2**20
-    if m["host_method"] == "VmHWM":  # the 256 MiB before the reset is not counted
-        assert m["peak_rss_bytes"] - m["rss_start_bytes"] < 200 * 2**20
+    assert m.peak_rss_bytes - m.rss_start_bytes >= 100 * 2**20
+    if m.host_method == "VmHWM":  # the 256 MiB before the reset is not counted
+        assert m.peak_rss_bytes - m.rss_start_bytes < 200 * 2**20
 
 
 class _CpuBackend:
@@ -203,7 +204,7 @@ def test_bench_on_cuda_measures_gpu_memory(tiny_bundle, tiny_model, photo):
     settings = SamplingSettings(frames=frames, height=height, width=width, steps=2)
     results = run_benchmark(tiny_bundle, photo, settings, tiny_model, ["torch"], ["fp32"], warmup=1, repeat=1,
                             device="cuda")
-    rows = _rows(results)
+    rows = _rows(results.to_json())
     assert rows["diffusers", "fp32"]["device"] == "cuda" and rows["torch", "fp32"]["device"] == "cuda"
     assert rows["torch", "fp32"]["memory"]["peak_gpu_bytes"] > 0
     assert rows["torch", "fp32"]["accuracy"]["min_psnr_db"] >= 60

@@ -13,13 +13,13 @@ import torch
 from ...environment import ORT_GPU_HINT
 from ...errors import BackendUnavailableError
 from ...specs import COMPONENTS
-from .base import ComponentFn
+from .base import Backend, ComponentFn
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 _TORCH_TYPES = {np.float32: torch.float32, np.float16: torch.float16, np.float64: torch.float64}
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     """The bundle's graphs of one precision on ONNX Runtime; sessions are created on first use.
 
     Args:
@@ -120,6 +120,9 @@ class OnnxRuntimeBackend:
 
     def synchronize(self) -> None:
         pass  # session.run returns only when its outputs are ready
+
+    def close(self) -> None:
+        self._sessions.clear()
 
 
 def run_bound(session, inputs: Mapping[str, torch.Tensor], types: Mapping[str, type], outputs: list[str],

@@ -10,10 +10,10 @@ import torch
 
 from ...models.modules import FP32_INPUTS, VaeEncoder, torch_modules
 from ...specs import COMPONENTS, runs_fp32_in_fp16
-from .base import ComponentFn
+from .base import Backend, ComponentFn
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """The source model's PyTorch modules, on ``device`` in ``dtype``, as diffusers runs them.
 
     In fp16, a component the model's config keeps in fp32 (:func:`svdtrt.specs.runs_fp32_in_fp16`:
@@ -52,6 +52,8 @@ class TorchBackend:
         self._modules = {k: m.to(self.device, self.dtypes[k]) for k, m in modules.items()}
 
     def component(self, name: str) -> ComponentFn:
+        if name not in self._modules:
+            raise RuntimeError(f"the torch backend was closed; create another to run {name}")
         module, spec, dtype = self._modules[name], COMPONENTS[name], self.dtypes[name]
 
         @torch.no_grad()
@@ -67,3 +69,8 @@ class TorchBackend:
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        self._modules = {}
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -24,7 +24,7 @@ from ...bundle import engines
 from ...environment import cuda_device, quiet_polygraphy, require_tensorrt
 from ...errors import EngineError
 from ...specs import COMPONENTS
-from .base import ComponentFn
+from .base import Backend, ComponentFn
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class EngineRunner:
         return {n: t.clone() for n, t in outputs.items()}
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """A bundle's TensorRT engines of one precision (built with ``svdtrt build``).
 
     Args:
@@ -199,3 +199,8 @@ class TensorRTBackend:
 
     def synchronize(self) -> None:
         self.stream.synchronize()
+
+    def close(self) -> None:
+        self.stream.synchronize()  # no engine is freed while its work is queued
+        self._runners.clear()
+        torch.cuda.empty_cache()
