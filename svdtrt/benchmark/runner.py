@@ -204,7 +204,7 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
     memory = PeakMemory()
     memory.reset()
     skipped = {"backend": name, "precision": precision, "status": "skipped"}
-    if name == "torch" and precision == "fp16" and device != "cuda":
+    if name == "torch" and precision == "fp16" and not runtime_backends.on_gpu(name, device):
         return {**skipped, "device": device,
                 "reason": "torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
                           "is not a deployment configuration"}, []
