@@ -48,23 +48,6 @@ def bundle_precisions(bundle) -> list[str]:
     return bundle.precisions()
 
 
-def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str] | None:
-    """``"a,b"`` -> ``["a", "b"]``, each checked against ``known``; None for None.
-
-    Raises:
-        InputError: an empty list or a name not in ``known``.
-    """
-    if text is None:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise InputError(f"no {what} given; choose from {', '.join(known)}")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InputError(f"unknown {what} '{unknown[0]}': choose from {', '.join(known)}")
-    return list(dict.fromkeys(names))
-
-
 def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, model,
                   backends: list[str] | None = None, precisions: list[str] | None = None,
                   warmup: int = 1, repeat: int = 3, device: str = "cpu", threads: int | None = None,
