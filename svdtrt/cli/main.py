@@ -6,361 +6,30 @@ threshold in ``check`` is exit code 1; anything else is a bug and keeps its trac
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import sys
-from pathlib import Path
 
-from .. import __version__
 from ..errors import InputError, SvdtrtError
-from ..precisions import NAMES as PRECISIONS
-from ..precisions import made_by
-from ..runtime.backends import BACKENDS
-from ..specs import DEFAULT_OPSET
+from .args import BACKEND, BUILD_SHAPES, EXPORT_SHAPES, REPLICAS, SAMPLING, WORK, WORK_LISTS, WORKERS
+from .parser import build_parser
 
 log = logging.getLogger("svdtrt")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, as for every other bad input
-        self.exit(2, f"svdtrt: error: {message} (see '{self.prog} --help')\n")
-
-
-def _size_range(text: str) -> tuple[int, int, int]:
-    """``N`` or ``MIN:OPT:MAX`` -> (min, opt, max)."""
-    try:
-        parts = [int(p) for p in text.split(":")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not N or MIN:OPT:MAX") from None
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3 or not parts[0] <= parts[1] <= parts[2]:
-        raise argparse.ArgumentTypeError(f"'{text}' is not N or MIN:OPT:MAX with MIN <= OPT <= MAX")
-    if parts[0] < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be at least 1, got '{text}'")
-    return tuple(parts)
-
-
-def _finite_float(text: str) -> float:
-    """A float option: a finite number (``nan``, ``inf`` are refused; ranges are checked by
-    :meth:`svdtrt.runtime.pipeline.SamplingSettings.check`)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-    return value
-
-
-def _component_list(text: str) -> list[str]:
-    from ..specs import COMPONENTS
-
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in COMPONENTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown component(s) '{','.join(unknown) or text}': choose from "
-                                         f"{', '.join(COMPONENTS)}")
-    return names
-
-
-def _sampling_options(p: argparse.ArgumentParser, work_lists: bool = False) -> None:
-    from ..runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
-
-    g = p.add_argument_group("sampling (defaults: the bundle's shape and diffusers' pipeline defaults)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the CPU torch.Generator, 0 to 2**64-1 (default 0)")
-    g.add_argument("--steps", type=int, help=f"denoising steps, 1 to {MAX_STEPS} (default: the scheduler's, "
-                                             "25 for euler)")
-    g.add_argument("--frames", type=int, help="frames of the clip (default and range: the bundle's)")
-    g.add_argument("--height", type=int, help="clip height in pixels (default and range: the bundle's)")
-    g.add_argument("--width", type=int, help="clip width in pixels (default and range: the bundle's)")
-    g.add_argument("--allow-outside-range", action="store_true",
-                   help="run a --frames/--height/--width outside the bundle's exported range (ONNX Runtime "
-                        "may take it; TensorRT engines built for the bundle's profiles refuse it)")
-    g.add_argument("--fps", type=int, default=7, help="frames per second (conditioning and mp4), "
-                                                      f"{FPS_RANGE[0]} to {FPS_RANGE[1]} (default 7)")
-    g.add_argument("--motion-bucket-id", type=int, default=127,
-                   help=f"motion conditioning, {MOTION_BUCKET_RANGE[0]} to {MOTION_BUCKET_RANGE[1]} (default 127)")
-    g.add_argument("--noise-aug-strength", type=_finite_float, default=0.02,
-                   help="conditioning noise, >= 0 (default 0.02)")
-    g.add_argument("--min-guidance-scale", type=_finite_float, default=1.0,
-                   help="guidance at the first frame, >= 0 (default 1)")
-    g.add_argument("--max-guidance-scale", type=_finite_float, default=3.0,
-                   help="guidance at the last frame, >= 0; <= 1 turns guidance off (default 3)")
-    g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default: all)")
-    _work_options(p, lists=work_lists)
-
-
-def _work_options(p: argparse.ArgumentParser, lists: bool = False) -> None:
-    """Fewer and cheaper UNet calls (``bench`` takes comma-separated lists of each)."""
-    from ..runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
-
-    g = p.add_argument_group("work reduction" + (" (comma-separated lists: one row per combination)" if lists
-                                                  else ""))
-    choices = ", ".join(f"{n} ({c.summary}, {c.default_steps} steps)" for n, c in SCHEDULERS.items())
-    g.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=None if lists else tuple(SCHEDULERS),
-                   help=f"diffusers scheduler: {choices} (default {DEFAULT_SCHEDULER})")
-    g.add_argument("--cache-interval", default="1" if lists else 1, type=str if lists else int,
-                   help="block caching: the full UNet every N-th step, the shallow UNet between (default 1: "
-                        "no caching)")
-    g.add_argument("--guidance-steps", default=None, type=str if lists else int,
-                   help="classifier-free guidance on the first K steps only, batch-1 UNet calls after "
-                        "(default: every step" + ("; 'all' in a list" if lists else "") + ")")
-
-
-def _backend_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
-                   help="what runs the components (default onnxruntime, on CPU; onnxruntime-cuda and "
-                        "onnxruntime-trt need onnxruntime-gpu; tensorrt runs engines from 'svdtrt build')")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="graph or engine precision to run (default fp32)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="tensorrt: replay a static-profile UNet engine from a CUDA graph")
-    p.add_argument("--one-engine-at-a-time", action="store_true",
-                   help="tensorrt: keep only the engine in use loaded (Jetson's unified memory)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="torch: where the PyTorch modules run (default cpu)")
-    p.add_argument("--model", help="source model for the torch backend and the reference "
-                                   "(default: the one recorded in the bundle's manifest)")
-
-
-def _ray_options(p: argparse.ArgumentParser, what: str) -> None:
-    g = p.add_argument_group("Ray (an embedded local Ray unless --address)")
-    g.add_argument(f"--{what}", type=int, default=1,
-                   help=f"{what}, each with one warm backend: one GPU each for a GPU backend (default 1)")
-    g.add_argument(f"--cpus-per-{what[:-1]}", type=float, dest="cpus",
-                   help="CPUs each asks Ray for, and its ONNX Runtime / PyTorch threads "
-                        "(default: the cluster's CPUs shared evenly; 1 next to a GPU)")
-    g.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT of 'ray start --head', "
-                                     "ray://HOST:10001) instead of starting a local Ray")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="svdtrt", description=DESCRIPTION, epilog=EPILOG)
-    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    parser.add_argument("--version", action="version", version=f"svdtrt {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p = sub.add_parser("export", help="export a model's four components to a bundle of ONNX graphs")
-    p.add_argument("model", metavar="MODEL",
-                   help="diffusers SVD directory, hub id, or preset (tiny, small, mid, svd, svd-xt)")
-    p.add_argument("--out", required=True, type=Path, help="bundle directory to create")
-    p.add_argument("--frames", type=_size_range, help="frames: N or MIN:OPT:MAX (default: the model's)")
-    p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
-    p.add_argument("--width", type=_size_range, help="width in pixels: N or MIN:OPT:MAX")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--variant", help="weights variant of a directory or hub model, e.g. fp16")
-    p.add_argument("--random-weights", action="store_true",
-                   help="seeded random weights (what every preset has; refused for a real model)")
-    p.add_argument("--precision", default="fp32", choices=made_by("export") + made_by("convert"),
-                   help="fp16 also writes fp16 graphs converted from the fp32 ones, as 'svdtrt convert' "
-                        "does (default fp32)")
-    p.add_argument("--components", type=_component_list,
-                   help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
-    p.add_argument("--cache-depth", type=int,
-                   help="block caching: the deep feature enters the D-th up block from the last (default 1: "
-                        "the last; deeper caches less and saves less; adding --components keeps the bundle's)")
-    p.add_argument("--cache-layer", type=int,
-                   help="block caching: the deep feature enters layer J of that up block (default 0: its input; "
-                        "a later layer caches more of it and saves more, as DeepCache's finer skip branches)")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle")
-
-    p = sub.add_parser("run", help="make a clip from an image with a bundle")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--image", required=True, type=Path, help="conditioning image (PNG, JPEG, ...)")
-    p.add_argument("--out", required=True, type=Path, help="clip to write: .mp4 (H.264), .webm (VP9) or .gif, "
-                                                         "by its extension")
-    p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] to this .npy file")
-    p.add_argument("--timings", type=Path, metavar="FILE.json",
-                   help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
-                        "stage, which the default run does not")
-    p.add_argument("--force", action="store_true", help="replace existing output files")
-    _backend_options(p)
-    _sampling_options(p)
-
-    p = sub.add_parser("check", help="measure a bundle's accuracy against PyTorch and diffusers")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
-    p.add_argument("--report", type=Path, help="write the JSON report here")
-    p.add_argument("--force", action="store_true", help="replace an existing report")
-    _backend_options(p)
-    _sampling_options(p)
-
-    p = sub.add_parser("calibrate", help="record a calibration set from real sampling runs into a bundle")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--images", type=Path, help="folder of calibration photographs "
-                                               "(default: scikit-image's sample photographs)")
-    p.add_argument("--count", type=int, help="use the first N images (at least 2; the last is held out)")
-    p.add_argument("--steps", type=int, default=25, help="denoising steps per clip (default 25)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
-    p.add_argument("--name", default="default", help="calibration set name (default 'default')")
-    p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
-    p.add_argument("--force", action="store_true", help="replace an existing set of that name")
-
-    p = sub.add_parser("convert", help="add fp16 graphs converted from a bundle's fp32 graphs")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--precision", default="fp16", choices=made_by("convert"), help="the precision to add (default fp16)")
-    p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
-
-    p = sub.add_parser("quantize", help="write int8 / fp8 Q/DQ graphs from a calibration set")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--precision", required=True, choices=made_by("quantize"), help="int8, or fp8 (E4M3)")
-    p.add_argument("--calibration", default="default", help="calibration set name (default 'default')")
-    p.add_argument("--exclude", nargs="+", metavar="PATTERN",
-                   help="node-name regular expressions kept in fp32, replacing the default recipe "
-                        "(time/added-time embeddings, conv_in, conv_out, conv_shortcut); '--exclude' "
-                        "followed by '' keeps nothing out")
-    p.add_argument("--quantize-bias", action="store_true",
-                   help="also quantize biases to int32: faster on ONNX Runtime's CPU provider, but "
-                        "TensorRT cannot load such graphs")
-    p.add_argument("--model", help="source model for the held-out comparison (default: the bundle's)")
-    p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
-
-    p = sub.add_parser("build", help="build TensorRT engines from a bundle's graphs of one precision")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--precision", required=True, choices=PRECISIONS,
-                   help="which graphs to build from (engines are strongly typed: precision comes from the graph)")
-    p.add_argument("--profile", default="dynamic", choices=("static", "dynamic"),
-                   help="optimization profile: the manifest's min/opt/max (dynamic, default) or the optimal "
-                        "shape only (static, fastest)")
-    p.add_argument("--frames", type=_size_range, help="frames: N or MIN:OPT:MAX (default: the bundle's)")
-    p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
-    p.add_argument("--width", type=_size_range, help="width in pixels: N or MIN:OPT:MAX")
-    p.add_argument("--workspace", type=float, metavar="GB", help="TensorRT workspace limit in GiB (default: TensorRT's)")
-    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="tactic timing cache to read and update")
-    p.add_argument("--components", nargs="+", metavar="NAME",
-                   help="components to build (default all: image_encoder vae_encoder unet vae_decoder)")
-    p.add_argument("--dry-run", action="store_true", help="print the build plan; build and write nothing")
-    p.add_argument("--force", action="store_true", help="rebuild engines even when the cached ones are current")
-
-    p = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256 and sizes")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-
-    sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime")
-
-    p = sub.add_parser("bench", help="latency, memory and accuracy of every backend and precision vs diffusers")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--backends", help="comma-separated: torch,onnxruntime,tensorrt (default: all; "
-                                      "those this machine cannot run are reported as skipped)")
-    p.add_argument("--precisions", help="comma-separated: fp32,fp16,int8,fp8 (default: those in the bundle)")
-    p.add_argument("--warmup", type=int, default=1, help="clips run before measuring, per row (default 1)")
-    p.add_argument("--repeat", type=int, default=3, help="clips measured per row (default 3)")
-    p.add_argument("--device", choices=("cpu", "cuda"),
-                   help="where diffusers' reference and the torch backend run (default: cuda if available)")
-    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and of each ONNX Runtime session "
-                                               "(default: each library's own)")
-    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
-    p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
-    p.add_argument("--out", type=Path, default=Path("svdtrt-bench"),
-                   help="directory to create: results.json, results.md, stages.png, tradeoff.png, work.png "
-                        "(default svdtrt-bench)")
-    p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    _sampling_options(p, work_lists=True)
-
-    p = sub.add_parser("serve", help="serve clips over HTTP on Ray Serve (POST /v1/clips, GET /healthz)")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    _backend_options(p)
-    _ray_options(p, "replicas")
-    p.add_argument("--max-queued", type=int, default=8,
-                   help="requests that may wait for a replica; more answer 503 with Retry-After (default 8)")
-    p.add_argument("--request-timeout", type=float, default=600, metavar="SECONDS",
-                   help="a request still unanswered after this answers 408 (default 600)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-
-    p = sub.add_parser("batch", help="make clips for a folder or list of images on Ray workers")
-    p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    p.add_argument("--images", required=True, type=Path,
-                   help="folder of images, or a text file with one image path per line")
-    p.add_argument("--out", required=True, type=Path,
-                   help="folder for the clips (<image stem>.mp4) and clips.jsonl; a re-run skips published clips")
-    p.add_argument("--format", default="mp4", choices=("mp4", "npy"),
-                   help="mp4, or npy: float32 [F, H, W, 3] in [0, 1] as --save-frames writes (default mp4)")
-    _backend_options(p)
-    _ray_options(p, "workers")
-    _sampling_options(p)
-
-    p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
-    p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
-    p.add_argument("--force", action="store_true", help="replace an existing directory")
-    _verbose_everywhere(sub)
-    return parser
-
-
-#: What ``svdtrt --help`` says svdtrt is (plain text: argparse prints it as it is).
-DESCRIPTION = ("Stable Video Diffusion exported to ONNX and TensorRT, run and checked against diffusers. "
-               "Start with 'svdtrt demo'.")
-EPILOG = "Each command's options: svdtrt COMMAND --help. Bad input ends with one line and exit code 2."
-VERBOSE_HELP = "also log each stage's details and timings (model loads, sessions, files written)"
-
-
-def _verbose_everywhere(sub) -> None:
-    """Accept ``-v`` after the command too (``svdtrt check B -v``). SUPPRESS as the default keeps
-    a subcommand from resetting a ``-v`` given before it."""
-    for p in sub.choices.values():
-        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
-
-
-def _given(value, default):
-    return default if value is None else value
-
-
-def _settings(args, bundle, **work):
-    """The sampling settings of ``run``, ``check`` and ``bench``, checked: their limits
-    (:meth:`SamplingSettings.check`) and the bundle's exported size range, unless
-    ``--allow-outside-range`` (whose warning :func:`_warn_outside_range` prints once every other
-    check has passed). ``work``: ``scheduler``, ``cache_interval``, ``guidance_steps`` in place of
-    the arguments' (``bench`` passes each of its combinations). ``--steps`` defaults to the
-    scheduler's."""
-    from ..runtime.pipeline import SamplingSettings
-    from ..runtime.schedulers import scheduler_choice
-
-    work = {"scheduler": args.scheduler, "cache_interval": args.cache_interval,
-            "guidance_steps": args.guidance_steps, **work}
-    frames, height, width = bundle.default_shape
-    settings = SamplingSettings(
-        frames=_given(args.frames, frames), height=_given(args.height, height), width=_given(args.width, width),
-        steps=_given(args.steps, scheduler_choice(work["scheduler"]).default_steps), fps=args.fps,
-        motion_bucket_id=args.motion_bucket_id,
-        noise_aug_strength=args.noise_aug_strength, min_guidance_scale=args.min_guidance_scale,
-        max_guidance_scale=args.max_guidance_scale, decode_chunk_size=args.decode_chunk_size, seed=args.seed,
-        **work,
-    )
-    settings.check(bundle.dims)
-    outside = bundle.outside_range(settings.frames, settings.height, settings.width)
-    if outside and not args.allow_outside_range:
-        raise InputError(f"{outside}; pass --allow-outside-range to run it anyway (TensorRT engines built "
-                         "for the bundle's profiles will refuse it), or export a bundle for this size")
-    return settings
-
-
-def _warn_outside_range(bundle, settings) -> None:
-    outside = bundle.outside_range(settings.frames, settings.height, settings.width)
-    if outside:
-        print(f"svdtrt: warning: {outside}; running it as --allow-outside-range asks: ONNX Runtime may take it, "
-              "TensorRT engines built for the bundle's profiles will refuse it", file=sys.stderr)
-
-
-def _check_memory(bundle, settings, backend: str, precision: str, device: str = "cpu", reference: bool = False,
-                  clips: int = 1) -> None:
-    """Refuse, before any model load or sampling, a clip whose host memory estimate does not fit."""
-    from ..runtime.memory import check_host_memory, estimate_host_memory
-
-    check_host_memory(estimate_host_memory(bundle, settings, backend, precision, device, reference, clips),
-                      f"a {settings.frames}-frame {settings.width}x{settings.height} clip on {backend} ({precision})")
-
-
 @contextlib.contextmanager
-def _discarded_on_error(*outputs):
-    """Remove the reserved part files of ``outputs`` (OutputFile or None) when the block fails or
-    is interrupted, so that nothing half-written is left."""
+def _reserved(force: bool, *paths):
+    """An :class:`~svdtrt.publishing.OutputFile` per path (None for None), reserved in order;
+    every reserved part file is removed when a later reservation or the block fails or is
+    interrupted, so that nothing half-written is left."""
+    from ..publishing import OutputFile
+
+    outputs = []
     try:
-        yield
+        for path in paths:
+            outputs.append(OutputFile(path, force) if path else None)
+        yield outputs
     except BaseException:
         for out in outputs:
             if out is not None:
@@ -377,7 +46,7 @@ def _cmd_export(args) -> int:
                          "or --components to re-export some components into it")  # before the model load
     model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
-    bundle = export_bundle(model, args.out, args.frames, args.height, args.width, args.opset, args.force,
+    bundle = export_bundle(model, args.out, *EXPORT_SHAPES.parse(args), args.opset, args.force,
                            components=args.components, precisions=precisions, release_weights=True,
                            cache_depth=args.cache_depth, cache_layer=args.cache_layer)
     print(f"bundle written to {bundle.path}")
@@ -433,11 +102,6 @@ def _print_timings(timings: dict) -> None:
             print(f"  {label:14s} {timings[key]:8.3f} s")
 
 
-def _backend_kwargs(args) -> dict:
-    """The backend-specific options of ``run`` and ``check``, as ``create_backend`` keywords."""
-    return {"device": args.device, "cuda_graph": args.cuda_graph, "one_engine_at_a_time": args.one_engine_at_a_time}
-
-
 def _cmd_run(args) -> int:
     import json
     from dataclasses import asdict
@@ -446,7 +110,6 @@ def _cmd_run(args) -> int:
     from ..media.images import load_image
     from ..media.video import check_clip_path, check_frames_path, save_frames, write_clip
     from ..models.loading import load_model, reference_model
-    from ..publishing import OutputFile
     from ..runtime.backends import create_backend
     from ..runtime.pipeline import SvdPipeline
 
@@ -461,19 +124,14 @@ def _cmd_run(args) -> int:
                 raise InputError(f"{other} and {flag} are both '{path}'; give each output its own file name")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
-    settings = _settings(args, bundle)
-    _check_memory(bundle, settings, args.backend, args.precision, args.device)
-    _warn_outside_range(bundle, settings)
+    choice = BACKEND.parse(args)
+    settings = SAMPLING.parse(args, bundle, WORK.parse(args))
+    SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
     # Reserved before the model, the backend and sampling: an unwritable or taken path fails now,
     # not after minutes of work.
-    clip_out = OutputFile(args.out, args.force)
-    with _discarded_on_error(clip_out):
-        frames_out = OutputFile(args.save_frames, args.force) if args.save_frames else None
-    with _discarded_on_error(clip_out, frames_out):
-        timings_out = OutputFile(args.timings, args.force) if args.timings else None
-    with _discarded_on_error(clip_out, frames_out, timings_out):
-        model = reference_model(bundle, load_model(args.model)) if args.model else None
-        backend = create_backend(args.backend, bundle, args.precision, model=model, **_backend_kwargs(args))
+    with _reserved(args.force, args.out, args.save_frames, args.timings) as (clip_out, frames_out, timings_out):
+        model = reference_model(bundle, load_model(choice.model)) if choice.model else None
+        backend = create_backend(choice.backend, bundle, choice.precision, model=model, **choice.options)
         clip = SvdPipeline(backend, bundle)(image, settings, progress=True, timings=bool(args.timings))
         clip_out.write(lambda part: write_clip(clip.frames, part, fps=settings.fps, suffix=clip_format))
         if frames_out:
@@ -484,14 +142,14 @@ def _cmd_run(args) -> int:
 
             work = clip_unet_flops(bundle.manifest.configs["unet"], bundle.dims, clip.unet_calls, settings.frames,
                                    settings.height, settings.width)
-            record = {"backend": args.backend, "precision": args.precision, "settings": asdict(settings),
+            record = {"backend": choice.backend, "precision": choice.precision, "settings": asdict(settings),
                       "seconds": clip.timings, "unet_calls": work["unet_calls"], "unet_flops": work["unet_flops"],
                       "unet_graphs": work["graphs"]}
             timings_out.write(lambda part: part.write_text(json.dumps(record, indent=2) + "\n"))
             timings_out.publish()
         clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
-          f"({args.backend}, {args.precision}; {settings.scheduler}, {settings.steps} steps, "
+          f"({choice.backend}, {choice.precision}; {settings.scheduler}, {settings.steps} steps, "
           f"{len(clip.unet_calls)} UNet calls)")
     _print_random_weights(bundle)
     _print_timings(clip.timings)
@@ -513,20 +171,19 @@ def _cmd_check(args) -> int:
     from ..media.images import load_image, sample_image
     from ..models.loading import load_model, reference_model
     from ..precisions import precision as lookup_precision
-    from ..publishing import OutputFile
 
-    report_out = OutputFile(args.report, args.force) if args.report else None  # before minutes of work
-    with _discarded_on_error(report_out):
+    with _reserved(args.force, args.report) as (report_out,):  # before minutes of work
         bundle = Bundle.open(args.bundle)
         image = load_image(args.image) if args.image else sample_image()
-        settings = _settings(args, bundle)
+        choice = BACKEND.parse(args)
+        settings = SAMPLING.parse(args, bundle, WORK.parse(args))
         # the tested, the PyTorch and diffusers' clips, and the fp32 graphs' for a quantized precision
-        clips = 4 if lookup_precision(args.precision).quantized and args.backend == "onnxruntime" else 3
-        _check_memory(bundle, settings, args.backend, args.precision, args.device, reference=True, clips=clips)
-        _warn_outside_range(bundle, settings)
-        model = reference_model(bundle, load_model(args.model)) if args.model else None
-        report = check_bundle(bundle, image, settings, args.backend, args.precision, model=model, progress=True,
-                              backend_options=_backend_kwargs(args))
+        clips = 4 if lookup_precision(choice.precision).quantized and choice.backend == "onnxruntime" else 3
+        SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)],
+                                 reference=True, clips=clips)
+        model = reference_model(bundle, load_model(choice.model)) if choice.model else None
+        report = check_bundle(bundle, image, settings, choice.backend, choice.precision, model=model, progress=True,
+                              backend_options=choice.options)
         if report_out:
             report_out.write(lambda part: part.write_text(json.dumps(report, indent=2) + "\n"))
             report_out.publish()
@@ -615,7 +272,7 @@ def _cmd_build(args) -> int:
     from ..bundle.store import Bundle
 
     bundle = Bundle.open(args.bundle)
-    plan = plan_build(bundle, args.precision, args.profile, args.frames, args.height, args.width,
+    plan = plan_build(bundle, args.precision, args.profile, *BUILD_SHAPES.parse(args),
                       args.components, args.workspace, args.timing_cache)
     if not args.dry_run:
         from ..environment import require_tensorrt
@@ -652,39 +309,6 @@ def _cmd_doctor(args) -> int:
     return 0
 
 
-def _work_variants(args) -> list[dict]:
-    """``bench``'s ``--scheduler``, ``--cache-interval`` and ``--guidance-steps`` lists as one
-    settings dict per combination, the full-compute base first (the first scheduler, no caching,
-    guidance on every step), each combination once."""
-    import itertools
-
-    from ..benchmark import parse_names
-    from ..runtime.schedulers import SCHEDULERS
-
-    def integers(text, what, words=()):
-        values = []
-        for item in (t.strip() for t in text.split(",") if t.strip()):
-            if item in words:
-                values.append(None)
-                continue
-            try:
-                values.append(int(item))
-            except ValueError:
-                raise InputError(f"--{what} takes comma-separated integers{' or ' + '/'.join(words) if words else ''}, "
-                                 f"got '{item}'") from None
-        if not values:
-            raise InputError(f"--{what} is empty")
-        return values
-
-    schedulers = parse_names(args.scheduler, tuple(SCHEDULERS), "scheduler")
-    intervals = integers(args.cache_interval, "cache-interval")
-    guidance = integers(args.guidance_steps or "all", "guidance-steps", ("all",))
-    base = {"scheduler": schedulers[0], "cache_interval": 1, "guidance_steps": None}
-    variants = [base] + [{"scheduler": a, "cache_interval": b, "guidance_steps": c}
-                         for a, b, c in itertools.product(schedulers, intervals, guidance)]
-    return [dict(v) for v in dict.fromkeys(tuple(v.items()) for v in variants)]
-
-
 def _cmd_bench(args) -> int:
     import shlex
 
@@ -701,14 +325,11 @@ def _cmd_bench(args) -> int:
         raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
-    variants = _work_variants(args)
-    settings = _settings(args, bundle, **variants[0])  # the base: full compute
-    work = [_settings(args, bundle, **v) for v in variants[1:]]
+    settings, *work = [SAMPLING.parse(args, bundle, v) for v in WORK_LISTS.parse(args)]  # the base first: full compute
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for backend in backends or BACKENDS:  # one row at a time: the largest row must fit
-        for precision in precisions or bundle.precisions():
-            _check_memory(bundle, settings, backend, precision, device, reference=True)
-    _warn_outside_range(bundle, settings)
+    # one row at a time: the largest row must fit
+    rows = [(b, p, device) for b in backends or BACKENDS for p in precisions or bundle.precisions()]
+    SAMPLING.before_sampling(bundle, settings, rows, reference=True)
     model = reference_model(bundle, load_model(args.model) if args.model else None)
     results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
                             device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True,
@@ -719,36 +340,13 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _worker_options(args, bundle, count: int):
-    """The serving layer's WorkerOptions from ``serve``'s or ``batch``'s options, checked here
-    first (backend, precision, count) so that a mistake is one line, not a replica's traceback;
-    then joins Ray (:func:`svdtrt.serving.cluster.connect`) to share out its CPUs."""
-    from ..runtime.backends import create_backend
-    from ..serving.cluster import connect, cpus_each
-    from ..serving.worker import WorkerOptions
-    from ..specs import COMPONENTS
-
-    if args.backend.startswith("onnxruntime"):  # cheap: checks the precision and the providers, loads nothing
-        create_backend(args.backend, bundle, args.precision)
-        for name, spec in COMPONENTS.items():
-            if not spec.shares_weights_with:  # the block-caching graphs are optional
-                bundle.graph(name, args.precision)
-    options = WorkerOptions(bundle=str(args.bundle.resolve()), backend=args.backend, precision=args.precision,
-                            device=args.device, model=args.model, cuda_graph=args.cuda_graph,
-                            one_engine_at_a_time=args.one_engine_at_a_time)
-    what = "replicas" if args.command == "serve" else "workers"
-    if count < 1:  # before Ray starts
-        raise InputError(f"--{what} must be at least 1, got {count}")
-    connect(args.address)
-    return dataclasses.replace(options, cpus=cpus_each(count, args.cpus, options.needs_gpu, what))
-
-
 def _cmd_serve(args) -> int:
     from ..bundle.store import Bundle
 
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
-    worker = _worker_options(args, Bundle.open(args.bundle), args.replicas)
+    bundle = Bundle.open(args.bundle)
+    worker = REPLICAS.parse(args, bundle, BACKEND.parse(args))
     from ..serving.app import ServeOptions, serve_forever
 
     serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
@@ -761,12 +359,12 @@ def _cmd_batch(args) -> int:
     from ..serving.batch import JOURNAL, BatchJob, list_images, output_names
 
     bundle = Bundle.open(args.bundle)
-    settings = _settings(args, bundle)
-    _check_memory(bundle, settings, args.backend, args.precision, args.device)
-    _warn_outside_range(bundle, settings)
+    choice = BACKEND.parse(args)
+    settings = SAMPLING.parse(args, bundle, WORK.parse(args))
+    SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts
-    worker = _worker_options(args, bundle, args.workers)
+    worker = WORKERS.parse(args, bundle, choice)
     from ..serving.batch import run_batch
 
     summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))
