@@ -366,7 +366,7 @@ def test_ctrl_c_while_a_command_imports_its_modules(run_cli, tiny_bundle, image_
     real_import = builtins.__import__
 
     def interrupted_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level == 1 and name == "bundle" and (globals or {}).get("__name__") == "svdtrt.cli.main":
+        if level == 2 and name == "bundle.store" and (globals or {}).get("__name__") == "svdtrt.cli.clip_commands":
             raise KeyboardInterrupt  # the first lazy import of 'run'
         return real_import(name, globals, locals, fromlist, level)
 

@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from ..bundle.store import Bundle
 from ..check.compare import check_bundle
 from ..export.bundle_export import export_bundle
 from ..media.images import sample_image
@@ -18,6 +19,7 @@ from ..media.video import to_uint8, write_mp4
 from ..models.loading import load_model
 from ..publishing import DirectoryTransaction
 from ..runtime.pipeline import SamplingSettings
+from .clip_commands import print_random_weights, print_report
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
@@ -57,6 +59,17 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> dict:
         (txn.path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         txn.publish()
     return report
+
+
+def demo(args) -> int:
+    """``svdtrt demo``: :func:`run_demo` into ``--out``, its report printed as ``check`` prints
+    one; exit code 0, or 1 where the check failed."""
+    report = run_demo(args.out, args.force)
+    print_report(report)
+    print(f"demo written to {args.out}/ in {report['demo_seconds']:.1f} s: clip.mp4 (the ONNX Runtime clip), "
+          "side_by_side.png (input, ONNX Runtime and diffusers frames, their difference), report.json, bundle/")
+    print_random_weights(Bundle.open(args.out / "bundle"))
+    return 0 if report["passed"] else 1
 
 
 def side_by_side(image: PIL.Image.Image, tested: np.ndarray, reference: np.ndarray, count: int = PICTURE_FRAMES,
