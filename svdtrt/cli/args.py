@@ -1,23 +1,26 @@
 """Argument groups: options that belong together, each group adding them to a parser and parsing
-them back into the one value a command uses, as Polygraphy's argument groups
-(``tools/args/base.py: BaseArgs``). A command is the composition of its groups
-(:func:`svdtrt.cli.parser.build_parser`), and its function asks each group for its value.
-
-The groups are stateless beyond their configuration, so each exists once (:data:`SAMPLING`,
-:data:`WORK`, ...) for the parser and the commands to share. Parsing imports what it builds
-lazily: ``svdtrt --help`` imports no torch (``tests/test_imports.py``).
+them back into the one value a command uses, as Polygraphy's (``tools/args/base.py: BaseArgs``).
+A group is stateless beyond its configuration, so each exists once (:data:`SAMPLING`, ...) for
+the parser (:mod:`.parser`) and the commands to share. Parsing imports what it builds lazily:
+``svdtrt --help`` imports no torch (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
+from typing import TYPE_CHECKING
 
 from ..precisions import NAMES as PRECISIONS
 from ..runtime.backends import BACKENDS
 from ..runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
 from ..runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+
+if TYPE_CHECKING:
+    from ..runtime.settings import SamplingSettings
+    from ..serving.worker import WorkerOptions
 
 
 class ArgGroup:
@@ -39,7 +42,7 @@ class ArgGroup:
         raise NotImplementedError
 
 
-def size_range(text: str) -> tuple[int, int, int]:
+def _size_range(text: str) -> tuple[int, int, int]:
     """``N`` or ``MIN:OPT:MAX`` -> (min, opt, max)."""
     try:
         parts = [int(p) for p in text.split(":")]
@@ -54,11 +57,9 @@ def size_range(text: str) -> tuple[int, int, int]:
     return tuple(parts)
 
 
-def finite_float(text: str) -> float:
+def _finite_float(text: str) -> float:
     """A float option: a finite number (``nan``, ``inf`` are refused; ranges are checked by
     :meth:`svdtrt.runtime.settings.SamplingSettings.check`)."""
-    import math
-
     try:
         value = float(text)
     except ValueError:
@@ -69,20 +70,17 @@ def finite_float(text: str) -> float:
 
 
 class ShapeRangeArgs(ArgGroup):
-    """The clip-size ranges of ``export`` and ``build``: ``--frames``, ``--height``, ``--width``, each
-    ``N`` or ``MIN:OPT:MAX``.
-
-    Args:
-        defaults_from: whose sizes are taken where none is given (``--help``'s word: "the model's").
-    """
+    """The clip-size ranges of ``export`` and ``build``, each ``N`` or ``MIN:OPT:MAX``; ``defaults_from``:
+    whose sizes are taken where none is given (``--help``'s words: "the model's")."""
 
     def __init__(self, defaults_from: str):
         self.defaults_from = defaults_from
 
     def add_options(self, p) -> None:
-        p.add_argument("--frames", type=size_range, help=f"frames: N or MIN:OPT:MAX (default: {self.defaults_from})")
-        p.add_argument("--height", type=size_range, help="height in pixels: N or MIN:OPT:MAX")
-        p.add_argument("--width", type=size_range, help="width in pixels: N or MIN:OPT:MAX")
+        p.add_argument("--frames", type=_size_range,
+                       help=f"frames: N or MIN:OPT:MAX (default: {self.defaults_from})")
+        p.add_argument("--height", type=_size_range, help="height in pixels: N or MIN:OPT:MAX")
+        p.add_argument("--width", type=_size_range, help="width in pixels: N or MIN:OPT:MAX")
 
     def parse(self, args) -> tuple:
         """(frames, height, width): each a (min, opt, max), or None for the default."""
@@ -113,15 +111,15 @@ class SamplingArgs(ArgGroup):
         g.add_argument("--motion-bucket-id", type=int, default=127,
                        help=f"motion conditioning, {MOTION_BUCKET_RANGE[0]} to {MOTION_BUCKET_RANGE[1]} "
                             "(default 127)")
-        g.add_argument("--noise-aug-strength", type=finite_float, default=0.02,
+        g.add_argument("--noise-aug-strength", type=_finite_float, default=0.02,
                        help="conditioning noise, >= 0 (default 0.02)")
-        g.add_argument("--min-guidance-scale", type=finite_float, default=1.0,
+        g.add_argument("--min-guidance-scale", type=_finite_float, default=1.0,
                        help="guidance at the first frame, >= 0 (default 1)")
-        g.add_argument("--max-guidance-scale", type=finite_float, default=3.0,
+        g.add_argument("--max-guidance-scale", type=_finite_float, default=3.0,
                        help="guidance at the last frame, >= 0; <= 1 turns guidance off (default 3)")
         g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default: all)")
 
-    def parse(self, args, bundle, work: dict):
+    def parse(self, args, bundle, work: dict) -> SamplingSettings:
         """The checked settings of a clip from ``bundle`` (its default size and range) with the
         ``work`` reduction (:meth:`WorkArgs.parse`, or one of :meth:`WorkListArgs.parse`).
 
@@ -272,7 +270,7 @@ class RayArgs(ArgGroup):
         g.add_argument("--address", help="join this Ray cluster (auto, HOST:PORT of 'ray start --head', "
                                          "ray://HOST:10001) instead of starting a local Ray")
 
-    def parse(self, args, bundle, backend: BackendChoice):
+    def parse(self, args, bundle, backend: BackendChoice) -> WorkerOptions:
         """What each replica or worker loads (``backend`` on ``bundle``) and the CPUs it gets, after
         the serving layer's preflight (:func:`svdtrt.serving.preflight.preflight`): this joins Ray.
 

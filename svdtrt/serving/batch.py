@@ -44,9 +44,10 @@ MAX_RESTARTS = 3
 
 
 def list_images(source: Path) -> list[Path]:
-    """The images of ``source``: a folder's image files (by :data:`~svdtrt.media.images.IMAGE_SUFFIXES`, sorted by
-    name, hidden files left out), or a text file listing one path per line (relative paths from
-    the list's folder; blank lines and ``#`` comments skipped).
+    """The images of ``source``: a folder's image files (by
+    :data:`~svdtrt.media.images.IMAGE_SUFFIXES`, sorted by name, hidden files left out), or a text
+    file listing one path per line (relative paths from the list's folder; blank lines and ``#``
+    comments skipped).
 
     Raises:
         InputError: ``source`` is missing, or lists no image.
