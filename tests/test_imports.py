@@ -123,7 +123,7 @@ def test_running_the_onnxruntime_and_tensorrt_backends_imports_no_exporter(tiny_
     image = tmp_path / "in.png"
     photo.save(image)
     loaded = _modules_after(f"""
-from svdtrt.bundle import Bundle
+from svdtrt.bundle.store import Bundle
 from svdtrt.media.images import load_image
 from svdtrt.runtime.backends import create_backend
 from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
