@@ -16,11 +16,9 @@ import sys
 from ..errors import SvdtrtError
 from .parser import build_parser
 
-log = logging.getLogger("svdtrt")
-
-#: The module of this package that holds each command, as a function of the command's name. A
-#: command's module is imported only when the command runs: ``svdtrt --help`` imports none of
-#: them, nor what they import (tests/test_imports.py).
+#: Each command's module in this package, whose function of the command's name runs it. A module
+#: is imported only when its command runs: ``svdtrt --help`` imports none of them, nor what they
+#: import (tests/test_imports.py).
 COMMANDS = {"export": "bundle_commands", "convert": "bundle_commands", "calibrate": "bundle_commands",
             "quantize": "bundle_commands", "build": "bundle_commands", "verify": "bundle_commands",
             "run": "clip_commands", "check": "clip_commands", "bench": "bench", "serve": "serving",
