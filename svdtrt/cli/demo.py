@@ -18,7 +18,7 @@ from ..media.metrics import psnr
 from ..media.video import to_uint8, write_mp4
 from ..models.loading import load_model
 from ..publishing import DirectoryTransaction
-from ..runtime.pipeline import SamplingSettings
+from ..runtime.settings import SamplingSettings
 from .clip_commands import print_random_weights, print_report
 
 DEMO_PRESET = "tiny"
