@@ -366,7 +366,7 @@ def test_ctrl_c_while_a_command_imports_its_modules(run_cli, tiny_bundle, image_
     real_import = builtins.__import__
 
     def interrupted_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level == 1 and name == "bundle" and (globals or {}).get("__name__") == "svdtrt.cli.main":
+        if level == 2 and name == "bundle.store" and (globals or {}).get("__name__") == "svdtrt.cli.clip_commands":
             raise KeyboardInterrupt  # the first lazy import of 'run'
         return real_import(name, globals, locals, fromlist, level)
 
@@ -390,10 +390,12 @@ def test_ctrl_c_in_the_model_loader_leaves_nothing(run_cli, tiny_bundle, image_f
 
 
 def test_ctrl_c_while_parsing_the_command_line(run_cli, monkeypatch):
-    import svdtrt.cli.main
+    import importlib
+
+    cli_main = importlib.import_module("svdtrt.cli.main")  # the module: the package's 'main' is the function
 
     def interrupted():
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(svdtrt.cli.main, "build_parser", interrupted)
+    monkeypatch.setattr(cli_main, "build_parser", interrupted)
     _interrupted(run_cli("doctor"))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import svdtrt
-from svdtrt.cli.main import build_parser
+from svdtrt.cli.parser import build_parser
 
 
 def _one_line_error(code, err, needle):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from svdtrt.cli.main import build_parser
+from svdtrt.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

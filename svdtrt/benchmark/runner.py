@@ -47,23 +47,6 @@ def bundle_precisions(bundle) -> list[str]:
     return bundle.precisions()
 
 
-def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str] | None:
-    """``"a,b"`` -> ``["a", "b"]``, each checked against ``known``; None for None.
-
-    Raises:
-        InputError: an empty list or a name not in ``known``.
-    """
-    if text is None:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise InputError(f"no {what} given; choose from {', '.join(known)}")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InputError(f"unknown {what} '{unknown[0]}': choose from {', '.join(known)}")
-    return list(dict.fromkeys(names))
-
-
 def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, model,
                   backends: list[str] | None = None, precisions: list[str] | None = None,
                   warmup: int = 1, repeat: int = 3, device: str = "cpu", threads: int | None = None,
@@ -192,7 +175,7 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
     """The row of one backend and precision at ``settings``, and one row per ``work`` setting."""
     memory = PeakMemory()
     memory.reset()
-    if name == "torch" and precision == "fp16" and device != "cuda":
+    if name == "torch" and precision == "fp16" and not runtime_backends.on_gpu(name, device):
         return Row(name, precision, "skipped", device=device,
                    reason="torch fp16 is benchmarked on CUDA only (--device cuda); CPU half precision "
                           "is not a deployment configuration"), []

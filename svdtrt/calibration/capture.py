@@ -22,7 +22,7 @@ import PIL.Image
 from ..bundle.manifest import CalibrationEntry
 from ..bundle.store import changing
 from ..errors import InputError
-from ..media.images import SAMPLE_IMAGES, image_sha256, load_image, sample_image
+from ..media.images import IMAGE_SUFFIXES, SAMPLE_IMAGES, image_sha256, load_image, sample_image
 from ..models.loading import reference_model
 from ..publishing import checkpoint, path_kind
 from ..runtime.backends import Recorder
@@ -32,8 +32,6 @@ from .recipe import RECORDED_COMPONENTS
 from .shards import CALIBRATION_DIR, SPLITS, save_shard, shard_filename
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def calibration_images(directory: str | os.PathLike | None = None,

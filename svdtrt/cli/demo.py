@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
+from ..bundle.store import Bundle
 from ..check.compare import check_bundle
 from ..check.report import CheckReport
 from ..export.bundle_export import export_bundle
@@ -19,7 +20,8 @@ from ..media.metrics import psnr
 from ..media.video import to_uint8, write_mp4
 from ..models.loading import load_model
 from ..publishing import DirectoryTransaction
-from ..runtime.pipeline import SamplingSettings
+from ..runtime.settings import SamplingSettings
+from .clip_commands import print_random_weights, print_report
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
@@ -56,9 +58,21 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[Check
         side_by_side(image, report.tested_frames, report.reference_frames).save(txn.path / "side_by_side.png")
         report = dataclasses.replace(report, bundle=str(out / "bundle"))
         seconds = time.perf_counter() - start
-        (txn.path / "report.json").write_text(json.dumps({**report.to_json(), "demo_seconds": seconds}, indent=2) + "\n")
+        report_json = {**report.to_json(), "demo_seconds": seconds}
+        (txn.path / "report.json").write_text(json.dumps(report_json, indent=2) + "\n")
         txn.publish()
     return report, seconds
+
+
+def demo(args) -> int:
+    """``svdtrt demo``: :func:`run_demo` into ``--out``, its report printed as ``check`` prints
+    one; exit code 0, or 1 where the check failed."""
+    report, seconds = run_demo(args.out, args.force)
+    print_report(report)
+    print(f"demo written to {args.out}/ in {seconds:.1f} s: clip.mp4 (the ONNX Runtime clip), "
+          "side_by_side.png (input, ONNX Runtime and diffusers frames, their difference), report.json, bundle/")
+    print_random_weights(Bundle.open(args.out / "bundle"))
+    return 0 if report.passed else 1
 
 
 def side_by_side(image: PIL.Image.Image, tested: np.ndarray, reference: np.ndarray, count: int = PICTURE_FRAMES,

@@ -93,3 +93,13 @@ def format_report(report: dict) -> list[str]:
     out.append("backends:")
     out += [f"  {k:17s} {v}" for k, v in report["backends"].items()]
     return out
+
+
+def doctor(args) -> int:
+    """``svdtrt doctor``: :func:`format_report` of :func:`diagnose`, and how to get TensorRT where
+    it is missing; exit code 0."""
+    report = diagnose()
+    print("\n".join(format_report(report)))
+    if report["backends"]["tensorrt"] != "ready":
+        print(f"to get TensorRT and Polygraphy: {INSTALL_HINT}")
+    return 0

@@ -28,6 +28,10 @@ MAX_IMAGE_PIXELS = 2**26
 #: own pipeline fails on a 1-pixel side too).
 MIN_IMAGE_SIDE = 2
 
+#: File suffixes read as images from a folder (case-insensitive: ``batch --images``, ``calibrate
+#: --images``): what PIL decodes and photographs come in.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
 
 def check_image_size(image: PIL.Image.Image, name: str = "the image") -> None:
     """Raise :class:`InputError` unless ``image`` (opened; it need not be decoded) has at most

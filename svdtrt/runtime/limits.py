@@ -1,4 +1,4 @@
-"""The limits of :class:`svdtrt.runtime.pipeline.SamplingSettings`, each with where it comes from
+"""The limits of :class:`svdtrt.runtime.settings.SamplingSettings`, each with where it comes from
 (kept apart from the pipeline so that the CLI's help reads them without importing torch)."""
 
 #: Denoising steps: at most the scheduler's ``num_train_timesteps``, 1000 in the released SVD

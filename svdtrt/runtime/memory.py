@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from .backends import on_gpu
 
 #: Bytes per value: every tensor on the host is float32.
 FLOAT_BYTES = 4
@@ -43,8 +44,6 @@ FRAME_COPIES = 3
 #: Latent-sized tensors alive during a denoising step: the UNet's input (2C channels, counted
 #: twice), its output, the latents, the image latents and the guided prediction.
 LATENT_COPIES = 6
-#: Backends whose activations live in host memory (with ``torch`` only on ``--device cpu``).
-HOST_BACKENDS = ("onnxruntime", "torch")
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def estimate_host_memory(bundle, settings, backend: str, precision: str = "fp32"
         clips: clips held at once (``check`` keeps the tested, the PyTorch and diffusers' clips).
     """
     s, dims = settings, bundle.dims
-    on_host = backend == "onnxruntime" or (backend == "torch" and device == "cpu")
+    on_host = not on_gpu(backend, device)
     model_bytes = _graph_bytes(bundle, "fp32")  # the source model's fp32 weights
     weights = model_bytes if backend == "torch" else _graph_bytes(bundle, precision)
     if reference and backend != "torch":

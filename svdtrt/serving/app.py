@@ -33,7 +33,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from ..errors import InputError, SvdtrtError, first_line
-from ..runtime.pipeline import SamplingSettings
+from ..runtime.settings import SamplingSettings
 from ..specs import COMPONENTS
 from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encode_clip
 
@@ -73,7 +73,7 @@ def _settings_form_fields() -> dict:
     hints = typing.get_type_hints(SamplingSettings)
     fields = {}
     for f in dataclasses.fields(SamplingSettings):
-        # steps: the scheduler's default, as 'run' has it (Ingress.settings)
+        # steps: the scheduler's default, as 'run' has it (SamplingSettings.for_bundle)
         default = None if f.default is dataclasses.MISSING or f.name == "steps" else f.default
         flag = f"--{f.name.replace('_', '-')}"
         what = {"frames": "the bundle's", "height": "the bundle's", "width": "the bundle's",
@@ -201,18 +201,9 @@ class Ingress:
         Raises:
             InputError: a setting out of its range, or a size outside the bundle's range.
         """
-        from ..runtime.schedulers import scheduler_choice
-
-        values = {k: v for k in SETTINGS_FIELDS if (v := getattr(form, k)) is not None}
-        frames, height, width = self.bundle.default_shape
-        scheduler = values.get("scheduler", SamplingSettings.scheduler)
-        defaults = {"frames": frames, "height": height, "width": width,
-                    "steps": scheduler_choice(scheduler).default_steps}
-        settings = SamplingSettings(**{**defaults, **values})
-        settings.check(self.bundle.dims)
-        outside = self.bundle.outside_range(settings.frames, settings.height, settings.width)
-        if outside:
-            raise InputError(f"{outside}; this service makes clips within the bundle's exported range")
+        settings = SamplingSettings.for_bundle(
+            self.bundle, refuse_outside_range="this service makes clips within the bundle's exported range",
+            **{name: getattr(form, name) for name in SETTINGS_FIELDS})
         caching = {n for n, spec in COMPONENTS.items() if spec.shares_weights_with}
         missing = caching - set(components_to_load(self.bundle, self.backend, self.precision))
         if settings.cache_interval > 1 and missing:

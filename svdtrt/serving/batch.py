@@ -30,13 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
+from ..media.images import IMAGE_SUFFIXES
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 
 log = logging.getLogger(__name__)
 
-#: File suffixes read as images from an ``--images`` folder (case-insensitive): what PIL decodes
-#: and photographs come in.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 #: The journal's name inside ``--out``.
 JOURNAL = "clips.jsonl"
 #: Ray restarts a dead worker this many times, and retries the clip it was making as many times,
@@ -46,9 +44,10 @@ MAX_RESTARTS = 3
 
 
 def list_images(source: Path) -> list[Path]:
-    """The images of ``source``: a folder's image files (by :data:`IMAGE_SUFFIXES`, sorted by
-    name, hidden files left out), or a text file listing one path per line (relative paths from
-    the list's folder; blank lines and ``#`` comments skipped).
+    """The images of ``source``: a folder's image files (by
+    :data:`~svdtrt.media.images.IMAGE_SUFFIXES`, sorted by name, hidden files left out), or a text
+    file listing one path per line (relative paths from the list's folder; blank lines and ``#``
+    comments skipped).
 
     Raises:
         InputError: ``source`` is missing, or lists no image.

@@ -54,16 +54,15 @@ def _check_reachable(address: str) -> None:
 
 def cpus_each(count: int, given: float | None, gpu: bool, what: str) -> float:
     """CPUs to ask Ray for per replica or worker: ``given``, else 1 next to a GPU, else the
-    cluster's CPUs shared evenly between the ``count`` of them.
+    cluster's CPUs shared evenly between the ``count`` (at least 1: :func:`.preflight.preflight`
+    checks it before Ray starts) of them.
 
     Raises:
-        InputError: ``count`` below 1, ``given`` not positive, or more GPU ``what`` than the
-            cluster has GPUs (each takes one whole GPU).
+        InputError: ``given`` not positive, or more GPU ``what`` than the cluster has GPUs (each
+            takes one whole GPU).
     """
     import ray
 
-    if count < 1:
-        raise InputError(f"--{what} must be at least 1, got {count}")
     if given is not None and not given > 0:
         raise InputError(f"CPUs per {what[:-1]} must be more than 0, got {given}")
     resources = ray.cluster_resources()

@@ -16,13 +16,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtime.backends import on_gpu
 from ..specs import COMPONENTS
 
 log = logging.getLogger(__name__)
 
-#: Backends that run on a GPU (``torch`` too, with ``device="cuda"``): a replica or worker of one
-#: of these asks Ray for one GPU.
-GPU_BACKENDS = ("onnxruntime-cuda", "onnxruntime-trt", "tensorrt")
 #: Clip formats a replica or worker encodes: ``run``'s mp4, and ``--save-frames``'s float32
 #: ``[F, H, W, 3]`` in [0, 1] as ``.npy``.
 FORMATS = {"mp4": "video/mp4", "npy": "application/x-npy"}
@@ -51,7 +49,9 @@ class WorkerOptions:
 
     @property
     def needs_gpu(self) -> bool:
-        return self.backend in GPU_BACKENDS or (self.backend == "torch" and self.device == "cuda")
+        """Whether the backend computes on a GPU (:func:`~svdtrt.runtime.backends.on_gpu`): each
+        replica or worker then asks Ray for one."""
+        return on_gpu(self.backend, self.device)
 
     @property
     def threads(self) -> int:

@@ -26,6 +26,17 @@ ORT_PROVIDERS = {
 BACKENDS = ("torch", *ORT_PROVIDERS, "tensorrt")
 
 
+def on_gpu(name: str, device: str = "cpu") -> bool:
+    """Whether backend ``name`` computes on a GPU: ``tensorrt``, an ``onnxruntime*`` backend whose
+    first provider is a GPU's (:data:`ORT_PROVIDERS`), ``torch`` on ``device="cuda"``; False for a
+    name not in :data:`BACKENDS`."""
+    if name == "torch":
+        return device == "cuda"
+    if name in ORT_PROVIDERS:
+        return ORT_PROVIDERS[name][0] != "CPUExecutionProvider"
+    return name == "tensorrt"
+
+
 def create_backend(name: str, bundle, precision: str = "fp32", model=None, device: str = "cpu",
                    cuda_graph: bool = False, one_engine_at_a_time: bool = False,
                    threads: int | None = None) -> Backend:
@@ -75,4 +86,4 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
     return TensorRTBackend(bundle, precision, cuda_graph=cuda_graph, one_engine_at_a_time=one_engine_at_a_time)
 
 
-__all__ = ["BACKENDS", "ORT_PROVIDERS", "Backend", "ComponentFn", "Recorder", "create_backend"]
+__all__ = ["BACKENDS", "ORT_PROVIDERS", "Backend", "ComponentFn", "Recorder", "create_backend", "on_gpu"]

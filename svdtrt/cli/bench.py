@@ -1,0 +1,44 @@
+"""``svdtrt bench``: latency, memory and accuracy of backends and precisions against diffusers
+(:mod:`svdtrt.benchmark`)."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError
+from .args import SAMPLING, WORK_LISTS
+
+
+def bench(args) -> int:
+    """``svdtrt bench``: every row asked for measured, the results written to ``--out`` and printed
+    as Markdown; exit code 0. The lists, the output directory, the settings of every row and each
+    row's host memory are checked before anything is measured."""
+    import shlex
+
+    import torch
+
+    from ..benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
+    from ..bundle.store import Bundle
+    from ..media.images import load_image, sample_image
+    from ..models.loading import load_model, reference_model
+
+    backends = parse_names(args.backends, BACKENDS, "backend")
+    precisions = parse_names(args.precisions, PRECISIONS, "precision")
+    if os.path.lexists(args.out) and not args.force:  # before minutes of measuring
+        raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
+    bundle = Bundle.open(args.bundle)
+    image = load_image(args.image) if args.image else sample_image()
+    # the full-compute base first, then one row per other work-reduction combination
+    settings, *work = [SAMPLING.parse(args, bundle, w) for w in WORK_LISTS.parse(args)]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # rows run one at a time: each must fit on its own
+    rows = [(b, p, device) for b in backends or BACKENDS for p in precisions or bundle.precisions()]
+    SAMPLING.before_sampling(bundle, settings, rows, reference=True)
+    model = reference_model(bundle, load_model(args.model) if args.model else None)
+    results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
+                            device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True,
+                            work=work)
+    write_results(results, args.out, args.force)
+    print(markdown(results), end="")
+    print(f"results written to {args.out}/ in {results.seconds:.1f} s")
+    return 0

@@ -1,0 +1,190 @@
+"""The ``svdtrt`` command line's parser: each command's own options, composed with the argument
+groups it shares (:mod:`svdtrt.cli.args`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import __version__
+from ..precisions import NAMES as PRECISIONS
+from ..precisions import made_by
+from ..specs import DEFAULT_OPSET
+from .args import BACKEND, BUILD_SHAPES, EXPORT_SHAPES, REPLICAS, SAMPLING, WORK, WORK_LISTS, WORKERS
+
+#: What ``svdtrt --help`` says svdtrt is (plain text: argparse prints it as it is).
+DESCRIPTION = ("Stable Video Diffusion exported to ONNX and TensorRT, run and checked against diffusers. "
+               "Start with 'svdtrt demo'.")
+EPILOG = "Each command's options: svdtrt COMMAND --help. Bad input ends with one line and exit code 2."
+VERBOSE_HELP = "also log each stage's details and timings (model loads, sessions, files written)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as for every other bad input
+        self.exit(2, f"svdtrt: error: {message} (see '{self.prog} --help')\n")
+
+
+def _component_list(text: str) -> list[str]:
+    from ..specs import COMPONENTS
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown component(s) '{','.join(unknown) or text}': choose from "
+                                         f"{', '.join(COMPONENTS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="svdtrt", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"svdtrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("export", help="export a model's four components to a bundle of ONNX graphs")
+    p.add_argument("model", metavar="MODEL",
+                   help="diffusers SVD directory, hub id, or preset (tiny, small, mid, svd, svd-xt)")
+    p.add_argument("--out", required=True, type=Path, help="bundle directory to create")
+    EXPORT_SHAPES.add_to_parser(p)
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--variant", help="weights variant of a directory or hub model, e.g. fp16")
+    p.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights (what every preset has; refused for a real model)")
+    p.add_argument("--precision", default="fp32", choices=made_by("export") + made_by("convert"),
+                   help="fp16 also writes fp16 graphs converted from the fp32 ones, as 'svdtrt convert' "
+                        "does (default fp32)")
+    p.add_argument("--components", type=_component_list,
+                   help="comma-separated subset, e.g. unet,vae_decoder; added to an existing bundle at --out")
+    p.add_argument("--cache-depth", type=int,
+                   help="block caching: the deep feature enters the D-th up block from the last (default 1: "
+                        "the last; deeper caches less and saves less; adding --components keeps the bundle's)")
+    p.add_argument("--cache-layer", type=int,
+                   help="block caching: the deep feature enters layer J of that up block (default 0: its input; "
+                        "a later layer caches more of it and saves more, as DeepCache's finer skip branches)")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+
+    p = sub.add_parser("run", help="make a clip from an image with a bundle")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--image", required=True, type=Path, help="conditioning image (PNG, JPEG, ...)")
+    p.add_argument("--out", required=True, type=Path, help="clip to write: .mp4 (H.264), .webm (VP9) or .gif, "
+                                                         "by its extension")
+    p.add_argument("--save-frames", type=Path, help="also save float32 [F, H, W, 3] frames in [0, 1] to this .npy file")
+    p.add_argument("--timings", type=Path, metavar="FILE.json",
+                   help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
+                        "stage, which the default run does not")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+    _compose(p, BACKEND, SAMPLING, WORK)
+
+    p = sub.add_parser("check", help="measure a bundle's accuracy against PyTorch and diffusers")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
+    p.add_argument("--report", type=Path, help="write the JSON report here")
+    p.add_argument("--force", action="store_true", help="replace an existing report")
+    _compose(p, BACKEND, SAMPLING, WORK)
+
+    p = sub.add_parser("calibrate", help="record a calibration set from real sampling runs into a bundle")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--images", type=Path, help="folder of calibration photographs "
+                                               "(default: scikit-image's sample photographs)")
+    p.add_argument("--count", type=int, help="use the first N images (at least 2; the last is held out)")
+    p.add_argument("--steps", type=int, default=25, help="denoising steps per clip (default 25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--name", default="default", help="calibration set name (default 'default')")
+    p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
+    p.add_argument("--force", action="store_true", help="replace an existing set of that name")
+
+    p = sub.add_parser("convert", help="add fp16 graphs converted from a bundle's fp32 graphs")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--precision", default="fp16", choices=made_by("convert"), help="the precision to add (default fp16)")
+    p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
+
+    p = sub.add_parser("quantize", help="write int8 / fp8 Q/DQ graphs from a calibration set")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--precision", required=True, choices=made_by("quantize"), help="int8, or fp8 (E4M3)")
+    p.add_argument("--calibration", default="default", help="calibration set name (default 'default')")
+    p.add_argument("--exclude", nargs="+", metavar="PATTERN",
+                   help="node-name regular expressions kept in fp32, replacing the default recipe "
+                        "(time/added-time embeddings, conv_in, conv_out, conv_shortcut); '--exclude' "
+                        "followed by '' keeps nothing out")
+    p.add_argument("--quantize-bias", action="store_true",
+                   help="also quantize biases to int32: faster on ONNX Runtime's CPU provider, but "
+                        "TensorRT cannot load such graphs")
+    p.add_argument("--model", help="source model for the held-out comparison (default: the bundle's)")
+    p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
+
+    p = sub.add_parser("build", help="build TensorRT engines from a bundle's graphs of one precision")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--precision", required=True, choices=PRECISIONS,
+                   help="which graphs to build from (engines are strongly typed: precision comes from the graph)")
+    p.add_argument("--profile", default="dynamic", choices=("static", "dynamic"),
+                   help="optimization profile: the manifest's min/opt/max (dynamic, default) or the optimal "
+                        "shape only (static, fastest)")
+    BUILD_SHAPES.add_to_parser(p)
+    p.add_argument("--workspace", type=float, metavar="GB", help="TensorRT workspace limit in GiB (default: TensorRT's)")
+    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="tactic timing cache to read and update")
+    p.add_argument("--components", nargs="+", metavar="NAME",
+                   help="components to build (default all: image_encoder vae_encoder unet vae_decoder)")
+    p.add_argument("--dry-run", action="store_true", help="print the build plan; build and write nothing")
+    p.add_argument("--force", action="store_true", help="rebuild engines even when the cached ones are current")
+
+    p = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256 and sizes")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+
+    sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime")
+
+    p = sub.add_parser("bench", help="latency, memory and accuracy of every backend and precision vs diffusers")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--backends", help="comma-separated: torch,onnxruntime,tensorrt (default: all; "
+                                      "those this machine cannot run are reported as skipped)")
+    p.add_argument("--precisions", help="comma-separated: fp32,fp16,int8,fp8 (default: those in the bundle)")
+    p.add_argument("--warmup", type=int, default=1, help="clips run before measuring, per row (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="clips measured per row (default 3)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="where diffusers' reference and the torch backend run (default: cuda if available)")
+    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and of each ONNX Runtime session "
+                                               "(default: each library's own)")
+    p.add_argument("--image", type=Path, help="conditioning image (default: scikit-image's astronaut photo)")
+    p.add_argument("--model", help="source model (default: the one recorded in the bundle's manifest)")
+    p.add_argument("--out", type=Path, default=Path("svdtrt-bench"),
+                   help="directory to create: results.json, results.md, stages.png, tradeoff.png, work.png "
+                        "(default svdtrt-bench)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    _compose(p, SAMPLING, WORK_LISTS)
+
+    p = sub.add_parser("serve", help="serve clips over HTTP on Ray Serve (POST /v1/clips, GET /healthz)")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    _compose(p, BACKEND, REPLICAS)
+    p.add_argument("--max-queued", type=int, default=8,
+                   help="requests that may wait for a replica; more answer 503 with Retry-After (default 8)")
+    p.add_argument("--request-timeout", type=float, default=600, metavar="SECONDS",
+                   help="a request still unanswered after this answers 408 (default 600)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+
+    p = sub.add_parser("batch", help="make clips for a folder or list of images on Ray workers")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--images", required=True, type=Path,
+                   help="folder of images, or a text file with one image path per line")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for the clips (<image stem>.mp4) and clips.jsonl; a re-run skips published clips")
+    p.add_argument("--format", default="mp4", choices=("mp4", "npy"),
+                   help="mp4, or npy: float32 [F, H, W, 3] in [0, 1] as --save-frames writes (default mp4)")
+    _compose(p, BACKEND, WORKERS, SAMPLING, WORK)
+
+    p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
+    p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")
+    p.add_argument("--force", action="store_true", help="replace an existing directory")
+    _verbose_everywhere(sub)
+    return parser
+
+
+def _compose(parser: argparse.ArgumentParser, *groups) -> None:
+    for group in groups:
+        group.add_to_parser(parser)
+
+
+def _verbose_everywhere(sub) -> None:
+    """Accept ``-v`` after the command too (``svdtrt check B -v``). SUPPRESS as the default keeps
+    a subcommand from resetting a ``-v`` given before it."""
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
