@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from .args import BACKEND, SAMPLING, WORK
+
+if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
+    from ..check.report import CheckReport
 
 
 def run(args) -> int:
@@ -132,8 +136,8 @@ def print_random_weights(bundle) -> None:
         print(f"note: {note}")
 
 
-def print_report(report: dict) -> None:
-    """A check report (:func:`svdtrt.check.compare.check_bundle`) as ``check`` and ``demo`` print it."""
+def print_report(report: CheckReport) -> None:
+    """A :class:`~svdtrt.check.report.CheckReport` as ``check`` and ``demo`` print it."""
     print(f"accuracy of {report.backend} ({report.precision}) against PyTorch:")
     for name, outputs in report.components.items():
         for out, m in outputs.items():
