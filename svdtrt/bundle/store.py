@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import hints
+from ..environment import cache_dir
 from ..errors import BundleError, InputError
 from ..precisions import precision as lookup_precision
 from ..publishing import DirectoryTransaction, checkpoint, write_new
@@ -54,8 +55,7 @@ class HashCache:
     read again. The cache is an optimisation only; losing it costs one more hash."""
 
     def __init__(self):
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        self.path = root / "svdtrt" / "sha256.json"
+        self.path = cache_dir() / "sha256.json"
 
     @staticmethod
     def _key(path: Path) -> str:

@@ -21,11 +21,12 @@ from ..errors import InputError
 from ..graphs.deployability import check_deployable
 from ..graphs.files import data_filename, graph_bytes, share_external_data
 from ..graphs.fp16 import convert_to_fp16
+from ..graphs.sessions import open_session
 from ..models.modules import example_inputs
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
 from ..specs import COMPONENTS, runs_fp32_in_fp16
-from .validation import cpu_session, validate_graph
+from .validation import validate_graph
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
             fp32 = components[name].graphs["fp32"]
             spec = COMPONENTS[name]
             inputs = example_inputs(spec, fp32.validation.shape)
-            session = cpu_session(staged.old.path / fp32.file)
+            session = open_session(staged.old.path / fp32.file, "validate")
             expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
                 n: inputs[n].numpy() for n in spec.input_names})]
             del session
