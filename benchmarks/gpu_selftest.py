@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     import torch
 
     from svdtrt.cli.doctor import diagnose
-    from svdtrt.precisions import precision as lookup_precision
     from svdtrt.graphs.sessions import provider_loads
+    from svdtrt.precisions import precision as lookup_precision
 
     work = args.work or Path(tempfile.mkdtemp(prefix="svdtrt-selftest-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -106,8 +106,8 @@ def test_a_session_that_falls_back_to_another_provider_is_refused(tiny_bundle, m
     falls back to the CPU with a warning. Here the CPU build is made to list CUDA."""
     import onnxruntime as ort
 
-    from svdtrt.runtime.backends import create_backend
     from svdtrt.graphs.sessions import provider_loads
+    from svdtrt.runtime.backends import create_backend
 
     listed = ort.get_available_providers()
     if "CUDAExecutionProvider" in listed:

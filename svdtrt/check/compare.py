@@ -16,8 +16,7 @@ from dataclasses import asdict
 import numpy as np
 import PIL.Image
 
-from ..calibration.quantize import validate_qdq_graph
-from ..calibration.recipe import QUANTIZED_COMPONENTS
+from ..graphs.qdq import validate_qdq_graph
 from ..media.metrics import clip_metrics, compare_components
 from ..models.loading import reference_model
 from ..precisions import precision as lookup_precision
@@ -66,10 +65,11 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     """
     p = lookup_precision(precision)
     quantized = p.quantized and backend == "onnxruntime"
-    # A bundle quantized before its caching graphs were keeps them at fp32 (kept_precision).
-    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision), bundle.make_command(precision, force=True))
-           for name in QUANTIZED_COMPONENTS if name in bundle.manifest.components
-           and not bundle.graph(name, precision).kept_precision} if quantized else None
+    # The quantized graphs are those the manifest records a quantization for; the others of this
+    # precision point at fp32 graphs (kept_precision). Every component must have one.
+    graphs = {name: bundle.graph(name, precision) for name in bundle.manifest.components} if quantized else {}
+    qdq = {name: validate_qdq_graph(bundle.path / graph.file, bundle.make_command(precision, force=True))
+           for name, graph in graphs.items() if graph.quantization is not None} if quantized else None
     model = reference_model(bundle, model)
     start = time.perf_counter()
     options = backend_options or {}

@@ -575,7 +575,7 @@ def _cmd_calibrate(args) -> int:
 def _cmd_quantize(args) -> int:
     from ..bundle.store import Bundle
     from ..calibration.quantize import quantize_bundle
-    from ..calibration.recipe import DEFAULT_EXCLUDE
+    from ..graphs.qdq import DEFAULT_EXCLUDE
     from ..models.loading import load_model
 
     Bundle.open(args.bundle)
