@@ -55,11 +55,7 @@ def main(argv=None) -> int:
     from svdtrt.media.metrics import clip_metrics, cosine_similarity
     from svdtrt.models.loading import load_model
     from svdtrt.precisions import precision
-    from svdtrt.runtime.backends import (
-        OnnxRuntimeBackend,
-        TorchBackend,
-        reference_model,
-    )
+    from svdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend, reference_model
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,6 +17,8 @@ from typing import Iterable
 from ..bundle.manifest import GraphEntry, Quantization
 from ..bundle.store import Bundle, changing, graph_filename
 from ..errors import InputError
+from ..graphs.files import data_path, graph_bytes
+from ..graphs.fp16 import arithmetic_precision
 from ..graphs.qdq import DEFAULT_EXCLUDE, quantize_graph, validate_qdq_graph
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
@@ -80,8 +82,6 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
     """
     from tqdm import tqdm
 
-    from ..graphs.files import data_path, graph_bytes
-    from ..graphs.fp16 import arithmetic_precision
     from ..models.loading import reference_model
     from .evaluate import held_out_accuracy
 

@@ -65,11 +65,11 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     """
     p = lookup_precision(precision)
     quantized = p.quantized and backend == "onnxruntime"
-    # The quantized graphs are those the manifest records a quantization for; the others of this
-    # precision point at fp32 graphs (kept_precision). Every component must have one.
-    graphs = {name: bundle.graph(name, precision) for name in bundle.manifest.components} if quantized else {}
-    qdq = {name: validate_qdq_graph(bundle.path / graph.file, bundle.make_command(precision, force=True))
-           for name, graph in graphs.items() if graph.quantization is not None} if quantized else None
+    qdq = None
+    if quantized:  # every component needs a graph of this precision; those with a quantization are Q/DQ
+        graphs = {name: bundle.graph(name, precision) for name in bundle.manifest.components}
+        qdq = {name: validate_qdq_graph(bundle.path / graph.file, bundle.make_command(precision, force=True))
+               for name, graph in graphs.items() if graph.quantization is not None}
     model = reference_model(bundle, model)
     start = time.perf_counter()
     options = backend_options or {}
