@@ -33,9 +33,9 @@ class Purpose:
 
     Attributes:
         prepacking: let ONNX Runtime pre-pack constant weights into its kernels' layout (faster
-            calls; a second copy of every packed weight, as large as the graph's weights).
-        cpu_arena: keep freed CPU buffers in ONNX Runtime's arena for the next call (faster
-            calls; memory that grows to the largest call's and is not returned).
+            calls; a second copy of every packed weight).
+        cpu_arena: allocate through ONNX Runtime's CPU memory arena (faster allocation; memory the
+            arena keeps and does not hand back).
     """
 
     prepacking: bool
@@ -43,9 +43,9 @@ class Purpose:
 
 
 #: Session options per purpose. A session that is opened for a few calls skips pre-packing and the
-#: arena: each would hold another copy of a multi-GB graph's weights (the full-size fp32 UNet's
-#: are about 6 GB) for calls that gain little from them. Sessions the loop calls every step keep
-#: ONNX Runtime's defaults.
+#: arena, which would each hold another copy of a multi-GB graph's weights (the full-size fp32
+#: UNet's are about 6 GB) for calls that gain little from them; sessions the loop calls every step
+#: keep ONNX Runtime's defaults (both on).
 PURPOSES: dict[str, Purpose] = {
     "validate": Purpose(prepacking=False, cpu_arena=False),
     "calibrate": Purpose(prepacking=False, cpu_arena=False),
@@ -68,7 +68,7 @@ def session_options(purpose: str, precision: str | None = None, providers: Seque
     Args:
         purpose: ``"validate"``, ``"calibrate"``, ``"run"`` or ``"probe"``.
         precision: the graph's precision, where it matters: an fp8 graph on the CPU provider alone
-            runs with graph optimizations off (simulated fp8, see below).
+            runs with graph optimizations off (simulated fp8: that provider has no fp8 kernels).
         providers: the session's providers, first choice first.
         threads: intra-op threads (None: ONNX Runtime's default, one per physical core).
     Raises:
