@@ -8,7 +8,7 @@ it, :mod:`svdtrt.precisions`), then runs, each as the user would from the comman
 
 - the torch backend on CUDA, fp32 and fp16, through ``svdtrt check``;
 - ``onnxruntime-cuda`` and ``onnxruntime-trt`` through ``svdtrt check`` where onnxruntime-gpu
-  loads those providers (:func:`svdtrt.runtime.backends.onnxrt.provider_loads`);
+  loads those providers (:func:`svdtrt.graphs.sessions.provider_loads`);
 - ``svdtrt build`` of TensorRT engines in fp32, fp16, int8 and fp8 with one timing cache, and
   ``svdtrt check --backend tensorrt`` on each;
 - the test suite's ``gpu`` and ``tensorrt`` tests (``pytest -m "gpu or tensorrt"``).
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     import torch
 
     from svdtrt.cli.doctor import diagnose
+    from svdtrt.graphs.sessions import provider_loads
     from svdtrt.precisions import precision as lookup_precision
-    from svdtrt.runtime.backends.onnxrt import provider_loads
 
     work = args.work or Path(tempfile.mkdtemp(prefix="svdtrt-selftest-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -47,13 +47,14 @@ def main(argv=None) -> int:
 
     from svdtrt.bundle.store import Bundle
     from svdtrt.calibration.capture import calibrate_bundle, calibration_images
-    from svdtrt.calibration.quantize import quantize_bundle, quantize_graph
-    from svdtrt.calibration.recipe import DEFAULT_EXCLUDE
+    from svdtrt.calibration.quantize import quantize_bundle
     from svdtrt.calibration.shards import CalibrationSet
     from svdtrt.export.bundle_export import export_bundle
+    from svdtrt.graphs.qdq import DEFAULT_EXCLUDE, quantize_graph
     from svdtrt.media.images import sample_image
     from svdtrt.media.metrics import clip_metrics, cosine_similarity
     from svdtrt.models.loading import load_model
+    from svdtrt.precisions import precision
     from svdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend, reference_model
     from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
 
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
     # The same recipe with int32 biases (--quantize-bias): what ORT's CPU provider can fuse into QLinearConv.
     calib = CalibrationSet(bundle, "default")
     biased = args.out / "unet.int8-bias.onnx"
-    quantize_graph(bundle.graph_path("unet"), biased, calib.samples("unet"), "int8", DEFAULT_EXCLUDE,
-                   quantize_bias=True)
+    quantize_graph(bundle.graph_path("unet"), biased, calib.samples("unet"), precision("int8").quantizer,
+                   DEFAULT_EXCLUDE, quantize_bias=True)
     sample = next(calib.samples("unet", "held_out"))
     reference = TorchBackend(model).component("unet")({k: torch.from_numpy(v) for k, v in sample.items()})
     out = ort.InferenceSession(str(biased), providers=["CPUExecutionProvider"]).run(None, sample)[0]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+from pathlib import Path
 
 from . import hints
 from .errors import BackendUnavailableError
@@ -26,6 +28,14 @@ ORT_GPU_HINT = hints.install_extra("cuda", replace_onnxruntime=True)
 #: How to get ONNX Runtime at all.
 ORT_HINT = (f"{hints.install_extra('cpu')} (or {hints.install_extra('cuda')} for onnxruntime-gpu on a CUDA machine); "
             "install one of onnxruntime and onnxruntime-gpu, never both")
+
+
+def cache_dir() -> Path:
+    """svdtrt's folder in the user's cache: ``$XDG_CACHE_HOME/svdtrt`` (``~/.cache/svdtrt`` when
+    the variable is unset or empty, the XDG Base Directory default). It holds the sha256 cache
+    (``sha256.json``) and the ONNX Runtime TensorRT provider's engines (``ort-trt/``); nothing in it
+    is needed, only reused. Not created here."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "svdtrt"
 
 
 def onnxruntime_package() -> str | None:

@@ -1,6 +1,9 @@
-"""Shared fixtures: the tiny preset, its exported bundle and a real photograph, built once."""
+"""Shared fixtures: the tiny preset, its exported bundle, that bundle calibrated and quantized to int8
+through the CLI, and a real photograph, built once."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 
@@ -18,6 +21,37 @@ def tiny_bundle(tiny_model, tmp_path_factory):
     from svdtrt.export.bundle_export import export_bundle
 
     return export_bundle(tiny_model, tmp_path_factory.mktemp("bundles") / "tiny", progress=False)
+
+
+#: Calibration of the calibrated bundle, small enough to keep the suite fast: 2 images (1 held out),
+#: 3 denoising steps.
+STEPS, COUNT = 3, 2
+
+
+@pytest.fixture(scope="session")
+def calibrated_bundle(tiny_bundle, tmp_path_factory):
+    """A copy of the tiny bundle with calibration set 'default', made by ``svdtrt calibrate``
+    (read-only: copy it to change it)."""
+    from svdtrt.bundle.store import Bundle
+    from svdtrt.cli.main import main
+
+    path = tmp_path_factory.mktemp("calibrated") / "tiny"
+    shutil.copytree(tiny_bundle.path, path)
+    assert main(["calibrate", str(path), "--count", str(COUNT), "--steps", str(STEPS)]) == 0
+    return Bundle.open(path)
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(calibrated_bundle, tmp_path_factory):
+    """The calibrated tiny bundle with int8 graphs, made by ``svdtrt quantize --precision int8``
+    (read-only: copy it to change it)."""
+    from svdtrt.bundle.store import Bundle
+    from svdtrt.cli.main import main
+
+    path = tmp_path_factory.mktemp("int8") / "tiny"
+    shutil.copytree(calibrated_bundle.path, path)
+    assert main(["quantize", str(path), "--precision", "int8"]) == 0
+    return Bundle.open(path)
 
 
 @pytest.fixture(scope="session")

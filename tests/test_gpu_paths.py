@@ -106,8 +106,8 @@ def test_a_session_that_falls_back_to_another_provider_is_refused(tiny_bundle, m
     falls back to the CPU with a warning. Here the CPU build is made to list CUDA."""
     import onnxruntime as ort
 
+    from svdtrt.graphs.sessions import provider_loads
     from svdtrt.runtime.backends import create_backend
-    from svdtrt.runtime.backends.onnxrt import provider_loads
 
     listed = ort.get_available_providers()
     if "CUDAExecutionProvider" in listed:
@@ -135,13 +135,14 @@ def test_onnxruntime_sessions_report_the_provider_that_runs_them(tiny_bundle):
 def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny_bundle):
     """The binding path the CUDA providers take (torch tensors bound in place, outputs through
     DLPack), run here on the CPU device against the numpy path."""
-    from svdtrt.runtime.backends.onnxrt import _ORT_TYPES, OnnxRuntimeBackend, run_bound
+    from svdtrt.graphs.sessions import ORT_TYPES
+    from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend, run_bound
 
     backend = OnnxRuntimeBackend(tiny_bundle)
     inputs = example_inputs(COMPONENTS["unet"], tiny_bundle.dims.sizes(2, 4, 64, 64))
     expected = backend.component("unet")(inputs)["noise_pred"]
     session = backend.session("unet")
-    types = {i.name: _ORT_TYPES[i.type] for i in session.get_inputs()}
+    types = {i.name: ORT_TYPES[i.type] for i in session.get_inputs()}
     got = run_bound(session, inputs, types, ["noise_pred"], torch.device("cpu"))["noise_pred"]
     assert got.dtype == torch.float32 and torch.equal(got, expected)
 

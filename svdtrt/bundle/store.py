@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Iterator
 
 from .. import hints
+from ..environment import cache_dir
 from ..errors import BundleError, InputError
+from ..graphs.files import data_filename, graph_bytes, share_external_data
 from ..precisions import precision as lookup_precision
 from ..publishing import DirectoryTransaction, checkpoint, write_new
-from ..specs import ModelDims
+from ..specs import COMPONENTS, ModelDims
 from . import manifest as schema
-from .manifest import CONFIG_FILES, MANIFEST, GraphEntry, Manifest
+from .manifest import MANIFEST, GraphEntry, Manifest
 
 
 def graph_filename(component: str, precision: str) -> str:
@@ -54,8 +56,7 @@ class HashCache:
     read again. The cache is an optimisation only; losing it costs one more hash."""
 
     def __init__(self):
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        self.path = root / "svdtrt" / "sha256.json"
+        self.path = cache_dir() / "sha256.json"
 
     @staticmethod
     def _key(path: Path) -> str:
@@ -310,6 +311,48 @@ class Staged:
         if self.old is not None and name not in self._dropped and name in self.old.manifest.files:
             return self.old.path / name
         return None
+
+    def drop_graph(self, component: str, precision: str | None = None) -> None:
+        """Drop ``component``'s graph of ``precision`` from the new state, with the engines built
+        from it; with ``precision`` None, every graph of the component and its manifest entry.
+
+        The graph's files go (:func:`owned_files`: not a weights file another component's graph
+        reads, nor the graph an entry with ``kept_precision`` points at) and so does every engine
+        of the component at that precision (any precision, for None), with its sidecar: an engine
+        is built from one graph.
+        """
+        entry = self.manifest.components.get(component)
+        for p in (list(entry.graphs) if precision is None else [precision]) if entry else []:
+            for file in owned_files(self.manifest, component, entry.graphs.get(p)):
+                self.remove(file)
+            entry.graphs.pop(p, None)
+        if precision is None:
+            self.manifest.components.pop(component, None)
+        for key, engine in list(self.manifest.engines.items()):
+            if engine.component == component and precision in (None, engine.precision):
+                self.remove(engine.engine)
+                self.remove(engine.sidecar)
+                del self.manifest.engines[key]
+
+    def share_weights(self, component: str, precision: str, graph: GraphEntry) -> GraphEntry:
+        """Point a staged graph of a component that copies another's weights
+        (``spec.shares_weights_with``) at that component's weights file of the same precision,
+        where every tensor matches (:func:`~svdtrt.graphs.files.share_external_data`). The owner's
+        graph is the one the new bundle will have: staged in this transaction, or kept from the
+        bundle (when only the caching graphs are re-exported).
+
+        Args:
+            graph: the staged graph's entry; ``graph.file`` is in :attr:`path`.
+        Returns:
+            The entry, reading the owner's weights file, or as it is when there is no owner graph
+            or a tensor differs.
+        """
+        owner = COMPONENTS[component].shares_weights_with
+        owner_graph = self.current(graph_filename(owner, precision)) if owner else None
+        path = self.path / graph.file
+        if owner_graph is None or not share_external_data(path, owner_graph):
+            return graph
+        return graph.model_copy(update={"data": data_filename(owner_graph), "bytes": graph_bytes(path)})
 
     def write_json(self, name: str, data: dict) -> None:
         """Write ``data`` as the staged file ``name`` (a new file, never through a link)."""

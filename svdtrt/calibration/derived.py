@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..graphs.sessions import open_session
 from ..specs import COMPONENTS
 from .recipe import CALIBRATED_FROM
 from .shards import CalibrationSet
@@ -53,15 +54,10 @@ def component_samples(calibration: CalibrationSet, component: str, split: str = 
         return
     if full_graph is None:
         raise ValueError(f"{component}'s {DEEP_FEATURE} is derived by the fp32 unet_full graph: pass full_graph")
-    import onnxruntime as ort
-
-    from ..runtime.backends.onnxrt import session_options
-
     session = None
     for sample in samples:
-        if session is None:
-            session = ort.InferenceSession(str(full_graph), session_options("fp32"),
-                                           providers=["CPUExecutionProvider"])
+        if session is None:  # a calibrate session: the full fp32 UNet's weights are not copied again
+            session = open_session(full_graph, "calibrate")
         (deep,) = session.run([DEEP_FEATURE], sample)
         derived = {**sample, DEEP_FEATURE: np.asarray(deep, dtype=np.float32)}
         yield {n: derived[n] for n in spec.input_names}

@@ -15,9 +15,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from ..graphs.sessions import open_session
 from ..media.metrics import compare_components
 from ..precisions import precision as lookup_precision
-from ..runtime.backends.onnxrt import session_options
 from ..runtime.backends.pytorch import TorchBackend
 from ..specs import COMPONENTS
 
@@ -44,7 +44,6 @@ def held_out_accuracy(graph: Path, component: str, precision: str, samples: Iter
     Raises:
         QuantizationError: no held-out samples, or a corrupt or mismatched shard (from ``samples``).
     """
-    import onnxruntime as ort
     from tqdm import tqdm
 
     reference = TorchBackend(model, dims=dims).component(component)
@@ -54,7 +53,7 @@ def held_out_accuracy(graph: Path, component: str, precision: str, samples: Iter
         inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
         recorded.append((inputs, reference(inputs)))
     # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses.
-    session = ort.InferenceSession(str(graph), session_options(precision), providers=["CPUExecutionProvider"])
+    session = open_session(graph, "run", precision=precision)
     outputs = COMPONENTS[component].output_names
 
     class _Graph:  # the one component compare_components asks for

@@ -16,8 +16,7 @@ from dataclasses import asdict
 import numpy as np
 import PIL.Image
 
-from ..calibration.quantize import validate_qdq_graph
-from ..calibration.recipe import QUANTIZED_COMPONENTS
+from ..graphs.qdq import validate_qdq_graph
 from ..media.metrics import clip_metrics, compare_components
 from ..models.loading import reference_model
 from ..precisions import precision as lookup_precision
@@ -65,10 +64,11 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     """
     p = lookup_precision(precision)
     quantized = p.quantized and backend == "onnxruntime"
-    # A bundle quantized before its caching graphs were keeps them at fp32 (kept_precision).
-    qdq = {name: validate_qdq_graph(bundle.graph_path(name, precision), bundle.make_command(precision, force=True))
-           for name in QUANTIZED_COMPONENTS if name in bundle.manifest.components
-           and not bundle.graph(name, precision).kept_precision} if quantized else None
+    qdq = None
+    if quantized:  # every component needs a graph of this precision; those with a quantization are Q/DQ
+        graphs = {name: bundle.graph(name, precision) for name in bundle.manifest.components}
+        qdq = {name: validate_qdq_graph(bundle.path / graph.file, bundle.make_command(precision, force=True))
+               for name, graph in graphs.items() if graph.quantization is not None}
     model = reference_model(bundle, model)
     start = time.perf_counter()
     options = backend_options or {}

@@ -81,7 +81,7 @@ def quantize(args) -> int:
     accuracy; exit code 0."""
     from ..bundle.store import Bundle
     from ..calibration.quantize import quantize_bundle
-    from ..calibration.recipe import DEFAULT_EXCLUDE
+    from ..graphs.qdq import DEFAULT_EXCLUDE
     from ..models.loading import load_model
 
     Bundle.open(args.bundle)

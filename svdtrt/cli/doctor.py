@@ -66,7 +66,7 @@ def _ort_backend(ort, provider: str, hint: str) -> str:
     """'ready' when a session on ``provider`` loads here (not merely compiled in), else why not."""
     if ort is None:
         return f"needs ONNX Runtime: {ORT_HINT}"
-    from ..runtime.backends.onnxrt import provider_loads
+    from ..graphs.sessions import provider_loads
 
     problem = provider_loads(provider)
     return "ready" if problem is None else f"{problem}; {hint}"

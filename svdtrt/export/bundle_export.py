@@ -12,7 +12,7 @@ import onnx
 
 from .. import hints
 from ..bundle.manifest import CONFIG_FILES, Accuracy, ComponentEntry, GraphEntry, build
-from ..bundle.store import Bundle, Staged, changing, creating, graph_filename, owned_files
+from ..bundle.store import Bundle, Staged, changing, creating, graph_filename
 from ..environment import tool_versions
 from ..errors import BundleError, InputError
 from ..graphs.deployability import check_deployable
@@ -32,7 +32,7 @@ from ..specs import (
     profile_shapes,
     validation_shape,
 )
-from .convert import fp16_graph, share_weights
+from .convert import fp16_graph
 from .exporter import EXPORTER, export_graph
 from .validation import reference_outputs, validate_graph
 
@@ -172,7 +172,7 @@ def _export_components(staged: Staged, model, dims: ModelDims, names: list[str],
     last_user = {id(owners[n]): n for n in names}
     bar = tqdm(names, desc="export", unit="graph", disable=not progress)
     for name in bar:
-        _drop_component(staged, name)
+        staged.drop_graph(name)  # every graph of the component, its engines with them
         release = owners[name] if release_weights and last_user[id(owners[name])] == name else None
         entry, validation = _export_component(name, modules[name], dims, staged.path, opset, ranges, vshape,
                                               release, stage=lambda what: bar.set_postfix_str(f"{name}: {what}"))
@@ -181,26 +181,11 @@ def _export_components(staged: Staged, model, dims: ModelDims, names: list[str],
             entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path, staged.path, name,
                                               *validation)
         for precision, graph in entry.graphs.items():
-            entry.graphs[precision] = share_weights(staged, name, precision, graph)
+            entry.graphs[precision] = staged.share_weights(name, precision, graph)
         manifest.components[name] = entry
         gc.collect()
         checkpoint("export-component")
     manifest.components = {k: manifest.components[k] for k in COMPONENTS if k in manifest.components}
-
-
-def _drop_component(staged: Staged, name: str) -> None:
-    """Remove a component's graphs of every precision, and its engines: all derive from the graph
-    being replaced (a weights file another component's graph reads stays)."""
-    entry = staged.manifest.components.get(name)
-    for graph in (entry.graphs.values() if entry else ()):
-        for file in owned_files(staged.manifest, name, graph):
-            staged.remove(file)
-    staged.manifest.components.pop(name, None)
-    for key, engine in list(staged.manifest.engines.items()):
-        if engine.component == name:
-            staged.remove(engine.engine)
-            staged.remove(engine.sidecar)
-            del staged.manifest.engines[key]
 
 
 def _export_component(name, module, dims, folder: Path, opset: int, ranges, vshape, release=None,

@@ -19,13 +19,14 @@ from ..bundle.manifest import Accuracy, GraphEntry
 from ..bundle.store import Bundle, changing, graph_filename, owned_files
 from ..errors import InputError
 from ..graphs.deployability import check_deployable
-from ..graphs.files import data_filename, graph_bytes, share_external_data
+from ..graphs.files import data_filename, graph_bytes
 from ..graphs.fp16 import convert_to_fp16
+from ..graphs.sessions import open_session
 from ..models.modules import example_inputs
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
 from ..specs import COMPONENTS, runs_fp32_in_fp16
-from .validation import cpu_session, validate_graph
+from .validation import validate_graph
 
 log = logging.getLogger(__name__)
 
@@ -109,30 +110,11 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
             fp32 = components[name].graphs["fp32"]
             spec = COMPONENTS[name]
             inputs = example_inputs(spec, fp32.validation.shape)
-            session = cpu_session(staged.old.path / fp32.file)
+            session = open_session(staged.old.path / fp32.file, "validate")
             expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
                 n: inputs[n].numpy() for n in spec.input_names})]
             del session
             graph = fp16_graph(staged.manifest.configs, fp32, staged.old.path, staged.path, name,
                                fp32.validation.shape, inputs, expected)
-            components[name].graphs[precision] = share_weights(staged, name, precision, graph)
+            components[name].graphs[precision] = staged.share_weights(name, precision, graph)
         return staged.commit()
-
-
-def share_weights(staged, name: str, precision: str, graph: GraphEntry) -> GraphEntry:
-    """Point a staged graph of a component that copies another's weights (``spec.shares_weights_with``)
-    at that component's weights file of the same precision, where every tensor matches
-    (:func:`~svdtrt.graphs.files.share_external_data`). The owner's graph is the one the
-    new bundle will have: staged in this transaction, or kept from the bundle (when only the caching
-    graphs are re-exported). Returns the entry as it is when there is no owner graph or a tensor
-    differs.
-
-    Args:
-        staged: the :class:`svdtrt.bundle.store.Staged` transaction; ``graph.file`` is in ``staged.path``.
-    """
-    owner = COMPONENTS[name].shares_weights_with
-    owner_graph = staged.current(graph_filename(owner, precision)) if owner else None
-    path = staged.path / graph.file
-    if owner_graph is None or not share_external_data(path, owner_graph):
-        return graph
-    return graph.model_copy(update={"data": data_filename(owner_graph), "bytes": graph_bytes(path)})

@@ -1,4 +1,5 @@
-"""Validating an exported graph against its PyTorch module on ONNX Runtime (CPU)."""
+"""Validating an exported graph against its PyTorch module on ONNX Runtime (CPU; a ``validate``
+session, :mod:`svdtrt.graphs.sessions`)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,9 @@ import numpy as np
 import torch
 
 from ..errors import AccuracyError, ExportError
+from ..graphs.sessions import open_session
 from ..media.metrics import psnr, tensor_metrics
 from ..specs import ComponentSpec
-
-
-def cpu_session(path: Path):
-    """An ONNX Runtime CPU session of the graph at ``path`` (external data read beside it)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # Validation sessions are short-lived: skip weight pre-packing and the arena, which would
-    # each hold another copy of a multi-GB graph's weights.
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def reference_outputs(module: torch.nn.Module, spec: ComponentSpec,
@@ -58,7 +47,7 @@ def validate_graph(path: Path, spec: ComponentSpec, module: torch.nn.Module | No
     max_rel_error = spec.max_rel_error if max_rel_error is None else max_rel_error
     min_cosine = spec.min_cosine if min_cosine is None else min_cosine
     expected = expected if expected is not None else reference_outputs(module, spec, inputs)
-    session = cpu_session(path)
+    session = open_session(path, "validate")
     feeds = {n: inputs[n].detach().cpu().numpy() for n in spec.input_names}
     got = session.run(spec.output_names, feeds)
     del session

@@ -34,8 +34,14 @@ Transform = Callable[[TensorProto, np.ndarray], np.ndarray]
 
 
 def data_filename(graph_path: Path) -> str:
-    """Name of a graph's external-data file: the graph's file name plus ``.data``."""
+    """Name of a graph's external-data file: the graph's file name plus ``.data`` (also what ONNX
+    Runtime's quantizer writes beside its graphs)."""
     return Path(graph_path).name + ".data"
+
+
+def data_path(graph_path: Path) -> Path:
+    """Path of a graph's external-data file, beside the graph (:func:`data_filename`)."""
+    return Path(graph_path).with_name(data_filename(graph_path))
 
 
 def read_tensor_array(tensor: TensorProto, base_dir: Path, original_type: int | None = None) -> np.ndarray:
@@ -79,12 +85,12 @@ def save_graph(model: onnx.ModelProto, source_dir: Path, path: Path,
         ExportError: the disk filled up (ENOSPC) or another write error; partial files are removed.
     """
     transforms, original_types = transforms or {}, original_types or {}
-    data_path = path.with_name(data_filename(path))
+    data = data_path(path)
     written = 0
     try:
-        for stale in (path, data_path):  # never write through a hard link into another bundle
+        for stale in (path, data):  # never write through a hard link into another bundle
             stale.unlink(missing_ok=True)
-        with open(data_path, "wb") as out:
+        with open(data, "wb") as out:
             for tensor in _all_initializers(model.graph):
                 array = None
                 if tensor.name in transforms or tensor.data_location == TensorProto.EXTERNAL:
@@ -102,13 +108,13 @@ def save_graph(model: onnx.ModelProto, source_dir: Path, path: Path,
                 out.write(b"\0" * offset)
                 written += offset
                 out.write(raw)
-                _reference(tensor, data_path.name, written, len(raw))
+                _reference(tensor, data.name, written, len(raw))
                 written += len(raw)
                 del raw, array
         onnx.save_model(model, str(path))
     except OSError as e:
         path.unlink(missing_ok=True)
-        data_path.unlink(missing_ok=True)
+        data.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
             raise ExportError(f"the disk filled up while writing {path.name} ({written / 2**30:.2f} GiB written); "
                               f"free space in '{path.parent}' and export again") from None
@@ -163,7 +169,7 @@ def infer_shapes_file(path: Path, out: Path) -> None:
 
 def graph_bytes(path: Path) -> int:
     """Size of a graph on disk: the ``.onnx`` file plus its data file, in bytes."""
-    data = path.with_name(data_filename(path))
+    data = data_path(path)
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
@@ -185,7 +191,7 @@ def share_external_data(path: Path, owner: Path) -> bool:
     import hashlib
 
     path, owner = Path(path), Path(owner)
-    own_data, owner_data = path.with_name(data_filename(path)), owner.with_name(data_filename(owner))
+    own_data, owner_data = data_path(path), data_path(owner)
     if not own_data.exists() or not owner_data.exists():
         return False
 

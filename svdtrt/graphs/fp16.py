@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import types
 from pathlib import Path
 from typing import Iterable
-from unittest import mock
 
 import numpy as np
 import onnx
@@ -69,12 +69,9 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = (), min
         node.name = node.name or f"{node.op_type}_{i}"
     blocked_nodes = _time_embedding_nodes(model.graph)
     blocked_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
-    # The converter makes a value_info from each retyped initializer through numpy_helper.to_array,
-    # which would load external data; the shape is all it needs, and the dims have it.
-    with mock.patch.object(float16, "make_value_info_from_tensor", _value_info_from_dims):
-        model = float16.convert_float_to_float16(
-            model, keep_io_types=True, disable_shape_infer=True,
-            op_block_list=blocked_ops, node_block_list=blocked_nodes)
+    model = _weightless_converter()(
+        model, keep_io_types=True, disable_shape_infer=True,
+        op_block_list=blocked_ops, node_block_list=blocked_nodes)
     _drop_duplicate_casts(model.graph)
     # The converter appends its Cast nodes at the end; onnx requires topological order.
     OnnxModel(model).topological_sort()
@@ -135,6 +132,25 @@ def _drop_duplicate_casts(graph: onnx.GraphProto) -> None:
 
 def _value_info_from_dims(tensor: TensorProto):
     return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+
+def _weightless_converter():
+    """ONNX Runtime's ``float16.convert_float_to_float16``, as a copy of the function whose module
+    globals name :func:`_value_info_from_dims` as ``make_value_info_from_tensor``.
+
+    The converter makes a value_info from each retyped initializer through
+    ``numpy_helper.to_array``, which would load the graph's external data (gigabytes, and from the
+    wrong folder); the shape is all it needs, and the dims have it. A copy, not a patch of the
+    ``float16`` module: the module stays as it is for every other caller, in every thread, while a
+    conversion runs.
+    """
+    from onnxruntime.transformers import float16
+
+    convert = float16.convert_float_to_float16
+    scope = {**vars(float16), "make_value_info_from_tensor": _value_info_from_dims}
+    copy = types.FunctionType(convert.__code__, scope, convert.__name__, convert.__defaults__, convert.__closure__)
+    copy.__kwdefaults__ = convert.__kwdefaults__
+    return copy
 
 
 def _time_embedding_nodes(graph: onnx.GraphProto) -> list[str]:

@@ -147,7 +147,7 @@ def build_preset(name: str) -> SvdModel:
     p = PRESETS[name]
     fast = p.get("init") == "fast"
     # fork_rng keeps the caller's global RNG state untouched by the seeded initialisation.
-    with torch.random.fork_rng(devices=[]), (_skipped_init() if fast else contextlib.nullcontext()):
+    with torch.random.fork_rng(devices=[]), (_SkippedInit() if fast else contextlib.nullcontext()):
         torch.manual_seed(p["seed"])
         unet = UNetSpatioTemporalConditionModel(**p["unet"])
         vae = AutoencoderKLTemporalDecoder(**p["vae"])
@@ -163,24 +163,31 @@ def build_preset(name: str) -> SvdModel:
     )
 
 
-#: torch.nn.init functions that module constructors call; made no-ops by :func:`_skipped_init`.
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
-                   "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+class _SkippedInit(torch.overrides.TorchFunctionMode):
+    """Turns the random initialisation of parameters into a no-op while modules are constructed
+    (the idea of ``torch.nn.utils.skip_init`` and transformers' ``no_init_weights``, applied to a
+    whole model); those parameters are left uninitialised, so the caller must fill every one
+    (:func:`fast_seeded_init`).
 
+    ``torch.nn.init.uniform_``, ``normal_``, ``constant_`` and ``kaiming_uniform_`` dispatch through
+    ``handle_torch_function``, so the mode sees them whole; the others (``xavier_uniform_``,
+    ``trunc_normal_``, ...) reach ``Tensor.uniform_`` / ``Tensor.normal_``, and so do modules that
+    fill a parameter themselves. Only parameters are skipped: a buffer is never filled again, so it
+    keeps its initialisation. A mode holds for the thread that enters it, not for the process:
+    torch and its modules are not changed for any other caller.
+    """
 
-@contextlib.contextmanager
-def _skipped_init():
-    """Make torch.nn.init's in-place initialisers no-ops while modules are constructed (the idea
-    of ``torch.nn.utils.skip_init`` and transformers' ``no_init_weights``, applied to a whole model);
-    parameters are left uninitialised, so the caller must fill every one."""
-    saved = {n: getattr(torch.nn.init, n) for n in _INIT_FUNCTIONS}
-    try:
-        for n in saved:
-            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
+    SKIPPED = frozenset({torch.nn.init.uniform_, torch.nn.init.normal_, torch.nn.init.constant_,
+                         torch.nn.init.kaiming_uniform_, torch.Tensor.uniform_, torch.Tensor.normal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SKIPPED:
+            # torch.nn.init passes the tensor by keyword to handle_torch_function; a method gets it first
+            tensor = kwargs["tensor"] if "tensor" in kwargs else args[0]
+            if isinstance(tensor, torch.nn.Parameter):
+                return tensor
+        return func(*args, **kwargs)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import pytest
 from svdtrt.calibration.shards import CalibrationSet
 from svdtrt.errors import InputError
 
-from .conftest import COUNT, STEPS
+from ..conftest import COUNT, STEPS
 
 
 def test_manifest_entry_describes_the_set(calibrated_bundle):

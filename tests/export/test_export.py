@@ -9,7 +9,8 @@ import torch
 from svdtrt.bundle.store import Bundle
 from svdtrt.errors import AccuracyError, ExportError, InputError
 from svdtrt.export.bundle_export import export_bundle
-from svdtrt.export.validation import cpu_session, validate_graph
+from svdtrt.export.validation import validate_graph
+from svdtrt.graphs.sessions import open_session
 from svdtrt.models.modules import example_inputs, torch_modules
 from svdtrt.specs import COMPONENTS
 
@@ -37,7 +38,7 @@ def test_bundle_holds_validated_graphs_with_one_data_file_each(tiny_bundle):
 def _run_against_torch(bundle, model, name, sizes):
     spec = COMPONENTS[name]
     inputs = example_inputs(spec, sizes, seed=3)
-    got = cpu_session(bundle.graph_path(name)).run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    got = open_session(bundle.graph_path(name), "validate").run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     with torch.no_grad():
         expected = torch_modules(model)[name](*inputs.values()).numpy()
     return got, expected

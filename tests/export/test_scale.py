@@ -8,17 +8,16 @@ import errno
 import json
 import shutil
 
-import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from svdtrt.bundle.store import Bundle
 from svdtrt.errors import AccuracyError, BundleError, ExportError, InputError
 from svdtrt.export.bundle_export import export_bundle
 from svdtrt.export.validation import validate_graph
-from svdtrt.graphs.deployability import check_deployable, deployability_problems
+from svdtrt.graphs.deployability import deployability_problems
 from svdtrt.graphs.files import ALIGNMENT, EMBED_BELOW_BYTES
 from svdtrt.models.loading import ModelDims
 from svdtrt.models.modules import example_inputs, torch_modules
@@ -124,36 +123,6 @@ def test_impossible_ranges_are_refused(tiny_model, tmp_path, frames, height, mes
     assert not (tmp_path / "b").exists()
 
 
-def _tiny_graph(op="Relu", domain="", unused=False):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    inits = [helper.make_tensor("w", TensorProto.FLOAT, [4], np.ones(4, np.float32))] if unused else []
-    node = helper.make_node(op, ["x"], ["y"], domain=domain)
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
-    return helper.make_model(helper.make_graph([node], "g", [x], [y], inits), opset_imports=opsets)
-
-
-def test_deployability_flags_unsupported_ops_and_unused_initializers(tmp_path):
-    ok = tmp_path / "ok.onnx"
-    onnx.save(_tiny_graph(), ok)
-    assert deployability_problems(ok) == []
-    bad = tmp_path / "bad.onnx"
-    onnx.save(_tiny_graph("Gelu", domain="com.microsoft", unused=True), bad)
-    problems = deployability_problems(bad)
-    assert any("com.microsoft.Gelu" in p for p in problems)
-    assert any("1 unused initializers (e.g. w)" in p for p in problems)
-    unsupported = tmp_path / "unique.onnx"
-    onnx.save(_tiny_graph("Shrink"), unsupported)
-    assert deployability_problems(unsupported) == []  # Shrink is in TensorRT's table
-    onnx.save(_tiny_graph("Hardmax"), unsupported)
-    assert deployability_problems(unsupported) == []
-    model = _tiny_graph("Relu")
-    model.graph.node[0].op_type = "Unique"  # in ONNX, not in TensorRT's parser
-    onnx.save(model, unsupported)
-    with pytest.raises(ExportError, match="not deployable with TensorRT: ops .*Unique"):
-        check_deployable(unsupported)
-
-
 def test_exported_graphs_pass_the_deployability_check(fp16_bundle):
     for entry in fp16_bundle.manifest.components.values():
         for g in entry.graphs.values():
@@ -234,14 +203,3 @@ def test_released_presets_have_the_released_dimensions(name, frames):
     assert dims.pixel_multiple == 64 and (p["height"], p["width"]) == (576, 1024)
     # validated at 2 frames of 64x64: ONNX Runtime's CPU attention at 576x1024 would need ~85 GB
     assert validation_shape(dims, (frames,) * 3, (576,) * 3, (1024,) * 3) == (2, 64, 64)
-
-
-def test_fp16_weight_encoding_matches_the_converters():
-    from onnxruntime.transformers.float16 import convert_np_to_float16
-
-    from svdtrt.graphs.fp16 import to_float16
-
-    special = np.array([0, 1e-9, -1e-9, 1e5, -1e5, np.inf, -np.inf, np.nan, 1.2345, -3e-5], np.float32)
-    a = np.concatenate([special, np.random.default_rng(0).standard_normal(10000).astype(np.float32) * 1e3])
-    assert np.array_equal(to_float16(a), convert_np_to_float16(a), equal_nan=True)
-    assert to_float16(special)[3] == 65504 and to_float16(special)[1] > 0

@@ -211,7 +211,7 @@ def test_sampling_loop_on_tensorrt_passes_check(engines_bundle, run_cli, tmp_pat
 def test_onnxruntime_gpu_providers_run_on_the_gpu_without_host_copies(engines_bundle, backend):
     """The session runs on the provider asked for (no silent CPU fallback) and the loop's tensors
     stay on the GPU (IOBinding)."""
-    from svdtrt.runtime.backends.onnxrt import provider_loads
+    from svdtrt.graphs.sessions import provider_loads
 
     provider = {"onnxruntime-cuda": "CUDAExecutionProvider", "onnxruntime-trt": "TensorrtExecutionProvider"}[backend]
     problem = provider_loads(provider)

@@ -14,6 +14,7 @@ Each backend module is imported only when its backend is created.
 from __future__ import annotations
 
 from ...errors import BackendUnavailableError, InputError
+from ...precisions import PRECISIONS
 from ...precisions import precision as lookup_precision
 from .base import Backend, ComponentFn, Recorder
 
@@ -64,7 +65,7 @@ def create_backend(name: str, bundle, precision: str = "fp32", model=None, devic
         raise InputError(f"unknown backend '{name}': choose from {', '.join(BACKENDS)}")
     p = lookup_precision(precision)
     if name not in p.backends:
-        runs = [q for q in ("fp32", "fp16", "int8", "fp8") if name in lookup_precision(q).backends]
+        runs = [n for n, q in PRECISIONS.items() if name in q.backends]
         raise InputError(f"the {name} backend runs {', '.join(runs)}, not {precision}")
     if name == "torch":
         import torch
