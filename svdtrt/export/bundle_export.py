@@ -22,6 +22,7 @@ from ..precisions import made_by
 from ..precisions import precision as lookup_precision
 from ..publishing import checkpoint
 from ..specs import (
+    CACHING_COMPONENTS,
     COMPONENTS,
     DEFAULT_CACHE_DEPTH,
     DEFAULT_OPSET,
@@ -89,7 +90,7 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
     """
     names = list(COMPONENTS) if components is None else [component(c).name for c in dict.fromkeys(components)]
     if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
-        names += [n for n, spec in COMPONENTS.items() if spec.shares_weights_with == "unet" and n not in names]
+        names += [n for n in CACHING_COMPONENTS if n not in names]
     unet, vae, image_encoder = model.unet.config, model.vae.config, model.image_encoder.config.to_dict()
     dims = ModelDims.from_configs(unet, vae, image_encoder, DEFAULT_CACHE_DEPTH if cache_depth is None else cache_depth,
                                   cache_layer or 0)
@@ -151,10 +152,9 @@ def _same_cache_branch(staged: Staged, dims: ModelDims, names: list[str]) -> Non
     """Refuse a cache depth or layer other than the bundle's unless the caching graphs are re-exported."""
     old = staged.old.manifest.dims
     have, want = (old.cache_depth, old.cache_layer), (dims.cache_depth, dims.cache_layer)
-    caching = [n for n, spec in COMPONENTS.items() if spec.shares_weights_with]
-    if want != have and not set(caching) <= set(names):
+    if want != have and not set(CACHING_COMPONENTS) <= set(names):
         raise InputError(f"the bundle's caching graphs have cache depth {have[0]} and layer {have[1]}; export "
-                         f"{','.join(caching)} (or unet) with --cache-depth {want[0]} --cache-layer {want[1]}, "
+                         f"{','.join(CACHING_COMPONENTS)} (or unet) with --cache-depth {want[0]} --cache-layer {want[1]}, "
                          "or leave both out")
 
 

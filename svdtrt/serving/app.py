@@ -34,7 +34,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from ..errors import InputError, SvdtrtError, first_line
 from ..runtime.settings import SamplingSettings
-from ..specs import COMPONENTS
+from ..specs import CACHING_COMPONENTS
 from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encode_clip
 
 log = logging.getLogger(__name__)
@@ -204,8 +204,7 @@ class Ingress:
         settings = SamplingSettings.for_bundle(
             self.bundle, refuse_outside_range="this service makes clips within the bundle's exported range",
             **{name: getattr(form, name) for name in SETTINGS_FIELDS})
-        caching = {n for n, spec in COMPONENTS.items() if spec.shares_weights_with}
-        missing = caching - set(components_to_load(self.bundle, self.backend, self.precision))
+        missing = set(CACHING_COMPONENTS) - set(components_to_load(self.bundle, self.backend, self.precision))
         if settings.cache_interval > 1 and missing:
             raise InputError(f"this service's bundle has no block-caching {self.precision} "
                              f"{'engines' if self.backend == 'tensorrt' else 'graphs'} ({', '.join(sorted(missing))}); "

@@ -11,7 +11,7 @@ import dataclasses
 
 from ..errors import InputError
 from ..runtime.backends import ORT_PROVIDERS, create_backend
-from ..specs import COMPONENTS
+from ..specs import SVD_COMPONENTS
 from .cluster import connect, cpus_each
 from .worker import WorkerOptions
 
@@ -38,9 +38,8 @@ def preflight(bundle, worker: WorkerOptions, count: int, what: str, cpus: float 
     """
     if worker.backend in ORT_PROVIDERS:  # cheap: checks the precision and the providers, loads nothing
         create_backend(worker.backend, bundle, worker.precision)
-        for name, spec in COMPONENTS.items():
-            if not spec.shares_weights_with:  # the block-caching graphs are optional
-                bundle.graph(name, worker.precision)
+        for name in SVD_COMPONENTS:  # the block-caching graphs are optional
+            bundle.graph(name, worker.precision)
     if count < 1:  # before Ray starts
         raise InputError(f"--{what} must be at least 1, got {count}")
     connect(address)

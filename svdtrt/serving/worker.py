@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.backends import on_gpu
-from ..specs import COMPONENTS
+from ..specs import CACHING_COMPONENTS, COMPONENTS
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def components_to_load(bundle, backend: str, precision: str) -> list[str]:
     (engines for ``tensorrt``, graphs for ``onnxruntime*``; the ``torch`` backend makes them from the
     source model)."""
     def available(name: str) -> bool:
-        if not COMPONENTS[name].shares_weights_with or backend == "torch":
+        if name not in CACHING_COMPONENTS or backend == "torch":
             return True
         if backend == "tensorrt":
             return f"{name}.{precision}" in bundle.manifest.engines
