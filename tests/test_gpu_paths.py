@@ -14,12 +14,13 @@ import torch
 from svdtrt.bundle import engines
 from svdtrt.errors import BackendUnavailableError
 from svdtrt.models.modules import example_inputs
+from svdtrt.runtime.backends.base import Backend
 from svdtrt.specs import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class _TensorRTWithoutEngines:
+class _TensorRTWithoutEngines(Backend):
     """The tensorrt backend as on a machine with TensorRT and a GPU but no engines built yet: its
     component lookup is the real one (engines.usable_engine), which raises EngineError."""
 
@@ -50,7 +51,7 @@ def test_bench_skips_a_tensorrt_row_without_engines_instead_of_aborting(tiny_bun
     settings = SamplingSettings(*tiny_bundle.default_shape, steps=1)
     results = run_benchmark(tiny_bundle, photo, settings, tiny_model, ["onnxruntime", "tensorrt"], ["fp32"],
                             warmup=0, repeat=1, device="cpu")
-    rows = {(r["backend"], r["precision"]): r for r in results["rows"]}
+    rows = {(r["backend"], r["precision"]): r for r in results.to_json()["rows"]}
     assert rows["onnxruntime", "fp32"]["status"] == "measured"
     assert rows["tensorrt", "fp32"]["status"] == "skipped"
     assert "no fp32 engine for image_encoder" in rows["tensorrt", "fp32"]["reason"]

@@ -7,7 +7,6 @@ subprocess of ``python -m svdtrt``; ``SVDTRT_KILL_AT`` names the instant at whic
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
