@@ -31,6 +31,17 @@ log = logging.getLogger(__name__)
 #: sin(127 * freq) (motion bucket 127) is only resolved to 0.06 rad.
 KEEP_FP32_WITH_INPUTS = ("Sin", "Cos")
 
+#: Normalisations, computed in fp32 in every fp16-based graph (fp16 and the Q/DQ graphs): the
+#: converter casts their inputs to fp32 and their outputs back. In a strongly typed TensorRT
+#: network a normalisation computes in its input's type (TensorRT 10.3's ``NvInfer.h``:
+#: ``INormalizationLayer::setComputePrecision`` is rejected in strongly typed networks, "the
+#: compute precision is typically controlled by casting the input tensors"; 11.x has no other
+#: control), so fp16 inputs would reduce over up to h x w x F values in fp16; ONNX Runtime's CPU
+#: provider computes them in fp32 and could not measure that error. With the casts in the graph,
+#: TensorRT and ONNX Runtime compute the same thing, and ``check`` measures what the engine runs
+#: (docs/tensorrt.md, "Second audit", defect 9).
+KEEP_FP32_OPS = ("InstanceNormalization", "LayerNormalization", "GroupNormalization")
+
 
 def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = (), min_opset: int | None = None) -> dict:
     """Convert the float32 graph at ``src`` to float16 at ``dst`` (+ ``dst.data``).
@@ -43,7 +54,8 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = (), min
         src: a float32 graph whose external data lies beside it.
         dst: the fp16 graph to write.
         op_block_list: op types kept in float32, in addition to the converter's default block
-            list and the time embeddings (:data:`KEEP_FP32_WITH_INPUTS`).
+            list, the normalisations (:data:`KEEP_FP32_OPS`) and the time embeddings
+            (:data:`KEEP_FP32_WITH_INPUTS`).
         min_opset: first raise the graph's default-domain opset to at least this, with onnx's
             version converter (Q/DQ graphs need 19: QuantizeLinear and DequantizeLinear take
             fp16 scales from opset 19 on).
@@ -68,7 +80,7 @@ def convert_to_fp16(src: Path, dst: Path, op_block_list: Iterable[str] = (), min
     for i, node in enumerate(model.graph.node):  # the block list names nodes
         node.name = node.name or f"{node.op_type}_{i}"
     blocked_nodes = _time_embedding_nodes(model.graph)
-    blocked_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(op_block_list))
+    blocked_ops = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(KEEP_FP32_OPS) | set(op_block_list))
     model = _weightless_converter()(
         model, keep_io_types=True, disable_shape_infer=True,
         op_block_list=blocked_ops, node_block_list=blocked_nodes)

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailableError, first_line
+from ..precisions import precision as lookup_precision
 
 CPU = "CPUExecutionProvider"
 
@@ -125,6 +126,12 @@ def input_types(session) -> dict[str, type]:
     return {i.name: ORT_TYPES.get(i.type, np.float32) for i in session.get_inputs()}
 
 
+def output_types(session) -> dict[str, type]:
+    """``{output name: numpy type}`` of a session's outputs, as :func:`input_types`: the dtypes a
+    caller allocates the outputs it binds in."""
+    return {o.name: ORT_TYPES.get(o.type, np.float32) for o in session.get_outputs()}
+
+
 def check_provider_loaded(provider: str, active: list[str], what: str) -> None:
     """Refuse a session that does not run on ``provider``: ONNX Runtime lists the providers it was
     built with (``get_available_providers``), not those that load (a missing CUDA or cuDNN library,
@@ -171,9 +178,12 @@ def tensorrt_provider_options(profile: Mapping[str, Mapping[str, Sequence[int]]]
         profile: the explicit optimization profile, ``{input: {"min": [...], "opt": [...],
             "max": [...]}}``; it becomes the provider's ``name:AxBxC,...`` shapes.
         cache: the folder for the provider's engines and timing caches (created).
-        precision: the graph's precision. The provider builds weakly typed networks, so fp16 and
-            int8 (Q/DQ) graphs also need its fp16/int8 switches (ONNX Runtime's TensorRT execution
-            provider documentation).
+        precision: the graph's precision. The provider builds weakly typed networks, in which a
+            layer runs in fp16 only where the fp16 switch allows it, so every graph on an fp16
+            base (fp16, and the int8 and fp8 Q/DQ graphs, docs/architecture.md, "Precisions")
+            gets ``trt_fp16_enable``, and an int8 Q/DQ graph ``trt_int8_enable`` too (ONNX
+            Runtime's TensorRT execution provider documentation; docs/tensorrt.md, "Second audit",
+            defect 11).
     """
     cache.mkdir(parents=True, exist_ok=True)
     options = {f"trt_profile_{key}_shapes": ",".join(f"{n}:{'x'.join(map(str, shapes[key]))}"
@@ -181,4 +191,5 @@ def tensorrt_provider_options(profile: Mapping[str, Mapping[str, Sequence[int]]]
                for key in ("min", "opt", "max")}
     return {**options, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
-            "trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8"}
+            "trt_fp16_enable": lookup_precision(precision).float_dtype == "float16",
+            "trt_int8_enable": precision == "int8"}

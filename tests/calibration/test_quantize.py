@@ -26,9 +26,10 @@ def test_int8_unet_has_symmetric_qdq_on_convs_and_matmuls(int8_bundle):
 
 def _assert_fp16_base(bundle, precision):
     """Q/DQ on an fp16 base: opset 19, fp16 scales (so every DequantizeLinear outputs fp16), and at
-    least 90 % of the float arithmetic in fp16 (what TensorRT's strongly typed build computes in);
-    what stays fp32 is the sinusoidal time embedding."""
-    from svdtrt.graphs.fp16 import arithmetic_precision
+    least 80 % of the float arithmetic in fp16 (what TensorRT's strongly typed build computes in;
+    the tiny vae_decoder, convolutions and normalisations, measured 83 %); what stays fp32 is the
+    sinusoidal time embedding and the normalisations (KEEP_FP32_OPS)."""
+    from svdtrt.graphs.fp16 import KEEP_FP32_OPS, arithmetic_precision
 
     for name in ("unet", "vae_decoder"):
         path = bundle.graph_path(name, precision)
@@ -39,8 +40,9 @@ def _assert_fp16_base(bundle, precision):
                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits]
         assert scales and {t.data_type for t in scales} == {onnx.TensorProto.FLOAT16}
         measured = arithmetic_precision(path)
-        assert measured["fp16_share"] >= 0.9, (name, measured)
-        assert all(any(k in n for k in ("time_proj", "time_pos_embed", "add_time")) for n in measured["fp32_nodes"])
+        assert measured["fp16_share"] >= 0.8, (name, measured)
+        kept = ("time_proj", "time_pos_embed", "add_time", *KEEP_FP32_OPS)
+        assert all(any(k in n for k in kept) for n in measured["fp32_nodes"]), measured["fp32_nodes"]
         entry = bundle.manifest.components[name].graphs[precision].quantization
         assert entry.settings["base"] == "fp16" and entry.qdq["arithmetic"]["fp16_share"] == measured["fp16_share"]
 
@@ -93,6 +95,10 @@ def test_fp8_graphs_are_symmetric_e4m3_and_run_as_simulated_quantization(calibra
     model = onnx.load(bundle.graph_path("unet", "fp8"), load_external_data=False)
     zero_points = [t for t in model.graph.initializer if t.name.endswith("_zero_point")]
     assert zero_points and {t.data_type for t in zero_points} == {onnx.TensorProto.FLOAT8E4M3FN}
+    weights = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT8E4M3FN and t.dims}
+    inits = {t.name: t for t in model.graph.initializer}
+    weight_scales = [inits[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
+    assert weight_scales and all(not t.dims for t in weight_scales)  # per tensor (second audit, defect 8)
     assert not any(numpy_helper.to_array(t).astype("float32").any() for t in zero_points)
     accuracy = bundle.manifest.components["unet"].graphs["fp8"].quantization.held_out_accuracy
     assert accuracy.measured_by.startswith("simulated")
