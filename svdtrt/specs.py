@@ -338,6 +338,30 @@ def profile_shapes(spec: ComponentSpec, dims: ModelDims, frames: Range, height: 
     return profile
 
 
+def output_shapes(spec: ComponentSpec, dims: ModelDims,
+                  input_shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The shape of every output of ``spec`` for one call with ``input_shapes`` (``{input: shape}``):
+    the symbols the inputs bind (``sample`` [B, F, 2C, h, w] binds B, F, C, h, w), the rest from
+    ``dims`` (H = h x latent scale, hk = h / 2**(d - 1), D, K). What a caller that allocates a
+    graph's outputs before running it needs (:mod:`svdtrt.runtime.backends.onnxrt`).
+
+    Raises:
+        KeyError: an input of ``spec`` is missing from ``input_shapes``.
+    """
+    bound: dict[str, int] = {}
+    for t in spec.inputs:
+        for dim, size in zip(t.dims, input_shapes[t.name]):
+            factor, symbol = split_dim(dim)
+            if symbol is not None:
+                bound[symbol] = size // factor
+    scale = dims.latent_scale
+    height = bound.get("H", bound.get("h", 1) * scale)
+    width = bound.get("W", bound.get("w", 1) * scale)
+    frames = bound.get("F", bound.get("N", 1))
+    sizes = {**dims.sizes(bound.get("B", 1), frames, height, width, bound.get("N")), **bound}
+    return {t.name: t.shape(sizes) for t in spec.outputs}
+
+
 def runs_fp32_in_fp16(spec: ComponentSpec, configs: Mapping[str, Mapping]) -> bool:
     """Whether the fp16 precision keeps component ``spec`` in fp32 for this model, as diffusers'
     fp16 pipeline does: true when the spec's ``fp16_upcast`` config flag is set in ``configs``

@@ -133,19 +133,91 @@ def test_onnxruntime_sessions_report_the_provider_that_runs_them(tiny_bundle):
     assert backend.session_providers == {"vae_decoder": ["CPUExecutionProvider"]}
 
 
-def test_io_binding_gives_the_same_outputs_as_a_plain_run(tiny_bundle):
-    """The binding path the CUDA providers take (torch tensors bound in place, outputs through
-    DLPack), run here on the CPU device against the numpy path."""
-    from svdtrt.graphs.sessions import ORT_TYPES
+def _bound_run(bundle, component, inputs, written_by=None, wrap=lambda session: session):
+    """The binding path the CUDA providers take (:func:`run_bound`), on the CPU device, with the
+    session ``wrap``-ped, and the numpy path's outputs for the same inputs."""
+    from svdtrt.graphs.sessions import input_types, output_types
     from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend, run_bound
+    from svdtrt.specs import output_shapes
 
-    backend = OnnxRuntimeBackend(tiny_bundle)
-    inputs = example_inputs(COMPONENTS["unet"], tiny_bundle.dims.sizes(2, 4, 64, 64))
-    expected = backend.component("unet")(inputs)["noise_pred"]
-    session = backend.session("unet")
-    types = {i.name: ORT_TYPES[i.type] for i in session.get_inputs()}
-    got = run_bound(session, inputs, types, ["noise_pred"], torch.device("cpu"))["noise_pred"]
-    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    backend = OnnxRuntimeBackend(bundle)
+    expected = backend.component(component)(inputs)
+    session = wrap(backend.session(component))
+    shapes = output_shapes(COMPONENTS[component], bundle.dims, {n: tuple(t.shape) for n, t in inputs.items()})
+    outputs = {n: (shapes[n], t) for n, t in output_types(session).items()}
+    waits = {} if written_by is None else {"written_by": written_by}
+    return run_bound(session, inputs, input_types(session), outputs, torch.device("cpu"), **waits), expected
+
+
+def test_io_binding_gives_the_same_outputs_as_a_plain_run_without_dlpack(tiny_bundle, monkeypatch):
+    """Second audit, defect 1: outputs came back through OrtValue.__dlpack__, which onnxruntime
+    has only from 1.26 (pyproject admits 1.20). Here the installed OrtValue is made a 1.25 one; the
+    outputs are bound into torch tensors allocated before the run, in every version."""
+    import onnxruntime as ort
+
+    for name in ("__dlpack__", "__dlpack_device__"):
+        if hasattr(ort.OrtValue, name):
+            monkeypatch.delattr(ort.OrtValue, name)
+    for component, batch in (("unet", 2), ("unet_full", 1), ("vae_decoder", 3)):
+        inputs = example_inputs(COMPONENTS[component], tiny_bundle.dims.sizes(batch, 4, 64, 64))
+        got, expected = _bound_run(tiny_bundle, component, inputs)
+        assert got.keys() == expected.keys()
+        for name, tensor in got.items():
+            assert tensor.dtype == torch.float32 and torch.equal(tensor, expected[name]), (component, name)
+
+
+def test_io_binding_run_waits_for_the_stream_that_wrote_its_inputs(tiny_bundle):
+    """Second audit, defect 2: sessions were given torch's default stream (handle 0, which ONNX
+    Runtime reads as none given), and a run on an IOBinding does not wait for its inputs, so ONNX
+    Runtime could read them before torch's kernels had written them. The stream that wrote them is
+    synchronised before the run."""
+    from .standins import Log, StandInStream
+
+    log = Log()
+
+    class Recording:  # the real session, its runs written into the same log as the stream's waits
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run_with_iobinding(self, binding, *args):
+            log.events.append(("run", "session"))
+            return self.session.run_with_iobinding(binding, *args)
+
+    inputs = example_inputs(COMPONENTS["vae_decoder"], tiny_bundle.dims.sizes(1, 4, 64, 64))
+    got, expected = _bound_run(tiny_bundle, "vae_decoder", inputs, StandInStream(log, 0x7), Recording)
+    assert log.events == [("sync", 0x7), ("run", "session")]
+    assert torch.equal(got["frames"], expected["frames"])
+
+
+def test_onnxruntime_trt_switches_fp16_on_for_every_fp16_based_graph(tmp_path):
+    """Second audit, defect 11: the TensorRT provider builds weakly typed networks, and int8 Q/DQ
+    graphs (on an fp16 base) were built without trt_fp16_enable, so their other layers could run
+    in fp32."""
+    from svdtrt.graphs.sessions import tensorrt_provider_options
+
+    profile = {"x": {"min": [1, 8], "opt": [2, 8], "max": [2, 8]}}
+    switches = {p: {k: v for k, v in tensorrt_provider_options(profile, tmp_path, p).items()
+                    if k in ("trt_fp16_enable", "trt_int8_enable")} for p in ("fp32", "fp16", "int8", "fp8")}
+    assert switches == {"fp32": {"trt_fp16_enable": False, "trt_int8_enable": False},
+                        "fp16": {"trt_fp16_enable": True, "trt_int8_enable": False},
+                        "int8": {"trt_fp16_enable": True, "trt_int8_enable": True},
+                        "fp8": {"trt_fp16_enable": True, "trt_int8_enable": False}}
+
+
+def test_torch_range_admits_jetpacks_wheel_and_cis_torch():
+    """Second audit, defect 12: torch>=2.6 made pip replace NVIDIA's JetPack 6.1 torch (2.5.0a0,
+    built with CUDA for Orin) with a PyPI aarch64 build without CUDA."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (torch_req,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == "torch"]
+    for version in ("2.5.0a0+872d972e41.nv24.08", "2.13.0", "2.13.0+cpu"):  # JetPack 6.1's wheel; CI's
+        assert torch_req.specifier.contains(version), version
+    assert not torch_req.specifier.contains("2.4.0a0+07cecf4168.nv24.05")  # JetPack 6.0 (TensorRT 8.6)
+    assert {"onnxruntime", "polygraphy"} == _requirement_names(project["optional-dependencies"]["jetson"])
 
 
 def test_torch_fp16_keeps_the_timestep_and_the_upcast_vae_encoder_in_fp32(tiny_model):

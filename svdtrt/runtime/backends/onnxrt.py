@@ -11,8 +11,14 @@ import torch
 
 from ...environment import ORT_GPU_HINT, cache_dir
 from ...errors import BackendUnavailableError
-from ...graphs.sessions import check_provider_loaded, input_types, open_session, tensorrt_provider_options
-from ...specs import COMPONENTS
+from ...graphs.sessions import (
+    check_provider_loaded,
+    input_types,
+    open_session,
+    output_types,
+    tensorrt_provider_options,
+)
+from ...specs import COMPONENTS, output_shapes
 from .base import Backend, ComponentFn
 
 _TORCH_TYPES = {np.float32: torch.float32, np.float16: torch.float16, np.float64: torch.float64}
@@ -33,9 +39,9 @@ class OnnxRuntimeBackend(Backend):
             physical core). On a CPU shared with other processes, fewer threads than cores is
             faster: a thread pool stalls whenever one of its threads is descheduled.
     On a GPU provider with a CUDA build of torch, the loop's tensors live on the GPU and each
-    call binds them to the session in place (ONNX Runtime's IOBinding, on torch's current CUDA
-    stream), outputs included: nothing goes through host memory. Elsewhere inputs and outputs
-    are CPU tensors shared with numpy without copies.
+    call binds them to the session in place, outputs included (ONNX Runtime's IOBinding,
+    :func:`run_bound`): nothing goes through host memory. Elsewhere inputs and outputs are CPU
+    tensors shared with numpy without copies.
 
     Raises:
         BackendUnavailableError: a requested provider is not in this ONNX Runtime build, or
@@ -76,7 +82,10 @@ class OnnxRuntimeBackend(Backend):
             for file in (graph.file, graph.data):
                 if file:
                     self.bundle.check_file(file)  # hashed once per file version (Bundle.check_file)
-            providers = [(p, self._provider_options(p, name)) for p in self.providers]
+            # No user_compute_stream: each session runs on ONNX Runtime's own stream, which
+            # run_bound orders after torch's writes (docs/tensorrt.md, "Second audit", defect 2).
+            providers = [(p, ort_tensorrt_options(self.bundle, name, self.precision)
+                          if p == "TensorrtExecutionProvider" else {}) for p in self.providers]
             try:
                 session = open_session(self.bundle.path / graph.file, "run", providers, self.precision, self.threads)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
@@ -88,25 +97,22 @@ class OnnxRuntimeBackend(Backend):
             self._sessions[name] = session
         return self._sessions[name]
 
-    def _provider_options(self, provider: str, component: str) -> dict:
-        options = {}
-        if provider == "TensorrtExecutionProvider":
-            options = ort_tensorrt_options(self.bundle, component, self.precision)
-        if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider") and self.device.type == "cuda":
-            # Run on torch's stream: the inputs the loop wrote are ordered before the session
-            # reads them, with no device-wide synchronisation (ONNX Runtime's CUDA provider
-            # option; IOBinding binds the tensors in place).
-            options["user_compute_stream"] = str(torch.cuda.current_stream().cuda_stream)
-        return options
-
     def component(self, name: str) -> ComponentFn:
         session = self.session(name)
         # Feed each input in the dtype the graph declares (an fp16 graph may take fp16 inputs).
         types = input_types(session)
-        outputs = COMPONENTS[name].output_names
+        spec = COMPONENTS[name]
+        outputs = spec.output_names
 
         if self.device.type == "cuda":
-            return lambda inputs: run_bound(session, inputs, types, outputs, self.device)
+            out_types = output_types(session)
+
+            def run_on_device(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                shapes = output_shapes(spec, self.bundle.dims, {n: tuple(inputs[n].shape) for n in types})
+                return run_bound(session, inputs, types, {n: (shapes[n], out_types[n]) for n in outputs},
+                                 self.device, written_by=torch.cuda.current_stream(self.device))
+
+            return run_on_device
 
         def run(inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             feeds = {n: inputs[n].detach().cpu().numpy().astype(t, copy=False) for n, t in types.items()}
@@ -122,24 +128,48 @@ class OnnxRuntimeBackend(Backend):
         self._sessions.clear()
 
 
-def run_bound(session, inputs: Mapping[str, torch.Tensor], types: Mapping[str, type], outputs: list[str],
-              device: torch.device) -> dict[str, torch.Tensor]:
-    """One session call with ONNX Runtime's IOBinding: each input bound in place from a torch
-    tensor on ``device`` (cast to the graph's declared dtype there, ``types``: ``{name: numpy
-    type}``), each output allocated by ONNX Runtime on ``device`` and handed to torch through
-    DLPack. Returns float32 tensors on ``device``; no data passes through host memory unless
-    ``device`` is the CPU."""
+def run_bound(session, inputs: Mapping[str, torch.Tensor], types: Mapping[str, type],
+              outputs: Mapping[str, tuple[tuple[int, ...], type]], device: torch.device,
+              written_by=None) -> dict[str, torch.Tensor]:
+    """One session call with ONNX Runtime's IOBinding, every tensor bound in place by address:
+    each input from a torch tensor on ``device`` (cast there to the graph's declared type,
+    ``types``: ``{name: numpy type}``), each output into a torch tensor allocated on ``device``
+    before the run (``outputs``: ``{name: (shape, numpy type)}``, the shapes from
+    :func:`svdtrt.specs.output_shapes`). ONNX Runtime checks each bound output's shape against
+    the one it computes and fails the run on a mismatch.
+
+    Outputs are bound to torch's memory rather than read back from the ``OrtValue`` ONNX Runtime
+    would allocate, because the Python ``OrtValue`` has ``__dlpack__`` only from onnxruntime 1.26
+    on, while ``bind_output`` with a buffer address is in every version this package admits
+    (docs/tensorrt.md, "Second audit", defect 1).
+
+    Args:
+        written_by: the torch CUDA stream whose queued kernels wrote the inputs (torch's current
+            stream on ``device``), or None on the CPU. It is synchronised before the run: ONNX
+            Runtime runs the session on its own stream and does not wait for the inputs
+            (``InferenceSession::Run`` on an IOBinding leaves ``SynchronizeInputs`` to the caller,
+            docs/tensorrt.md, defect 2); the run returns once its outputs are written (ONNX Runtime
+            synchronises its providers at the end of a run unless
+            ``disable_synchronize_execution_providers`` is set, which svdtrt never sets).
+    Returns:
+        ``{output: float32 tensor on device}``; no data passes through host memory unless
+        ``device`` is the CPU.
+    """
     binding = session.io_binding()
     kind, index = device.type, device.index or 0
-    keep = []  # the bound tensors must outlive the run
+    bound = {}  # the bound tensors must outlive the run
     for name, np_type in types.items():
         tensor = inputs[name].detach().to(device, _TORCH_TYPES[np_type]).contiguous()
-        keep.append(tensor)
+        bound[name] = tensor
         binding.bind_input(name, kind, index, np_type, tuple(tensor.shape), tensor.data_ptr())
-    for name in outputs:
-        binding.bind_output(name, kind, index)
+    results = {}
+    for name, (shape, np_type) in outputs.items():
+        results[name] = torch.empty(shape, dtype=_TORCH_TYPES[np_type], device=device)
+        binding.bind_output(name, kind, index, np_type, tuple(shape), results[name].data_ptr())
+    if written_by is not None:
+        written_by.synchronize()
     session.run_with_iobinding(binding)
-    return {name: torch.from_dlpack(value).float() for name, value in zip(outputs, binding.get_outputs())}
+    return {name: t.float() for name, t in results.items()}
 
 
 def ort_tensorrt_cache(bundle) -> Path:
