@@ -17,7 +17,14 @@ from pathlib import Path
 from ..bundle.engines import BuildFlags, engine_name, sidecar_name
 from ..errors import InputError
 from ..precisions import precision as lookup_precision
-from ..specs import COMPONENTS, Range, component, profile_shapes
+from ..specs import (
+    CACHING_COMPONENTS,
+    COMPONENTS,
+    SVD_COMPONENTS,
+    Range,
+    component,
+    profile_shapes,
+)
 
 PROFILE_KINDS = ("static", "dynamic")
 
@@ -61,7 +68,7 @@ class BuildPlan:
 def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range | None = None,
                height: Range | None = None, width: Range | None = None,
                components: list[str] | None = None, workspace_gb: float | None = None,
-               timing_cache: str | Path | None = None) -> BuildPlan:
+               timing_cache: str | Path | None = None, block_caching: bool = False) -> BuildPlan:
     """What ``svdtrt build`` will build: one engine per component, with its optimization profile.
 
     Args:
@@ -74,16 +81,23 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         frames, height, width: (min, opt, max) overrides of the bundle's clip-size ranges
             (frames; pixels); any left None keeps the manifest's ``shapes``. Without overrides
             the manifest's per-input profiles are used as they are.
-        components: which components (default all four).
+        components: which components (default: SVD's four, :data:`svdtrt.specs.SVD_COMPONENTS`,
+            what a clip without block caching runs).
         workspace_gb: TensorRT workspace memory-pool limit in GiB (None: TensorRT's default,
             the device's memory).
-        timing_cache: a tactic timing-cache file, read if present and updated after each build.
+        timing_cache: a tactic timing-cache file, read if present and updated after each build;
+            None: the build's default, one per TensorRT version and GPU in the user's cache
+            (:func:`svdtrt.build.builder.default_timing_cache`). Never inside the bundle, which
+            changes only in transactions that keep exactly the files its manifest lists.
+        block_caching: also build the block-caching graphs (``unet_full``, ``unet_shallow``:
+            what ``--cache-interval`` above 1 runs; each engine holds its own copy of the
+            weights it uses, docs/tensorrt.md, "Block caching").
     Returns:
         The plan; its profiles' shapes include the classifier-free-guidance batch (B = 2 for the
         UNet's opt and max).
     Raises:
         InputError: unknown precision, profile kind or component; a size the model cannot take;
-            a non-positive workspace.
+            a non-positive workspace; a timing cache inside the bundle.
         BundleError: the bundle lacks a graph of ``precision`` (the message names the command
             that creates it).
     """
@@ -92,7 +106,13 @@ def plan_build(bundle, precision: str, profile: str = "dynamic", frames: Range |
         raise InputError(f"unknown profile '{profile}': choose static or dynamic")
     if workspace_gb is not None and not workspace_gb > 0:
         raise InputError(f"the workspace must be a positive number of GiB, got {workspace_gb}")
-    names = [component(n).name for n in components or COMPONENTS]
+    names = [component(n).name for n in components or SVD_COMPONENTS]
+    if block_caching:
+        names += [n for n in CACHING_COMPONENTS if n not in names]
+    if timing_cache is not None and Path(timing_cache).resolve().is_relative_to(Path(bundle.path).resolve()):
+        raise InputError(f"the timing cache '{timing_cache}' is inside the bundle, where a build would not keep "
+                         "it (a bundle holds only the files its manifest lists); give a path outside it, or leave "
+                         "--timing-cache out to use svdtrt's own in the user's cache")
 
     recorded = bundle.manifest.shapes
     shapes = {k: getattr(recorded, k).as_tuple() for k in ("frames", "height", "width")}

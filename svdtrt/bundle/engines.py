@@ -57,7 +57,9 @@ class BuildFlags(Schema):
         builder_precision_flags: always empty: precision comes from the graph (TensorRT 11 has none).
         tf32: TF32 tactics for fp32 layers (off: an fp32 engine computes in fp32).
         workspace_bytes: the workspace memory-pool limit in bytes (None: TensorRT's default).
-        timing_cache: the tactic timing-cache file read and updated (None: none).
+        timing_cache: the tactic timing-cache file read and updated (None in a plan: the
+            build's default, :func:`svdtrt.build.builder.default_timing_cache`; a sidecar records
+            the file used).
     """
 
     model_config = Schema.model_config | {"frozen": True}
@@ -67,6 +69,12 @@ class BuildFlags(Schema):
     tf32: bool = False
     workspace_bytes: Size | None = None
     timing_cache: str | None = None
+
+    def engine_settings(self) -> dict:
+        """The settings that shape the engine built, part of its staleness key
+        (:func:`stale_reasons`): every field but the timing cache, which only speeds a build up
+        (TensorRT picks among the tactics it times either way)."""
+        return self.model_dump(exclude={"timing_cache"})
 
 
 class GraphIdentity(Schema):
@@ -209,9 +217,10 @@ def stale_reasons(sidecar: Sidecar, expected: dict) -> list[str]:
     Args:
         sidecar: the engine's sidecar (:func:`load_sidecar`).
         expected: any of ``graph_sha256``, ``precision``, ``tensorrt``, ``gpu``
-            (``{"name", "compute_capability"}``), ``profile`` (``{input: {"min", "opt", "max"}}``)
-            and ``profile_kind``; only the keys given are compared (the runtime does not ask for a
-            profile, a build does).
+            (``{"name", "compute_capability"}``), ``profile`` (``{input: {"min", "opt", "max"}}``),
+            ``profile_kind`` and ``flags`` (:class:`BuildFlags`, compared by
+            :meth:`BuildFlags.engine_settings`); only the keys given are compared (the runtime
+            does not ask for a profile or flags, a build does).
     Returns:
         Short phrases, e.g. ``"it was built with TensorRT 10.3.0, this is 10.13.0"``.
     """
@@ -232,6 +241,11 @@ def stale_reasons(sidecar: Sidecar, expected: dict) -> list[str]:
         reasons.append(f"it has a {sidecar.profile_kind} profile, not {expected['profile_kind']}")
     elif "profile" in expected and sidecar.profile_lists() != expected["profile"]:
         reasons.append("its optimization profile has other shapes")
+    if "flags" in expected:
+        built, asked = sidecar.flags.engine_settings(), expected["flags"].engine_settings()
+        changed = [f"{k} {built[k]} -> {asked[k]}" for k in asked if built.get(k) != asked[k]]
+        if changed:
+            reasons.append(f"it was built with other builder settings ({', '.join(changed)})")
     return reasons
 
 

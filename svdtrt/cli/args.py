@@ -151,12 +151,56 @@ class SamplingArgs(ArgGroup):
 
         for backend, precision, device in runs:
             check_host_memory(estimate_host_memory(bundle, settings, backend, precision, device, reference, clips),
-                              f"a {settings.frames}-frame {settings.width}x{settings.height} clip on {backend} "
-                              f"({precision})")
+                              _clip_words(settings, backend, precision))
         outside = bundle.outside_range(settings.frames, settings.height, settings.width)
         if outside:
             print(f"svdtrt: warning: {outside}; running it as --allow-outside-range asks: ONNX Runtime may take "
                   "it, TensorRT engines built for the bundle's profiles will refuse it", file=sys.stderr)
+
+
+def _clip_words(settings, backend: str, precision: str) -> str:
+    return f"a {settings.frames}-frame {settings.width}x{settings.height} clip on {backend} ({precision})"
+
+
+def _gib_amount(text: str) -> float:
+    """A positive, finite number of GiB."""
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of GiB")
+    return value
+
+
+class DeviceMemoryArgs(ArgGroup):
+    """``--device-memory GB``: the budget a clip on a GPU backend is held to before sampling, by
+    the estimate of :func:`svdtrt.runtime.memory.estimate_device_memory`."""
+
+    def add_options(self, p) -> None:
+        p.add_argument("--device-memory", type=_gib_amount, metavar="GB",
+                       help="GPU backends: print the clip's estimated peak device memory and refuse a clip "
+                            "over GB GiB (default: the GPU's free memory, where there is a GPU)")
+
+    def check(self, args, bundle, settings, choice: BackendChoice) -> None:
+        """Print the device-memory estimate of a clip on a GPU backend (``choice``) and refuse a
+        clip over the budget, before any model load or sampling.
+
+        Raises:
+            InputError: the estimate exceeds ``--device-memory`` (or the GPU's free memory), or
+                ``--device-memory`` was given for a backend that computes on the CPU.
+        """
+        from ..errors import InputError
+        from ..runtime.memory import check_device_memory, estimate_device_memory
+
+        budget = None if args.device_memory is None else int(args.device_memory * 2**30)
+        estimate = estimate_device_memory(bundle, settings, choice.backend, choice.precision, choice.device,
+                                          choice.one_engine_at_a_time)
+        if estimate is None:
+            if budget is not None:
+                raise InputError(f"--device-memory applies to a GPU backend; {choice.backend} "
+                                 f"{'on ' + choice.device + ' ' if choice.backend == 'torch' else ''}computes on "
+                                 "the CPU (host memory is checked instead)")
+            return
+        print(f"device memory: {estimate.describe()}")
+        check_device_memory(estimate, _clip_words(settings, choice.backend, choice.precision), budget)
 
 
 class WorkArgs(ArgGroup):
@@ -289,6 +333,7 @@ BUILD_SHAPES = ShapeRangeArgs("the bundle's")
 SAMPLING = SamplingArgs()
 WORK = WorkArgs()
 WORK_LISTS = WorkListArgs()
+DEVICE_MEMORY = DeviceMemoryArgs()
 BACKEND = BackendArgs()
 REPLICAS = RayArgs("replicas")
 WORKERS = RayArgs("workers")

@@ -112,13 +112,14 @@ def build(args) -> int:
 
     bundle = Bundle.open(args.bundle)
     plan = plan_build(bundle, args.precision, args.profile, *BUILD_SHAPES.parse(args),
-                      args.components, args.workspace, args.timing_cache)
+                      args.components, args.workspace, args.timing_cache, args.block_caching)
     if not args.dry_run:
         from ..environment import require_tensorrt
 
         require_tensorrt("svdtrt build")  # before announcing a build this machine cannot do
     print(f"{'plan' if args.dry_run else 'building'}: {plan.precision} engines, {plan.profile} profile, "
-          f"strongly typed, workspace {_gib(plan.flags.workspace_bytes)}")
+          f"strongly typed, workspace {_gib(plan.flags.workspace_bytes)}, timing cache "
+          f"{plan.flags.timing_cache or 'one per TensorRT and GPU in the user cache'}")
     for name, item in plan.components.items():
         print(f"  {name:14s} {item.graph} -> {item.engine}")
         for tensor, p in item.profile.items():

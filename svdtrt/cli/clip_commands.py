@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
-from .args import BACKEND, SAMPLING, WORK
+from .args import BACKEND, DEVICE_MEMORY, SAMPLING, WORK
 
 if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
     from ..check.report import CheckReport
@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
 
 def run(args) -> int:
     """``svdtrt run``: one clip (and, if asked, its frames and timings) from an image; exit code 0.
-    Every check (output names, bundle, image, settings, host memory) comes before the outputs are
+    Every check (output names, bundle, image, settings, host and device memory) comes before the outputs are
     reserved, and those before the model, the backend and sampling."""
     import json
     from dataclasses import asdict
@@ -42,6 +42,7 @@ def run(args) -> int:
     choice = BACKEND.parse(args)
     settings = SAMPLING.parse(args, bundle, WORK.parse(args))
     SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
+    DEVICE_MEMORY.check(args, bundle, settings, choice)
     # Reserved before the model, the backend and sampling: an unwritable or taken path fails now,
     # not after minutes of work.
     with _reserved(args.force, args.out, args.save_frames, args.timings) as (clip_out, frames_out, timings_out):

@@ -96,10 +96,36 @@ def format_report(report: dict) -> list[str]:
 
 
 def doctor(args) -> int:
-    """``svdtrt doctor``: :func:`format_report` of :func:`diagnose`, and how to get TensorRT where
-    it is missing; exit code 0."""
+    """``svdtrt doctor [BUNDLE]``: :func:`format_report` of :func:`diagnose`, and how to get TensorRT
+    where it is missing; with a bundle, the memory a clip with the given options needs (device
+    memory on a GPU backend, held to ``--device-memory``; host memory otherwise). Exit code 0.
+
+    Raises:
+        InputError: the clip's settings are invalid, or its device-memory estimate exceeds
+            ``--device-memory`` (or this GPU's free memory).
+    """
     report = diagnose()
     print("\n".join(format_report(report)))
     if report["backends"]["tensorrt"] != "ready":
         print(f"to get TensorRT and Polygraphy: {INSTALL_HINT}")
+    if args.bundle:
+        _clip_memory(args)
     return 0
+
+
+def _clip_memory(args) -> None:
+    """Print the memory one clip of ``args.bundle`` needs with the sampling and backend options."""
+    from ..bundle.store import Bundle
+    from ..runtime.backends import on_gpu
+    from ..runtime.memory import estimate_host_memory
+    from .args import BACKEND, DEVICE_MEMORY, SAMPLING, WORK
+
+    bundle = Bundle.open(args.bundle)
+    choice = BACKEND.parse(args)
+    settings = SAMPLING.parse(args, bundle, WORK.parse(args))
+    print(f"clip: {settings.frames} frames of {settings.width}x{settings.height}, {settings.steps} steps, on "
+          f"{choice.backend} ({choice.precision})")
+    if not on_gpu(choice.backend, choice.device):
+        host = estimate_host_memory(bundle, settings, choice.backend, choice.precision, choice.device)
+        print(f"host memory: at least {host.describe()}")
+    DEVICE_MEMORY.check(args, bundle, settings, choice)

@@ -10,7 +10,17 @@ from .. import __version__
 from ..precisions import NAMES as PRECISIONS
 from ..precisions import made_by
 from ..specs import DEFAULT_OPSET
-from .args import BACKEND, BUILD_SHAPES, EXPORT_SHAPES, REPLICAS, SAMPLING, WORK, WORK_LISTS, WORKERS
+from .args import (
+    BACKEND,
+    BUILD_SHAPES,
+    DEVICE_MEMORY,
+    EXPORT_SHAPES,
+    REPLICAS,
+    SAMPLING,
+    WORK,
+    WORK_LISTS,
+    WORKERS,
+)
 
 #: What ``svdtrt --help`` says svdtrt is (plain text: argparse prints it as it is).
 DESCRIPTION = ("Stable Video Diffusion exported to ONNX and TensorRT, run and checked against diffusers. "
@@ -73,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
                         "stage, which the default run does not")
     p.add_argument("--force", action="store_true", help="replace existing output files")
-    _compose(p, BACKEND, SAMPLING, WORK)
+    _compose(p, BACKEND, DEVICE_MEMORY, SAMPLING, WORK)
 
     p = sub.add_parser("check", help="measure a bundle's accuracy against PyTorch and diffusers")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
@@ -121,16 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "shape only (static, fastest)")
     BUILD_SHAPES.add_to_parser(p)
     p.add_argument("--workspace", type=float, metavar="GB", help="TensorRT workspace limit in GiB (default: TensorRT's)")
-    p.add_argument("--timing-cache", type=Path, metavar="FILE", help="tactic timing cache to read and update")
+    p.add_argument("--timing-cache", type=Path, metavar="FILE",
+                   help="tactic timing cache to read and update, outside the bundle (default: one per TensorRT "
+                        "version and GPU in ~/.cache/svdtrt/tensorrt-timing)")
     p.add_argument("--components", nargs="+", metavar="NAME",
-                   help="components to build (default all: image_encoder vae_encoder unet vae_decoder)")
+                   help="components to build (default SVD's four: image_encoder vae_encoder unet vae_decoder)")
+    p.add_argument("--block-caching", action="store_true",
+                   help="also build unet_full and unet_shallow, which --cache-interval above 1 runs (two more "
+                        "UNet-sized builds; see docs/tensorrt.md)")
     p.add_argument("--dry-run", action="store_true", help="print the build plan; build and write nothing")
     p.add_argument("--force", action="store_true", help="rebuild engines even when the cached ones are current")
 
     p = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256 and sizes")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
 
-    sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime")
+    p = sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime; "
+                                      "with a bundle, the memory a clip needs")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path, nargs="?",
+                   help="also estimate the memory of a clip of this bundle with the options below")
+    _compose(p, BACKEND, DEVICE_MEMORY, SAMPLING, WORK)
 
     p = sub.add_parser("bench", help="latency, memory and accuracy of every backend and precision vs diffusers")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)

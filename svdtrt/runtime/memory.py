@@ -26,6 +26,26 @@ in float32 (4 bytes per value):
     (c = the VAE's ``block_out_channels[0]``), x2 for a layer's input and output.
 
 GPU backends keep activations in device memory, which this does not estimate.
+
+Device memory is estimated the same way, as a floor, per stage of the clip (CLIP, VAE encode,
+denoise, VAE decode; :func:`estimate_device_memory`), and a stage needs at least:
+
+- weights: the bytes of what the backend holds on the GPU at that stage. ``tensorrt`` loads an
+  engine when its stage first runs and keeps it (only the stage's own engines with
+  ``--one-engine-at-a-time``): the engine files' bytes (the graphs' where an engine is not built
+  yet); the ``onnxruntime-*`` backends open every session before sampling: the graph files'
+  bytes; ``torch`` on CUDA moves every module to the GPU at once: the fp32 graphs' bytes at its
+  dtype. A weights file that several graphs read is counted once;
+- the largest activation block: the activations of one stage (the pairs of feature maps above,
+  without attention scores, which the GPU's fused attention does not materialise; the CLIP
+  encoder's widest layer, 257 tokens x ``intermediate_size``) in the precision's float type
+  (:attr:`svdtrt.precisions.Precision.float_dtype`). Allocators keep what they grew to, and the
+  TensorRT backend's one activation block is sized to the largest engine loaded, so a stage
+  holds the largest block of the stages so far (its own only with ``--one-engine-at-a-time``,
+  which frees the block between stages);
+- the loop's own tensors: the latent-sized tensors of the denoising step from the denoising loop
+  on (:data:`LATENT_COPIES`), and at decoding the decoded frames in :data:`DEVICE_FRAME_COPIES`
+  copies, float32.
 """
 
 from __future__ import annotations
@@ -44,6 +64,11 @@ FRAME_COPIES = 3
 #: Latent-sized tensors alive during a denoising step: the UNet's input (2C channels, counted
 #: twice), its output, the latents, the image latents and the guided prediction.
 LATENT_COPIES = 6
+#: Copies of the decoded frames on the GPU while decoding: the decoder's outputs per chunk and
+#: their concatenation (``torch.cat`` holds both).
+DEVICE_FRAME_COPIES = 2
+#: The stages of a clip, in the order the loop runs them.
+STAGES = ("CLIP", "VAE encode", "denoise", "VAE decode")
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,11 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
+def _size(n: float) -> str:
+    """Bytes as GiB, or as MiB below 1 GiB (a small model's clip)."""
+    return _gib(n) if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _graph_bytes(bundle, precision: str) -> int:
     """Bytes of the graph files (graph and external weights) of ``precision`` the bundle has."""
     files, names = bundle.manifest.files, set()
@@ -82,24 +112,47 @@ def _heads(unet: dict, level: int) -> int:
     return int(heads[level] if isinstance(heads, (list, tuple)) else heads)
 
 
+def _stage_activations(bundle, settings) -> dict[str, int]:
+    """Values (not bytes) of the largest pair of feature maps of each stage of :data:`STAGES` (see
+    the module doc): the CLIP encoder's MLP, the VAE's full-resolution maps (the encoder's for one
+    image, the decoder's for a chunk) and the UNet's first level."""
+    configs, dims, s = bundle.manifest.configs, bundle.dims, settings
+    unet, vae, clip = configs.get("unet", {}), configs.get("vae", {}), configs.get("image_encoder", {})
+    b = 2 if s.max_guidance_scale > 1 else 1
+    h, w = s.height // dims.latent_scale, s.width // dims.latent_scale
+    vae_channels = (vae.get("block_out_channels") or [0])[0]
+    tokens = (clip.get("image_size", 0) // clip.get("patch_size", 1)) ** 2 + 1
+    chunk = min(s.decode_chunk_size or s.frames, s.frames)
+    return {"CLIP": 2 * tokens * clip.get("intermediate_size", 0),
+            "VAE encode": 2 * vae_channels * s.height * s.width,
+            "denoise": 2 * b * s.frames * (unet.get("block_out_channels") or [0])[0] * h * w,
+            "VAE decode": 2 * chunk * vae_channels * s.height * s.width}
+
+
 def _activation_bytes(bundle, settings, backend: str) -> int:
     """The largest host activation of one stage (see the module doc), for ``backend``."""
-    configs, dims, s = bundle.manifest.configs, bundle.dims, settings
-    unet, vae = configs.get("unet", {}), configs.get("vae", {})
-    guided = s.max_guidance_scale > 1
-    b = 2 if guided else 1
-    h, w = s.height // dims.latent_scale, s.width // dims.latent_scale
-    unet_channels = (unet.get("block_out_channels") or [0])[0]
-    stages = [2 * b * s.frames * unet_channels * h * w]
+    unet, dims, s = bundle.manifest.configs.get("unet", {}), bundle.dims, settings
+    stages = _stage_activations(bundle, settings)
+    largest = [stages["denoise"], stages["VAE decode"]]
     if backend == "onnxruntime":
+        b = 2 if s.max_guidance_scale > 1 else 1
+        h, w = s.height // dims.latent_scale, s.width // dims.latent_scale
         for level, kind in enumerate(unet.get("down_block_types", [])):
             if "CrossAttn" in kind:
                 cells, heads = (h >> level) * (w >> level), _heads(unet, level)
-                stages.append(max(b * s.frames * heads * cells**2, b * cells * heads * s.frames**2))
+                largest.append(max(b * s.frames * heads * cells**2, b * cells * heads * s.frames**2))
                 break
-    chunk = min(s.decode_chunk_size or s.frames, s.frames)
-    stages.append(2 * chunk * (vae.get("block_out_channels") or [0])[0] * s.height * s.width)
-    return max(stages) * FLOAT_BYTES
+    return max(largest) * FLOAT_BYTES
+
+
+def _loop_values(bundle, settings) -> tuple[int, int]:
+    """Values (not bytes) of the loop's latent-sized tensors (:data:`LATENT_COPIES` of them) and
+    of one copy of the decoded frames."""
+    s, dims = settings, bundle.dims
+    b = 2 if s.max_guidance_scale > 1 else 1
+    latents = LATENT_COPIES * b * s.frames * dims.latent_channels * (s.height // dims.latent_scale) * (
+        s.width // dims.latent_scale)
+    return latents, s.frames * 3 * s.height * s.width
 
 
 def estimate_host_memory(bundle, settings, backend: str, precision: str = "fp32", device: str = "cpu",
@@ -117,17 +170,14 @@ def estimate_host_memory(bundle, settings, backend: str, precision: str = "fp32"
             (``check``, ``bench``).
         clips: clips held at once (``check`` keeps the tested, the PyTorch and diffusers' clips).
     """
-    s, dims = settings, bundle.dims
+    s = settings
     on_host = not on_gpu(backend, device)
     model_bytes = _graph_bytes(bundle, "fp32")  # the source model's fp32 weights
     weights = model_bytes if backend == "torch" else _graph_bytes(bundle, precision)
     if reference and backend != "torch":
         weights += model_bytes
-    b = 2 if s.max_guidance_scale > 1 else 1
-    latents = LATENT_COPIES * b * s.frames * dims.latent_channels * (s.height // dims.latent_scale) * (
-        s.width // dims.latent_scale)
-    frames = FRAME_COPIES * s.frames * 3 * s.height * s.width
-    clip = clips * (latents + frames) * FLOAT_BYTES
+    latents, frames = _loop_values(bundle, s)
+    clip = clips * (latents + FRAME_COPIES * frames) * FLOAT_BYTES
     activations = _activation_bytes(bundle, s, backend) if on_host else 0
     if reference:  # diffusers' pipeline runs PyTorch on the CPU
         activations = max(activations, _activation_bytes(bundle, s, "torch"))
@@ -172,3 +222,136 @@ def check_host_memory(estimate: MemoryEstimate, what: str = "this clip", availab
     raise InputError(f"{what} needs at least {estimate.describe()} of host memory, but {_gib(available)} is "
                      "available; use fewer --frames, a smaller --height/--width, a --decode-chunk-size, or a "
                      "GPU backend")
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """Bytes one stage of a clip holds at least at once in device memory, by term (see the module
+    doc); ``stage`` is one of :data:`STAGES`."""
+
+    stage: str
+    weights: int
+    activations: int
+    loop: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.activations + self.loop
+
+
+@dataclass(frozen=True)
+class DeviceMemoryEstimate:
+    """The device memory a clip needs at least, per stage in the order they run."""
+
+    stages: tuple[StageMemory, ...]
+
+    @property
+    def peak(self) -> StageMemory:
+        """The stage that needs the most."""
+        return max(self.stages, key=lambda stage: stage.total)
+
+    def describe(self) -> str:
+        """``"at least 9.1 GiB, in VAE decode (weights ..., activations ..., loop tensors ...);
+        by stage: CLIP 1.2 GiB, ..."``."""
+        return f"{self.describe_peak()}; by stage: {self.describe_stages()}"
+
+    def describe_peak(self) -> str:
+        p = self.peak
+        return (f"at least {_size(p.total)}, in {p.stage} (weights {_size(p.weights)}, activations "
+                f"{_size(p.activations)}, loop tensors {_size(p.loop)})")
+
+    def describe_stages(self) -> str:
+        return ", ".join(f"{stage.stage} {_size(stage.total)}" for stage in self.stages)
+
+
+def _stage_components(settings) -> dict[str, tuple[str, ...]]:
+    """The components each of :data:`STAGES` calls (the UNet graphs as
+    :func:`svdtrt.runtime.pipeline.unet_graph` picks them: ``unet_full`` first under block caching)."""
+    unets = ("unet",) if settings.cache_interval == 1 else ("unet_full", "unet_shallow")[:min(settings.steps, 2)]
+    return {"CLIP": ("image_encoder",), "VAE encode": ("vae_encoder",), "denoise": unets,
+            "VAE decode": ("vae_decoder",)}
+
+
+#: Bytes per weight relative to fp32, by a precision's dtype, for a graph the bundle does not have
+#: (its fp32 graph's bytes scaled): int8 and fp8 weights take one byte.
+WEIGHT_SCALE = {"float32": 1.0, "float16": 0.5, "int8": 0.25, "float8_e4m3fn": 0.25}
+
+
+def _weight_files(bundle, component: str, backend: str, precision: str) -> dict[str, float]:
+    """``{file: bytes}`` of what ``backend`` holds of ``component`` on the GPU: its engine file
+    (``tensorrt``, where built: TensorRT copies an engine's weights to the device when it
+    deserializes it), else its graph and weights files of ``precision``; where the bundle lacks
+    that graph (and always for ``torch``, whose modules are the fp32 model's), the fp32 graph's
+    bytes scaled by :data:`WEIGHT_SCALE`, unless the component runs in fp32 anyway."""
+    from ..precisions import precision as lookup_precision
+    from ..specs import COMPONENTS, runs_fp32_in_fp16
+
+    m = bundle.manifest
+    engine = m.engines.get(f"{component}.{precision}") if backend == "tensorrt" else None
+    if engine is not None:
+        return {engine.engine: m.files[engine.engine].bytes}
+    graphs = m.components[component].graphs if component in m.components else {}
+    graph, scale = (None if backend == "torch" else graphs.get(precision)), 1.0
+    if graph is None:
+        graph = graphs.get("fp32")
+        if not runs_fp32_in_fp16(COMPONENTS[component], m.configs):
+            scale = WEIGHT_SCALE[lookup_precision(precision).dtype]
+    if graph is None:
+        return {}
+    return {n: m.files[n].bytes * scale for n in (graph.file, graph.data) if n and n in m.files}
+
+
+def estimate_device_memory(bundle, settings, backend: str, precision: str = "fp32", device: str = "cpu",
+                           one_engine_at_a_time: bool = False) -> DeviceMemoryEstimate | None:
+    """The floor of the device memory one clip needs, per stage (see the module doc); None for a
+    backend that computes on the host (:func:`svdtrt.runtime.backends.on_gpu`).
+
+    Args:
+        bundle: the opened bundle (its manifest's file sizes, engines and module configs are read).
+        settings: the clip's :class:`svdtrt.runtime.settings.SamplingSettings`.
+        backend, precision, device: what runs the clip (``device``: where ``torch`` runs).
+        one_engine_at_a_time: ``tensorrt`` keeps only the stage's engines and activations.
+    """
+    from ..precisions import precision as lookup_precision
+
+    if not on_gpu(backend, device):
+        return None
+    calls = _stage_components(settings)
+    every = [c for components in calls.values() for c in components]
+    value_bytes = 4 if lookup_precision(precision).float_dtype == "float32" else 2
+    activations, latents, frames = _stage_activations(bundle, settings), *_loop_values(bundle, settings)
+    stages, resident, block = [], {}, 0
+    for stage in STAGES:
+        if backend == "tensorrt" and one_engine_at_a_time:
+            resident, block = {}, 0
+        # tensorrt loads a stage's engines when it first runs; sessions and modules exist before sampling
+        for component in calls[stage] if backend == "tensorrt" else every:
+            resident.update(_weight_files(bundle, component, backend, precision))
+        block = max(block, activations[stage] * value_bytes)
+        loop = (latents if stage in ("denoise", "VAE decode") else 0) + (
+            DEVICE_FRAME_COPIES * frames if stage == "VAE decode" else 0)
+        stages.append(StageMemory(stage, int(sum(resident.values())), block, loop * FLOAT_BYTES))
+    return DeviceMemoryEstimate(tuple(stages))
+
+
+def available_device_memory() -> int | None:
+    """Bytes free on the current CUDA device (``torch.cuda.mem_get_info``), or None where torch
+    sees no GPU."""
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+
+
+def check_device_memory(estimate: DeviceMemoryEstimate, what: str = "this clip", budget: int | None = None) -> None:
+    """Raise :class:`InputError` when ``estimate``'s peak exceeds ``budget`` bytes (``--device-memory``),
+    or, without a budget, the GPU's free memory (:func:`available_device_memory`); nothing where
+    neither is known.
+    """
+    limit = budget if budget is not None else available_device_memory()
+    if limit is None or estimate.peak.total <= limit:
+        return
+    source = "the --device-memory budget" if budget is not None else "the GPU's free memory"
+    raise InputError(f"{what} needs {estimate.describe_peak()} of device memory, over {source} of {_size(limit)} "
+                     f"(by stage: {estimate.describe_stages()}); use a "
+                     "--decode-chunk-size, fewer --frames, a smaller --height/--width, a lower --precision, or "
+                     "--one-engine-at-a-time (tensorrt)")

@@ -140,19 +140,27 @@ def test_shapes_outside_the_profile_are_refused():
 
 
 @pytest.fixture
-def fake_builder(monkeypatch):
-    """TensorRT and the GPU replaced by stand-ins; returns the list of graphs 'built'."""
-    built = []
+def fake_builder(monkeypatch, tmp_path):
+    """TensorRT and the GPU replaced by stand-ins, the user's cache by a folder of the test; returns
+    the machine: ``built`` lists the graphs 'built', ``flags`` the builder settings of each. The
+    stand-in builder appends to the timing cache it is given, as Polygraphy's
+    ``EngineBytesFromNetwork(save_timing_cache=...)`` does."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    built, used = [], []
     machine = types.SimpleNamespace(trt=types.SimpleNamespace(__version__="10.3.0"), gpu=dict(ORIN, memory_bytes=2**36))
     monkeypatch.setattr(svdtrt.environment, "require_tensorrt", lambda purpose="": machine.trt)
     monkeypatch.setattr(svdtrt.environment, "cuda_device", lambda index=0: machine.gpu)
 
     def build(trt, graph, profile, flags):
         built.append(graph.name)
+        used.append(flags)
+        if flags.timing_cache:
+            with open(flags.timing_cache, "ab") as cache:
+                cache.write(f"tactics of {graph.name}\n".encode())
         return f"engine of {graph.name} for {profile}".encode()
 
     monkeypatch.setattr(builder_module, "_build_serialized", build)
-    machine.built = built
+    machine.built, machine.flags = built, used
     return machine
 
 
@@ -232,3 +240,61 @@ def test_a_file_is_hashed_once_per_version_across_backends(bundle, monkeypatch, 
     with pytest.raises(BundleError, match="does not match its recorded sha256"):
         bundle.check_file(data)
     assert hashed == [data, data]
+
+
+# ---- second audit (docs/tensorrt.md, "Second audit") -----------------------------------------------
+
+
+def test_the_timing_cache_survives_builds_component_by_component(bundle, fake_builder, run_cli, tmp_path):
+    """Defect 7: Polygraphy wrote the timing cache where --timing-cache said, the Jetson recipe said
+    inside the bundle, and the build's publish kept only the manifest's files: every build deleted
+    it. The default cache lives in the user's cache, one per TensorRT version and GPU."""
+    for component in ("unet", "vae_decoder"):  # the Jetson recipe: one component at a time
+        code, out, err = run_cli("build", bundle.path, "--precision", "fp32", "--components", component)
+        assert code == 0, err
+    first, second = (flags.timing_cache for flags in fake_builder.flags)
+    assert first == second == str(tmp_path / "cache" / "svdtrt" / "tensorrt-timing" / "10.3.0-Orin-sm8.7.cache")
+    assert (tmp_path / "cache" / "svdtrt" / "tensorrt-timing" / "10.3.0-Orin-sm8.7.cache").read_text() == \
+        "tactics of unet.fp32.onnx\ntactics of vae_decoder.fp32.onnx\n"  # it outlived the first build
+    assert verify_bundle(bundle.path) == []  # and the bundle holds only what its manifest lists
+    inside = bundle.path / "engines" / "timing.cache"
+    code, out, err = run_cli("build", bundle.path, "--precision", "fp32", "--timing-cache", inside)
+    assert code == 2 and out == "" and err.count("\n") == 1 and "is inside the bundle" in err
+    assert len(fake_builder.built) == 2
+
+
+def test_a_build_hashes_each_file_once(bundle, fake_builder, monkeypatch):
+    """Defect 12: every engine's build hashed its graph and weights, so the UNet's weights file,
+    which unet_full and unet_shallow read too, was hashed three times per build (minutes on Jetson);
+    now each file is hashed once per version (Bundle.check_file)."""
+    from collections import Counter
+
+    import svdtrt.bundle.store as bundle_module
+
+    hashed = Counter()
+    real = bundle_module.sha256_file
+    for module in (bundle_module, builder_module):  # and the builder's own name for it, where it has one
+        monkeypatch.setattr(module, "sha256_file", lambda path, *a: hashed.update([path.name]) or real(path, *a),
+                            raising=False)
+    plan = plan_build(bundle, "fp32", block_caching=True)
+    build_engines(bundle.path, plan, progress=False)
+    assert len(fake_builder.built) == 6 and hashed["unet.fp32.onnx.data"] == 1
+    assert max(hashed.values()) == 1, hashed
+    hashed.clear()
+    assert all(r.reused for r in build_engines(bundle.path, plan, progress=False).values())
+    assert hashed == Counter()  # reusing reads no graph, and the engines' hashes are known
+
+
+def test_a_changed_builder_setting_rebuilds_the_engine(bundle, fake_builder):
+    """Defect 12: the staleness key left out the build flags, so a new --workspace reused the old
+    engines. The timing cache is no part of it: it only speeds a build up."""
+    build_engines(bundle.path, plan_build(bundle, "fp32", components=["unet"]), progress=False)
+    build_engines(bundle.path, plan_build(bundle, "fp32", components=["unet"], workspace_gb=2), progress=False)
+    assert len(fake_builder.built) == 2
+    _, sidecar = cache.usable_engine(Bundle.open(bundle.path), "unet", "fp32", "10.3.0", ORIN)
+    assert sidecar.flags.workspace_bytes == 2 * 2**30
+    other_cache = plan_build(bundle, "fp32", components=["unet"], workspace_gb=2,
+                             timing_cache=bundle.path.parent / "other.cache")
+    assert build_engines(bundle.path, other_cache, progress=False)["unet"].reused
+    reasons = cache.stale_reasons(sidecar, {"flags": plan_build(bundle, "fp32", workspace_gb=4).flags})
+    assert reasons == [f"it was built with other builder settings (workspace_bytes {2 * 2**30} -> {4 * 2**30})"]

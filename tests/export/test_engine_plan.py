@@ -9,7 +9,7 @@ import pytest
 
 from svdtrt.build.plan import check_precision_supported, plan_build
 from svdtrt.errors import InputError
-from svdtrt.specs import COMPONENTS
+from svdtrt.specs import COMPONENTS, SVD_COMPONENTS
 
 from ..helpers import rerecord
 
@@ -64,7 +64,7 @@ def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_c
     out = _dry_run(bundle, run_cli, "fp16", *RANGES)
     plan = plan_build(bundle, "fp16", **_ranges(RANGES))
     _printed(out, plan)
-    assert list(plan.components) == list(COMPONENTS)
+    assert list(plan.components) == list(SVD_COMPONENTS)
     assert plan.profile == "dynamic" and plan.precision == "fp16"
     assert plan.shapes == {"frames": {"min": 2, "opt": 4, "max": 6}, "height": {"min": 64, "opt": 64, "max": 128},
                               "width": {"min": 64, "opt": 64, "max": 64}}
@@ -94,8 +94,8 @@ def test_dry_run_dynamic_plan_has_every_component_with_min_opt_max(bundle, run_c
 
 
 def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max_but_the_unet_batch(bundle, run_cli):
-    out = _dry_run(bundle, run_cli, "fp16", "--profile", "static", *RANGES)
-    plan = plan_build(bundle, "fp16", "static", **_ranges(RANGES))
+    out = _dry_run(bundle, run_cli, "fp16", "--profile", "static", "--block-caching", *RANGES)
+    plan = plan_build(bundle, "fp16", "static", **_ranges(RANGES), block_caching=True)
     _printed(out, plan)
     assert plan.profile == "static"
     expected_opt = {"pixel_values": [1, 3, 224, 224], "image": [1, 3, 64, 64], "sample": [2, 4, 8, 16, 16],
@@ -110,6 +110,19 @@ def test_static_plan_uses_the_optimal_shape_for_min_opt_and_max_but_the_unet_bat
             assert p["min"] == batch_1, (component, name)
             seen.add(name)
     assert seen == set(expected_opt)
+
+
+def test_build_plans_the_four_svd_engines_by_default(tiny_bundle, bundle, run_cli):
+    """Second audit, defect 3: a plain build planned six engines, three of them full-size UNets
+    (unet, unet_full, unet_shallow), although the GPU tests and the help expect SVD's four; the
+    block-caching engines are built when asked for."""
+    code, out, err = run_cli("build", tiny_bundle.path, "--precision", "fp32", "--dry-run")  # a fresh bundle
+    assert code == 0, err
+    assert [line.split()[0] for line in out.splitlines() if " -> engines/" in line] == list(SVD_COMPONENTS)
+    out = _dry_run(bundle, run_cli, "fp32", "--block-caching")
+    assert [line.split()[0] for line in out.splitlines() if " -> engines/" in line] == [
+        *SVD_COMPONENTS, "unet_full", "unet_shallow"]
+    assert list(plan_build(bundle, "fp32", components=["unet_shallow"]).components) == ["unet_shallow"]
 
 
 def test_dynamic_plan_without_overrides_is_the_manifests_profile(bundle):
