@@ -30,6 +30,16 @@ ORT_HINT = (f"{hints.install_extra('cpu')} (or {hints.install_extra('cuda')} for
             "install one of onnxruntime and onnxruntime-gpu, never both")
 
 
+#: The oldest TensorRT svdtrt runs: 10.3, JetPack 6.1's, the oldest platform it supports
+#: (docs/tensorrt.md, "Which TensorRT"). Its calls need 10.1 or later:
+#: ``ExecutionContextAllocationStrategy.USER_MANAGED``, strongly typed networks and
+#: ``execute_async_v3`` (10.0), ``ICudaEngine.device_memory_size_v2`` and
+#: ``IExecutionContext.set_device_memory(memory, size)`` (10.1; all in TensorRT 10.3's
+#: ``python/src/infer/pyCore.cpp``). ``pyproject.toml`` declares the same floor (the ``tensorrt``
+#: extra); JetPack's TensorRT does not come from pip, so :func:`require_tensorrt` checks it too.
+TENSORRT_FLOOR = (10, 3)
+
+
 def cache_dir() -> Path:
     """svdtrt's folder in the user's cache: ``$XDG_CACHE_HOME/svdtrt`` (``~/.cache/svdtrt`` when
     the variable is unset or empty, the XDG Base Directory default). It holds the sha256 cache
@@ -90,9 +100,11 @@ def require_tensorrt(purpose: str = "the tensorrt backend"):
     Args:
         purpose: what needs them, for the message (e.g. ``"svdtrt build"``).
     Raises:
-        BackendUnavailableError: one line naming every missing piece and how to get it.
+        BackendUnavailableError: one line naming every missing piece and how to get it, or a
+            TensorRT older than :data:`TENSORRT_FLOOR`.
     """
     import torch
+    from packaging.version import InvalidVersion, Version
 
     trt = import_optional("tensorrt")
     packages = [name for name, ok in (("TensorRT (the 'tensorrt' Python package)", trt is not None),
@@ -105,6 +117,15 @@ def require_tensorrt(purpose: str = "the tensorrt backend"):
         raise BackendUnavailableError(
             f"{purpose} needs {' and '.join(missing)}, which this machine lacks; {'; '.join(remedies)}; "
             "'svdtrt doctor' shows what is here")
+    version = getattr(trt, "__version__", "unknown")
+    try:
+        old = Version(version).release[:2] < TENSORRT_FLOOR
+    except InvalidVersion:
+        old = True
+    if old:
+        raise BackendUnavailableError(
+            f"{purpose} needs TensorRT {'.'.join(map(str, TENSORRT_FLOOR))} or later (JetPack 6.1 or later on a "
+            f"Jetson), this machine has {version}; install a newer one with: {INSTALL_HINT}")
     return trt
 
 

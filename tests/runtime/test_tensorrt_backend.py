@@ -24,6 +24,7 @@ from svdtrt.runtime.backends import create_backend
 from svdtrt.runtime.backends.onnxrt import OnnxRuntimeBackend, ort_tensorrt_cache, ort_tensorrt_options
 from svdtrt.specs import COMPONENTS
 
+from .. import standins
 from ..helpers import rerecord
 
 
@@ -84,6 +85,159 @@ def _image(tmp_path):
     path = tmp_path / "input.png"
     sample_image("astronaut").save(path)
     return path
+
+
+# ---- the backend on stand-ins for TensorRT and CUDA (tests/standins.py) -----------------------------
+# Audited defects of the second audit (docs/tensorrt.md, "Second audit"); each test names its defect.
+
+
+@pytest.fixture
+def standin(bundle, tmp_path, monkeypatch):
+    """The stand-ins installed: ``.log`` (:class:`tests.standins.Log`); ``.build(**plan_options)``
+    builds stand-in engines into the bundle copy with the real build stage and returns the
+    re-opened bundle; ``.backend(bundle, **options)`` is the real TensorRT backend on them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    log = standins.install(monkeypatch, bundle.dims)
+
+    def build(**plan_options):
+        standins.build_standin_engines(monkeypatch, bundle.path, **plan_options)
+        return Bundle.open(bundle.path)
+
+    return types.SimpleNamespace(log=log, build=build, backend=standins.standin_backend)
+
+
+def _unet_inputs(bundle, batch, steps=4):
+    """The UNet's inputs as the loop makes them on a step: the timestep and, at batch 1 (after
+    --guidance-steps), the conditioning are views into larger tensors, at offsets of 4 * i bytes."""
+    timesteps = torch.linspace(1.0, 0.1, steps)
+    inputs = example_inputs(COMPONENTS["unet"], bundle.dims.sizes(2, 4, 64, 64))
+    return {"sample": inputs["sample"][:batch].clone(), "timestep": timesteps[steps - 1].expand(batch),
+            "encoder_hidden_states": inputs["encoder_hidden_states"][-batch:],
+            "added_time_ids": inputs["added_time_ids"][-batch:]}
+
+
+def test_io_addresses_are_256_byte_aligned_and_every_refusal_is_an_error(standin):
+    """Defect 5: views at unaligned offsets were bound as they were, and the return values of
+    set_input_shape and set_tensor_address were ignored."""
+    backend = standin.backend(standin.build(components=["unet"]))
+    unet = backend.component("unet")
+    for batch in (2, 1):
+        inputs = _unet_inputs(backend.bundle, batch)
+        assert batch == 2 or inputs["timestep"].data_ptr() % 256  # the loop's batch-1 timestep is misaligned
+        outputs = unet(inputs)
+        (context,) = backend._runners["unet"].engine.contexts
+        assert context.refused == []
+        seen = context.inputs_seen[-1]
+        for name, value in inputs.items():  # the engine read the values given, wherever they were
+            np.testing.assert_array_equal(seen[name], value.numpy())
+        total = sum(float(v.double().sum()) for v in inputs.values())
+        assert outputs["noise_pred"].shape == (batch, 4, 4, 16, 16)
+        torch.testing.assert_close(outputs["noise_pred"], torch.full_like(outputs["noise_pred"], total))
+    context.set_input_shape = lambda name, shape: False
+    with pytest.raises(EngineError, match=r"unet: TensorRT refused the shape \[2, 4, 8, 16, 16\] of input 'sample'"):
+        unet(_unet_inputs(backend.bundle, 2))
+    context.set_input_shape = lambda name, shape: True
+    context.set_tensor_address = lambda name, address: False
+    with pytest.raises(EngineError, match="refused the address of 'sample'.*256-byte alignment"):
+        unet(_unet_inputs(backend.bundle, 2))
+
+
+def test_each_cuda_graph_has_its_own_execution_context(standin):
+    """Defect 4: batch 2's and batch 1's CUDA graphs were captured from one context, so capturing
+    the second changed the state the first replays with."""
+    bundle = standin.build(components=["unet"], profile="static")
+    graphed, plain = standin.backend(bundle, cuda_graph=True), standin.backend(bundle)
+    unet, reference = graphed.component("unet"), plain.component("unet")
+    for batch in (2, 1, 2, 1):  # guidance, then --guidance-steps' batch 1, on two clips
+        inputs = _unet_inputs(bundle, batch)
+        inputs["sample"] = inputs["sample"] + batch  # other values every call
+        torch.testing.assert_close(unet(inputs)["noise_pred"], reference(inputs)["noise_pred"])
+    runner = graphed._runners["unet"]
+    contexts = [graph[0] for graph in runner._graphs.values()]
+    assert len(runner._graphs) == 2 and len({id(c) for c in contexts}) == 2
+    assert runner.engine.contexts == contexts  # no other context: one per graph
+    assert standin.log.count("replay", "unet") == 4
+
+
+def test_cuda_graph_covers_the_block_caching_engines(standin, photo):
+    """Defect 12: --cuda-graph captured only unet, not unet_full and unet_shallow."""
+    from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
+
+    bundle = standin.build(profile="static", block_caching=True)
+    backend, log = standin.backend(bundle, cuda_graph=True), standin.log
+    clip = SvdPipeline(backend, bundle)(photo, SamplingSettings(4, 64, 64, steps=4, cache_interval=2))
+    assert clip.unet_calls == [("unet_full", 2), ("unet_shallow", 2)] * 2
+    assert log.count("replay", "unet_full") == log.count("replay", "unet_shallow") == 2
+    assert log.count("run", "image_encoder") == log.count("run", "vae_decoder") == 1  # not graphed
+
+
+def test_one_engine_at_a_time_loads_each_engine_once_per_clip_with_block_caching(standin, photo):
+    """Defect 6: unet_full and unet_shallow alternate every step, and each switch released the
+    other engine, so with block caching every step reloaded a UNet engine."""
+    from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
+
+    bundle = standin.build(block_caching=True)
+    backend, log = standin.backend(bundle, one_engine_at_a_time=True), standin.log
+    settings = SamplingSettings(4, 64, 64, steps=6, cache_interval=2)
+    SvdPipeline(backend, bundle)(photo, settings)
+    loads = [e[1] for e in log.events if e[0] == "load"]
+    assert loads == ["image_encoder", "vae_encoder", "unet_full", "unet_shallow", "vae_decoder"]
+    assert list(backend._runners) == ["vae_decoder"]  # the other stages' engines were released
+    SvdPipeline(backend, bundle)(photo, settings)
+    assert [e[1] for e in log.events if e[0] == "load"] == loads * 2  # once per clip
+
+
+def test_engines_share_one_activation_block_sized_to_the_largest(standin, photo):
+    """Defect 10: every engine kept its own activation memory (one STATIC context each), so the
+    decoder's full-clip block stayed allocated beside the UNet's."""
+    from svdtrt.runtime.pipeline import SamplingSettings, SvdPipeline
+
+    sizes = {"image_encoder": 1000, "vae_encoder": 50_000, "unet": 30_000, "vae_decoder": 200_000}
+    bundle = standin.build(device_memory=sizes, profile="static")
+    backend = standin.backend(bundle, cuda_graph=True)
+    for _ in range(2):  # the UNet's CUDA graph was captured before the decoder grew the block: captured again
+        SvdPipeline(backend, bundle)(photo, SamplingSettings(4, 64, 64, steps=2))
+    assert standin.log.count("replay", "unet") == 4
+    contexts = [c for runner in backend._runners.values() for c in runner.engine.contexts]
+    managed = standins.TensorRT.ExecutionContextAllocationStrategy.USER_MANAGED
+    assert {c.strategy for c in contexts} == {managed}
+    live = [c for c in contexts if c.engine.component != "unet"] + [
+        graph[0] for graph in backend._runners["unet"]._graphs.values()]
+    (memory,) = {c.device_memory for c in live}  # one block, every context re-pointed as it grew
+    assert memory[1] == backend.block.size == max(sizes.values()) and memory[0] % 512 == 0
+    backend.close()
+    assert backend.block.size == 0 and not backend._runners
+
+
+def test_a_corrupt_engine_is_one_line_with_the_rebuild_command(standin):
+    """Defect 12: Polygraphy's EngineFromBytes raises PolygraphyException for an engine TensorRT
+    cannot deserialize; it became a traceback instead of the EngineError naming the rebuild."""
+    bundle = standin.build(components=["image_encoder"])
+    (bundle.path / "engines" / "image_encoder.fp32.engine").write_bytes(b"not an engine")
+    bundle = rerecord(bundle.path, "engines/image_encoder.fp32.engine")  # a recorded file TensorRT refuses
+    backend = standin.backend(bundle)
+    run = backend.component("image_encoder")  # the sidecar still matches: the engine's bytes do not
+    with pytest.raises(EngineError) as e:
+        run(example_inputs(COMPONENTS["image_encoder"], bundle.dims.sizes(1, 4, 64, 64)))
+    message = str(e.value)
+    assert "\n" not in message and "TensorRT could not deserialize" in message
+    assert f"svdtrt build {bundle.path} --precision fp32 --profile dynamic --components image_encoder --force" in message
+
+
+def test_tensorrt_older_than_the_floor_is_refused(monkeypatch):
+    """The version floor the backend's calls need (svdtrt.environment.TENSORRT_FLOOR)."""
+    from svdtrt.environment import require_tensorrt
+    from svdtrt.errors import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="8.6.2"))  # JetPack 6.0's
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # Polygraphy is installed: only the version
+    with pytest.raises(BackendUnavailableError) as e:
+        require_tensorrt("the tensorrt backend")
+    message = str(e.value)
+    assert "\n" not in message and "needs TensorRT 10.3 or later (JetPack 6.1 or later on a Jetson), this " \
+        "machine has 8.6.2" in message
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0.30"))
+    assert require_tensorrt().__version__ == "10.3.0.30"
 
 
 # ---- with TensorRT and a CUDA GPU -------------------------------------------------------------
