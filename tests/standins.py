@@ -149,6 +149,8 @@ class StandInContext:
         if self.strategy == TensorRT.ExecutionContextAllocationStrategy.USER_MANAGED:
             assert self.device_memory and self.device_memory[1] >= engine.device_memory_size_v2, \
                 f"{engine.component}: run without device memory of the engine's size"
+        unbound = [n for n in (*engine.input_names, *engine.output_names) if n not in self.addresses]
+        assert not unbound, f"{engine.component}: run with no address for {unbound} (refused by set_tensor_address)"
         engine.log.events.append(("run", engine.component))
         inputs = {n: _memory(self.addresses[n], self.shapes[n]).copy() for n in engine.input_names}
         self.inputs_seen.append(inputs)
