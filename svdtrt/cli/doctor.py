@@ -100,6 +100,7 @@ def doctor(args) -> int:
     it is missing; exit code 0."""
     report = diagnose()
     print("\n".join(format_report(report)))
-    if report["backends"]["tensorrt"] != "ready":
-        print(f"to get TensorRT and Polygraphy: {INSTALL_HINT}")
+    missing = [name for name, key in (("TensorRT", "tensorrt"), ("Polygraphy", "polygraphy")) if not report[key]]
+    if missing:  # a missing GPU is not something pip installs: the backends' lines say so
+        print(f"to get {' and '.join(missing)}: {INSTALL_HINT}")
     return 0
