@@ -14,7 +14,7 @@ from pathlib import Path
 from ..bundle.engines import NO_ENGINE, BuildFlags, SidecarError, dump_sidecar, load_sidecar, make_sidecar, stale_reasons
 from ..bundle.manifest import EngineEntry
 from ..bundle.store import changing, sha256_file
-from ..errors import BundleError, EngineError, first_line
+from ..errors import EngineError, first_line
 from .plan import BuildPlan, EnginePlan, Profile, check_precision_supported
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,12 @@ class BuiltEngine:
 
 
 def _verify_graph(bundle, item: EnginePlan) -> None:
-    """Hash the graph and weights a build reads against the manifest (an engine bakes them in)."""
+    """Hash the graph and weights a build reads against the manifest (an engine bakes them in),
+    through :meth:`~svdtrt.bundle.store.Bundle.check_file`: once per file version, however many
+    engines read it."""
     for file in (item.graph, item.data):
-        if file and sha256_file(bundle.path / file) != bundle.manifest.files[file].sha256:
-            raise BundleError(f"bundle '{bundle.path}': {file} does not match its recorded sha256 (a corrupted or "
-                              f"replaced file); {bundle.remedy(file)}")
+        if file:
+            bundle.check_file(file)
 
 
 def build_engines(bundle_path, plan: BuildPlan, force: bool = False, progress: bool = True) -> dict[str, BuiltEngine]:
@@ -82,6 +83,8 @@ def build_engines(bundle_path, plan: BuildPlan, force: bool = False, progress: b
                     [NO_ENGINE]
             except SidecarError as e:
                 reasons = [str(e)]
+            if current and not reasons and not (bundle.path / current.engine).is_file():  # a bundle being repaired
+                reasons = ["the engine file is missing"]
             if current and not reasons and sha256_file(bundle.path / current.engine) != \
                     bundle.manifest.files[current.engine].sha256:
                 reasons = ["the engine file does not match its recorded sha256"]
