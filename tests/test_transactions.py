@@ -234,7 +234,8 @@ def test_same_size_corrupted_weights_are_refused_not_run(tiny_bundle, photo, tmp
     code, _, err = run_cli("run", bundle, "--image", image, "--out", tmp_path / "clip.mp4", "--steps", 2)
     assert code == 2 and len(error_lines(err)) == 1
     assert "unet.fp32.onnx.data does not match its recorded sha256" in err
-    assert f"'svdtrt export tiny --out {bundle} --force'" in err
+    # the repair re-exports the UNet alone (docs/architecture.md, "Integrity"), keeping the rest
+    assert f"repair it with 'svdtrt export tiny --out {bundle} --components unet'" in err
     assert not (tmp_path / "clip.mp4").exists()
 
 
@@ -268,7 +269,7 @@ def test_a_graph_that_fails_to_load_is_a_bundle_error_with_the_rebuild_command(t
     photo.save(image)
     code, _, err = run_cli("run", bundle, "--image", image, "--out", tmp_path / "clip.mp4", "--steps", 2)
     assert code == 2 and "ONNX Runtime cannot load vae_encoder.fp32.onnx" in err
-    assert f"svdtrt export tiny --out {bundle} --force" in err
+    assert f"repair it with 'svdtrt export tiny --out {bundle} --components vae_encoder'" in err
 
 
 def test_files_in_a_bundle_that_the_manifest_does_not_list_fail_verify(tiny_bundle, tmp_path, run_cli):
