@@ -6,10 +6,10 @@ from __future__ import annotations
 from ..errors import InputError
 from .args import BUILD_SHAPES, EXPORT_SHAPES
 
-#: Suffixes of files svdtrt reads or writes: a bundle (a folder) named with one is refused, since
-#: it is surely a slip (``export --out clip.mp4`` makes a folder no player opens).
-FILE_SUFFIXES = (".mp4", ".webm", ".gif", ".npy", ".npz", ".json", ".onnx", ".engine", ".png", ".jpg", ".jpeg",
-                 ".webp", ".bmp", ".tif", ".tiff", ".txt")
+#: Suffixes of files svdtrt writes or reads besides clips, frames and images (the media registries
+#: name those): a bundle (a folder) named with one is refused, since it is surely a slip
+#: (``export --out clip.mp4`` makes a folder no player opens).
+OTHER_FILE_SUFFIXES = (".npz", ".json", ".onnx", ".engine", ".txt")
 
 
 def export(args) -> int:
@@ -20,12 +20,16 @@ def export(args) -> int:
     from ..bundle.store import BUNDLE_FOLDER, is_bundle_folder
     from ..export.bundle_export import export_bundle
     from ..hints import fresh_path
+    from ..media.images import IMAGE_SUFFIXES
+    from ..media.video import CLIP_FORMATS, FRAMES_SUFFIX
     from ..models.loading import load_model
+
+    file_suffixes = (*CLIP_FORMATS, FRAMES_SUFFIX, *IMAGE_SUFFIXES, *OTHER_FILE_SUFFIXES)
 
     adding = args.components and is_bundle_folder(args.out) and not args.force
     if not adding:  # all before the model load
         BUNDLE_FOLDER.check_target(args.out, args.force)
-        if args.out.suffix.lower() in FILE_SUFFIXES and not is_bundle_folder(args.out):
+        if args.out.suffix.lower() in file_suffixes and not is_bundle_folder(args.out):
             raise InputError(f"--out '{args.out}' names a {args.out.suffix} file, but a bundle is a folder; give a "
                              f"folder name, e.g. '{fresh_path(args.out, BUNDLE_FOLDER.suffix)}'")
     model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
