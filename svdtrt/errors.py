@@ -62,3 +62,8 @@ class QuantizationError(SvdtrtError):
 
 class NumericalError(SvdtrtError):
     """A backend produced NaN or infinite values (a corrupted graph or engine, or an overflow)."""
+
+
+class ClipCancelled(SvdtrtError):
+    """Sampling stopped because whoever asked for the clip no longer waits for it (a served request
+    that timed out or whose client went away): the loop checks before each denoising step."""

@@ -11,6 +11,7 @@ hint that needs several steps chains them with ``&&`` rather than suggesting one
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 from pathlib import Path
@@ -51,24 +52,52 @@ def export(source: str, bundle: str | os.PathLike, components: list[str] | None 
     return svdtrt(*words, *(["--force"] if force else []))
 
 
+def fresh_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A path beside ``path`` where nothing is yet, for a hint that must not write over what is
+    there: ``path`` with its suffix replaced by ``suffix`` (``catcopy.png`` -> ``catcopy.bundle``;
+    its own suffix when ``suffix`` is empty), then ``-2``, ``-3``, ... before the suffix until the
+    name is free. The folder is kept as the user typed it."""
+    path = Path(path)
+    if path.name in ("", ".", ".."):  # '.' has no name of its own
+        path = Path(os.path.abspath(path))
+    stem = path.name.removesuffix(path.suffix) if path.suffix else path.name
+    ext = suffix or path.suffix
+    candidates = (path.with_name(f"{stem}{f'-{i}' if i > 1 else ''}{ext}") for i in itertools.count(1))
+    return next(c for c in candidates if not os.path.lexists(c))
+
+
 def first_export(bundle: str | os.PathLike) -> str:
     """The command that creates a bundle where there is none (the demo preset as ``MODEL``)."""
     return export(EXAMPLE_MODEL, bundle)
 
 
-def convert(bundle: str | os.PathLike, precision: str = "fp16", force: bool = False) -> str:
-    return svdtrt("convert", bundle, "--precision", precision, *(["--force"] if force else []))
-
-
-def calibrate(bundle: str | os.PathLike, name: str = "default", force: bool = False) -> str:
-    words = ["calibrate", bundle] + ([] if name == "default" else ["--name", name])
+def convert(bundle: str | os.PathLike, precision: str = "fp16", components: list[str] | None = None,
+            force: bool = False) -> str:
+    """``svdtrt convert BUNDLE --precision P [--components A,B] [--force]``."""
+    words = ["convert", bundle, "--precision", precision]
+    if components:
+        words += ["--components", ",".join(components)]
     return svdtrt(*words, *(["--force"] if force else []))
 
 
-def quantize(bundle: str | os.PathLike, precision: str, calibration: str = "default", force: bool = False) -> str:
+def calibrate(bundle: str | os.PathLike, name: str = "default", force: bool = False, count: int | None = None,
+              steps: int | None = None, seed: int | None = None) -> str:
+    """``svdtrt calibrate BUNDLE [--name N] [--count C --steps S --seed X] [--force]``."""
+    words = ["calibrate", bundle] + ([] if name == "default" else ["--name", name])
+    for option, value in (("--count", count), ("--steps", steps), ("--seed", seed)):
+        words += [] if value is None else [option, value]
+    return svdtrt(*words, *(["--force"] if force else []))
+
+
+def quantize(bundle: str | os.PathLike, precision: str, calibration: str = "default", force: bool = False,
+             exclude: list[str] | None = None, quantize_bias: bool = False) -> str:
+    """``svdtrt quantize BUNDLE --precision P [--calibration N] [--exclude PATTERN ...]
+    [--quantize-bias] [--force]``; ``exclude`` None is the default recipe, ``[]`` excludes nothing."""
     words = ["quantize", bundle, "--precision", precision]
     words += [] if calibration == "default" else ["--calibration", calibration]
-    return svdtrt(*words, *(["--force"] if force else []))
+    if exclude is not None:
+        words += ["--exclude", *(exclude or [""])]
+    return svdtrt(*words, *(["--quantize-bias"] if quantize_bias else []), *(["--force"] if force else []))
 
 
 def verify(bundle: str | os.PathLike) -> str:
@@ -76,7 +105,7 @@ def verify(bundle: str | os.PathLike) -> str:
 
 
 def make_precision(bundle: str | os.PathLike, precision: str, source: str, calibrated: bool = True,
-                   have: dict[str, set[str]] | None = None, force: bool = False) -> str:
+                   have: dict[str, set[str]] | None = None) -> str:
     """The one command line that gives ``bundle`` graphs of ``precision`` for every component.
 
     Args:
@@ -86,12 +115,12 @@ def make_precision(bundle: str | os.PathLike, precision: str, source: str, calib
         calibrated: whether the bundle has the ``default`` calibration set (quantizing needs one).
         have: ``{component: precisions it has graphs of}``; None means "nothing is known to be
             missing but ``precision`` itself" (the whole bundle is made again at that precision).
-        force: replace graphs of ``precision`` that exist (a rebuild of a corrupted file).
     Returns:
-        A command, or commands chained with ``&&``: fp32 graphs missing from some components
-        are exported for all of those at once (with ``--precision fp16`` too when fp16 is
-        wanted); fp16 graphs are converted from the fp32 ones; quantized graphs need a
-        calibration set first.
+        A command, or commands chained with ``&&``, that adds what is missing and replaces
+        nothing that exists: fp32 graphs missing from some components are exported for those at
+        once (with ``--precision fp16`` too when fp16 is wanted); fp16 graphs are converted from
+        the fp32 ones, for the components that lack them; quantized graphs need a calibration set
+        first, and are made for every component at once (``quantize --force`` where some exist).
     """
     p = PRECISIONS[precision]
     have = have if have is not None else {name: {"fp32"} for name in COMPONENTS}
@@ -99,22 +128,17 @@ def make_precision(bundle: str | os.PathLike, precision: str, source: str, calib
     needed = [c for c in COMPONENTS if c in have or c in SVD_COMPONENTS]
     no_fp32 = [c for c in needed if "fp32" not in have.get(c, ())]
     lacking = [c for c in needed if precision not in have.get(c, ())]
+    existing = any(precision in have.get(c, ()) for c in COMPONENTS)
     if p.made_by == "export":
-        if force or not no_fp32:
-            return export(source, bundle, force=True)
-        return export(source, bundle, components=no_fp32)
+        return export(source, bundle, components=no_fp32 or None)
     if p.made_by == "convert":
         if no_fp32 and set(lacking) <= set(no_fp32):
             return export(source, bundle, components=no_fp32, precision=precision)
-        # convert works on the whole bundle: it refuses to add to graphs of that precision that
-        # exist unless --force, which then replaces them.
-        existing = any(precision in have.get(c, ()) for c in COMPONENTS)
         return chain(export(source, bundle, components=no_fp32) if no_fp32 else "",
-                     convert(bundle, precision, force=force or existing))
-    existing = any(precision in have.get(c, ()) for c in COMPONENTS)
+                     convert(bundle, precision, components=lacking if existing else None))
     return chain(export(source, bundle, components=no_fp32) if no_fp32 else "",
                  "" if calibrated else calibrate(bundle),
-                 quantize(bundle, precision, force=force or existing))
+                 quantize(bundle, precision, force=existing))
 
 
 def build(bundle: str | os.PathLike, precision: str, profile: str | None = None,

@@ -1,12 +1,12 @@
 """The filesystem layer: locks, staged writes and atomic publishing, used by every writer
 (docs/architecture.md, "Transactions").
 
-Two mechanisms, one rule (an output appears complete or not at all, and never over something
-that is not ours without ``force``):
+Two mechanisms, one rule (an output appears complete or not at all; it replaces an existing
+output of its own kind only with ``force``, and never anything svdtrt did not make):
 
 - :class:`DirectoryTransaction`: a bundle (or the demo's folder) changes as a whole. Under an
-  exclusive lock on ``.NAME.lock`` beside it, the new state is staged in a sibling folder
-  ``.NAME.txn-<id>`` (files carried over unchanged are hard-linked in just before publishing,
+  exclusive lock (:class:`Lock`, on a file in the user's cache folder), the new state is staged
+  in a sibling folder ``.NAME.txn-<id>`` (files carried over unchanged are hard-linked in just before publishing,
   so staging costs no copy; writers only ever create new files, never write through a link),
   and is published in one atomic step:
   ``renameat2(RENAME_EXCHANGE)`` swaps it with the old folder, or ``RENAME_NOREPLACE`` puts a
@@ -17,7 +17,10 @@ that is not ours without ``force``):
   appeared there meanwhile) or, with ``force``, renamed over it. Parts whose writer died (their
   flock is free) are removed by the next writer of the same target.
 
-Nothing here knows what a bundle holds; :mod:`svdtrt.bundle.store` builds on it.
+What counts as svdtrt's own output is said by the writer: a :class:`FolderKind` (the top-level
+names a bundle, the demo's folder or bench's results hold) or a :class:`FileKind` (how a clip, saved
+frames or a JSON report begins). Nothing here knows what a bundle holds; :mod:`svdtrt.bundle.store`
+builds on it.
 """
 
 from __future__ import annotations
@@ -26,15 +29,22 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import fnmatch
+import hashlib
+import json
 import logging
 import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from . import hints
+from .environment import cache_dir
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -134,15 +144,59 @@ def _fsync_dir(folder: Path) -> None:
 
 def path_kind(path: str | os.PathLike) -> str:
     """What is at ``path``, for messages about a path of the wrong kind: ``"a folder"``,
-    ``"a file"``, ``"a broken link"``, ``"not a file or folder"`` or ``"not found"``."""
+    ``"a file"``, ``"a broken link"``, ``"a FIFO"``, ``"a device"``, ``"a socket"``, or ``"not
+    found"`` (links are followed)."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "a broken link" if path.is_symlink() else "not found"
+    return _mode_kind(mode)
+
+
+def _mode_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
         return "a folder"
-    if path.is_file():
+    if stat.S_ISREG(mode):
         return "a file"
-    if path.is_symlink():
-        return "a broken link"
-    return "not a file or folder" if os.path.lexists(path) else "not found"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file or folder"
+
+
+class NotARegularFile(ValueError):
+    """What :func:`read_file` refuses: ``str()`` says why, as a phrase (``"is a FIFO, not a file"``)."""
+
+
+def read_file(path: str | os.PathLike, limit: int, head: bool = False) -> bytes:
+    """The bytes of the regular file at ``path``: all of them, refusing a file over ``limit``
+    bytes, or with ``head`` its first ``limit`` bytes.
+
+    The file is opened without blocking (a FIFO opens at once instead of waiting for a writer) and
+    checked on its descriptor before a byte is read, so a FIFO, a device such as ``/dev/zero`` or
+    a file over ``limit`` costs nothing.
+
+    Raises:
+        NotARegularFile: not a regular file, or (without ``head``) larger than ``limit`` bytes.
+        OSError: it cannot be opened (missing, permissions).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(f"is {_mode_kind(st.st_mode)}, not a file")
+        if st.st_size > limit and not head:
+            raise NotARegularFile(f"has {st.st_size} bytes, more than svdtrt reads there ({limit})")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(limit + (0 if head else 1))
+        if len(data) > limit:  # it grew while being read
+            raise NotARegularFile(f"has more than {limit} bytes, more than svdtrt reads there")
+        return data
+    finally:
+        os.close(fd)
 
 
 def os_error_message(path: Path, e: OSError) -> str:
@@ -154,29 +208,166 @@ def os_error_message(path: Path, e: OSError) -> str:
     return f"cannot write '{path}': {e.strerror or e}"
 
 
-class Lock:
-    """An exclusive advisory lock (``flock``) on ``.NAME.lock`` beside ``target``.
+@dataclass(frozen=True)
+class FolderKind:
+    """A kind of folder svdtrt writes whole (a bundle, the demo's folder, bench's results): what
+    ``--force`` may replace, told by its top-level names.
 
-    The lock file stays (removing a lock file races with its next taker); the lock itself
-    is released when the holder exits, however it exits. A second taker waits, saying so once.
+    Attributes:
+        what: its name in messages, with an article (``"a bundle"``).
+        marker: the entry every folder of this kind holds (``manifest.json`` for a bundle).
+        names: ``fnmatch`` patterns of the top-level entries such a folder may hold.
+        suffix: the suffix of a fresh name proposed beside a path that is taken (``".bundle"``).
+    """
+
+    what: str
+    marker: str
+    names: tuple[str, ...]
+    suffix: str = ""
+
+    def foreign(self, path: Path) -> str | None:
+        """Why what is at ``path`` is not svdtrt's to replace as a folder of this kind, as a phrase
+        (``"a file"``, ``"a folder that is not a bundle (no manifest.json)"``), or None when there is
+        nothing, an empty folder, or a folder of this kind holding only its own names."""
+        path = Path(path)
+        if not os.path.lexists(path):
+            return None
+        if path.is_symlink():
+            return "a link"
+        if not path.is_dir():
+            return path_kind(path)
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError as e:
+            return f"a folder svdtrt cannot read ({e.strerror})"
+        if not entries:
+            return None
+        if self.marker not in entries:
+            return f"a folder that is not {self.what} (no {self.marker})"
+        others = [n for n in entries if not any(fnmatch.fnmatchcase(n, p) for p in self.names)]
+        if others:
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            return f"{self.what} holding {', '.join(others[:3])}{more}, which svdtrt did not put there"
+        return None
+
+    def check_target(self, path: str | os.PathLike, force: bool) -> None:
+        """Refuse to write a folder of this kind at ``path`` unless there is nothing there, an empty
+        folder, or (with ``force``) a folder of this kind.
+
+        Raises:
+            InputError: something svdtrt did not make is at ``path`` (``force`` or not: the message
+                proposes a fresh path), or a folder of this kind is there and ``force`` is false.
+        """
+        reason = self.foreign(Path(path))
+        if reason:
+            raise InputError(f"'{path}' is {reason}; svdtrt replaces only {self.what} it made, even with --force: "
+                             f"choose another path, e.g. '{hints.fresh_path(path, self.suffix)}'")
+        if occupied(Path(path)) and not force:
+            raise InputError(f"'{path}' already exists; choose another path or pass --force to replace it")
+
+
+def occupied(path: Path) -> bool:
+    """Whether something is at ``path`` that writing there would replace: anything but nothing
+    or an empty folder."""
+    if not os.path.lexists(path):
+        return False
+    if path.is_dir() and not path.is_symlink():
+        with contextlib.suppress(OSError):
+            return bool(os.listdir(path))
+    return True
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """A kind of file svdtrt writes (a clip, saved frames, a JSON report): what ``--force`` may
+    replace, told by how the file begins.
+
+    Attributes:
+        what: its name in messages, with an article (``"a clip"``).
+        recognise: whether the first bytes of an existing file (at most :data:`HEAD_BYTES`) are
+            such a file's.
+    """
+
+    what: str
+    recognise: Callable[[bytes], bool]
+
+    @classmethod
+    def starting_with(cls, what: str, *signatures: tuple[int, bytes]) -> FileKind:
+        """A kind recognised by magic bytes: ``(offset, bytes)`` pairs, any of which may match."""
+        return cls(what, lambda head: any(head[at:at + len(sig)] == sig for at, sig in signatures))
+
+    @classmethod
+    def json_object_with(cls, what: str, *keys: str) -> FileKind:
+        """A JSON report recognised by the top-level keys svdtrt writes in it."""
+        def recognise(head: bytes) -> bool:
+            try:
+                data = json.loads(head)
+            except (ValueError, RecursionError):
+                return False
+            return isinstance(data, dict) and set(keys) <= set(data)
+
+        return cls(what, recognise)
+
+    def foreign(self, path: Path) -> str | None:
+        """Why the file at ``path`` is not svdtrt's to replace as a file of this kind, as a phrase,
+        or None when it is one (or nothing is there)."""
+        if not os.path.lexists(path):
+            return None
+        if path.is_symlink():
+            return "a link"
+        try:
+            head = read_file(path, HEAD_BYTES, head=True)
+        except NotARegularFile:
+            return path_kind(path)
+        except OSError as e:
+            return f"a file svdtrt cannot read ({e.strerror})"
+        return None if self.recognise(head) else f"a file that is not {self.what} svdtrt wrote"
+
+
+#: How much of an existing file :class:`FileKind` reads to recognise it (a JSON report whole).
+HEAD_BYTES = 16 * 2**20
+
+
+def lock_path(target: str | os.PathLike) -> Path:
+    """The lock file of ``target``: ``$XDG_CACHE_HOME/svdtrt/locks/<sha256 of its absolute
+    path>.lock`` (docs/architecture.md, "Transactions"). The path is resolved through the
+    links of its folder, so ``./b``, ``/abs/b`` and a path through a linked folder share one lock.
+    ``target``'s folder must exist."""
+    target = Path(target)
+    where = os.path.join(os.path.realpath(target.parent), target.name)
+    return cache_dir() / "locks" / f"{hashlib.sha256(os.fsencode(where)).hexdigest()[:32]}.lock"
+
+
+class Lock:
+    """An exclusive advisory lock (``flock``) on ``target``'s lock file (:func:`lock_path`).
+
+    The lock file lives in the user's cache folder, not beside ``target``, so that nothing is left
+    in the user's folders (a clone's ``git status``, a clip folder); it stays after use, because
+    removing a lock file races with its next taker (who would lock a file no longer there). The
+    lock is released when the holder exits, however it exits. A second taker waits, saying so
+    once. Writing the holder's pid into the file is best effort (a full disk does not stop the
+    lock).
 
     Raises:
-        InputError: the folder of ``target`` does not exist or cannot be written.
+        InputError: the folder of ``target`` does not exist, or the lock file cannot be made
+            (the message names the cache folder).
     """
 
     def __init__(self, target: Path, purpose: str = "change"):
         self.target = Path(target)
-        self.path = self.target.with_name(f".{self.target.name}.lock")
         self.purpose = purpose
         self._fd: int | None = None
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         if not self.target.parent.is_dir():
             raise InputError(f"folder '{self.target.parent}' does not exist; create it or choose another path")
+        self.path = lock_path(self.target)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise InputError(os_error_message(self.target, e)) from None
+            raise InputError(f"cannot make svdtrt's lock file for '{self.target}' in '{self.path.parent}': "
+                             f"{e.strerror or e} (set XDG_CACHE_HOME to a writable folder)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -184,8 +375,9 @@ class Lock:
             print(f"svdtrt: waiting for another svdtrt process (pid {holder}) to finish with '{self.target}'",
                   file=sys.stderr)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError):  # the pid is for the waiting message only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
         return self
 
@@ -240,23 +432,27 @@ class DirectoryTransaction:
 
     Args:
         target: the folder to create or replace.
-        force: replace whatever is at ``target`` (a folder that is not ours included).
+        kind: what the folder is (:class:`FolderKind`): only a folder of that kind is replaced,
+            and only with ``force``; an empty folder is written into as if nothing were there.
+        force: replace a folder of ``kind`` at ``target``.
         expect_existing: True for an update of an existing ``target``, False to create one.
             Without ``force``, publishing refuses to replace something at ``target`` that the
             caller did not expect, or to create what disappeared.
     Raises:
-        InputError: the parent folder is missing or read-only, or ``target`` exists (or
-            appeared) where the caller expected nothing and ``force`` is false.
+        InputError: the parent folder is missing or read-only; something that is not a folder of
+            ``kind`` is at ``target`` (even with ``force``); or ``target`` is taken (or was taken
+            meanwhile) where the caller expected nothing and ``force`` is false.
     """
 
-    def __init__(self, target: str | os.PathLike, force: bool = False, expect_existing: bool = False):
+    def __init__(self, target: str | os.PathLike, kind: FolderKind, force: bool = False,
+                 expect_existing: bool = False):
         self.target = Path(target)
-        self.force, self.expect_existing = force, expect_existing
+        self.kind, self.force, self.expect_existing = kind, force, expect_existing
         self.lock = Lock(self.target)
         self.path: Path = self.target  # set on entry
         self.published = False
 
-    def __enter__(self) -> "DirectoryTransaction":
+    def __enter__(self) -> DirectoryTransaction:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -279,14 +475,14 @@ class DirectoryTransaction:
         return self
 
     def _refuse_unexpected(self, when: str = "already exists") -> None:
-        exists = os.path.lexists(self.target)
-        if exists and not self.expect_existing and not self.force:
-            if when != "already exists":
-                raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced "
-                                 "(pass --force to replace it)")
-            raise InputError(f"'{self.target}' already exists; choose another path or pass --force to replace it")
-        if not exists and self.expect_existing:
-            raise InputError(f"'{self.target}' disappeared while svdtrt was working on it; nothing was written")
+        if self.expect_existing:
+            if not os.path.lexists(self.target):
+                raise InputError(f"'{self.target}' disappeared while svdtrt was working on it; nothing was written")
+            return
+        if when == "already exists":
+            self.kind.check_target(self.target, self.force)
+        elif self.kind.foreign(self.target) or (occupied(self.target) and not self.force):
+            raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced")
 
     def scratch(self, name: str) -> Path:
         """A scratch folder for intermediate files, beside the staged one and removed with it
@@ -306,16 +502,22 @@ class DirectoryTransaction:
         fsync_tree(self.path)
         checkpoint("publish")
         self._refuse_unexpected(when="appeared")
+        if os.path.isdir(self.target) and not self.target.is_symlink() and not occupied(self.target):
+            try:  # an empty folder: nothing to keep; rmdir fails if something was put in it meanwhile
+                os.rmdir(self.target)
+            except OSError:
+                raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced") \
+                    from None
         if not os.path.lexists(self.target):
             try:
                 rename_noreplace(self.path, self.target)
             except FileExistsError:
-                raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced "
-                                 "(pass --force to replace it)") from None
+                raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced") \
+                    from None
         elif self.target.is_dir() and not self.target.is_symlink() and exchange(self.path, self.target):
             checkpoint("swapped")
             remove(self.path)  # now the old state
-        else:  # no RENAME_EXCHANGE here (or a file is in the way): two renames, undone by recover()
+        else:  # no RENAME_EXCHANGE here: two renames, undone by recover()
             aside = self.target.with_name(f".{self.target.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
             os.rename(self.target, aside)
             os.rename(self.path, self.target)
@@ -356,19 +558,24 @@ class OutputFile:
 
     Args:
         target: the file to write.
-        force: replace an existing file (never a folder).
+        kind: what the file is (:class:`FileKind`): ``force`` replaces only a file of that kind.
+        force: replace an existing file of ``kind``.
     Raises:
-        InputError: ``target`` exists without ``force``, is a folder, or its folder is missing
-            or not writable.
+        InputError: ``target`` is a folder, or anything but a file of ``kind`` (even with
+            ``force``), or exists without ``force``; or its folder is missing or not writable.
     """
 
-    def __init__(self, target: str | os.PathLike, force: bool = False):
+    def __init__(self, target: str | os.PathLike, kind: FileKind, force: bool = False):
         self.target = Path(target)
-        self.force = force
+        self.kind, self.force = kind, force
         if self.target.is_dir():
             raise InputError(f"'{self.target}' is a folder; give a file name")
         if not self.target.parent.is_dir():
             raise InputError(f"folder '{self.target.parent}' does not exist; create it or choose another path")
+        reason = kind.foreign(self.target)
+        if reason:
+            raise InputError(f"'{self.target}' is {reason}; svdtrt replaces only {kind.what} it wrote, even with "
+                             f"--force: choose another path, e.g. '{hints.fresh_path(self.target)}'")
         if os.path.lexists(self.target) and not force:
             raise InputError(f"'{self.target}' already exists; choose another path or pass --force to replace it")
         self._remove_dead_parts()
@@ -409,7 +616,8 @@ class OutputFile:
         """Make the written part the target; returns the target.
 
         Raises:
-            InputError: something appeared at the target meanwhile and ``force`` is false.
+            InputError: something appeared at the target meanwhile (without ``force``, or not a
+                file of the kind).
         """
         try:
             fd = os.open(self.part, os.O_RDONLY)
@@ -417,15 +625,14 @@ class OutputFile:
             os.close(fd)
             os.chmod(self.part, 0o666 & ~umask())
             if self.force:
-                if self.target.is_dir():
-                    raise InputError(f"'{self.target}' is a folder; give a file name")
+                if self.target.is_dir() or self.kind.foreign(self.target):
+                    raise FileExistsError(errno.EEXIST, "something else appeared", str(self.target))
                 os.replace(self.part, self.target)
             else:
                 rename_noreplace(self.part, self.target)
         except FileExistsError:
             self.discard()
-            raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced "
-                             "(pass --force to replace it)") from None
+            raise InputError(f"'{self.target}' appeared while svdtrt was writing it; nothing was replaced") from None
         except OSError as e:
             self.discard()
             raise InputError(os_error_message(self.target, e)) from None

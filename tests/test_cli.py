@@ -34,6 +34,8 @@ def test_run_writes_mp4_and_frames(run_cli, tiny_bundle, image_file, tmp_path):
                            "--timings", tmp_path / "t.json")
     assert code == 0  # 3 frames lies outside the bundle's exported 4: allowed, with a warning
     assert "UNet x steps" in out and "total" in out
+    # the summary names the work-reduction settings the clip was made with
+    assert "(onnxruntime, fp32; euler, 2 steps, guidance 1 to 3 on every step, no block caching, 2 UNet calls)" in out
     timings = json.loads((tmp_path / "t.json").read_text())
     assert timings["settings"]["steps"] == 2 and timings["backend"] == "onnxruntime"
     seconds = timings["seconds"]
@@ -62,17 +64,24 @@ def test_check_writes_report(run_cli, tiny_bundle, image_file, tmp_path):
 
 
 def test_existing_outputs_are_not_overwritten_without_force(run_cli, tiny_bundle, image_file, tmp_path):
+    precious = tmp_path / "precious.mp4"
+    precious.write_bytes(b"precious")  # not a clip: --force does not replace it either
+    for force in ((), ("--force",)):
+        code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", precious, "--steps", "1",
+                               *force)
+        _one_line_error(code, err, "is a file that is not a clip svdtrt wrote; svdtrt replaces only a clip it wrote")
+        assert precious.read_bytes() == b"precious"
     clip = tmp_path / "c.mp4"
-    clip.write_bytes(b"precious")
+    assert run_cli("run", tiny_bundle.path, "--image", image_file, "--out", clip, "--steps", "1")[0] == 0
     code, _, err = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", clip, "--steps", "1")
     _one_line_error(code, err, "already exists")
-    assert clip.read_bytes() == b"precious"
-    code, _, _ = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", clip, "--steps", "1", "--force")
-    assert code == 0 and clip.read_bytes() != b"precious"
+    code, _, _ = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", clip, "--steps", "1", "--force",
+                         "--seed", "1")
+    assert code == 0
     report = tmp_path / "r.json"
     report.write_text("keep")
     code, _, err = run_cli("check", tiny_bundle.path, "--image", image_file, "--report", report)
-    _one_line_error(code, err, "already exists")
+    _one_line_error(code, err, "is a file that is not a check report svdtrt wrote")  # not svdtrt's: --force or not
     assert report.read_text() == "keep"
     code, _, err = run_cli("export", "tiny", "--out", tiny_bundle.path)
     _one_line_error(code, err, "already exists")
@@ -153,6 +162,25 @@ def test_export_cli_and_console_script(tmp_path):
     bad = subprocess.run(cmd + ["run", str(tmp_path / "b"), "--image", "nope.png", "--out", str(tmp_path / "c.mp4")],
                          capture_output=True, text=True)
     _one_line_error(bad.returncode, bad.stderr, "not found")
+
+
+def test_demo_refuses_its_output_folder_before_loading_anything(run_cli, tmp_path, monkeypatch):
+    """It used to load the model first (14-25 s) and only then refuse."""
+    import svdtrt.models.loading
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(svdtrt.models.loading, "load_model", no_work)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "report.json").write_text("{}")  # a demo folder: --force would replace it
+    code, _, err = run_cli("demo", "--out", tmp_path / "demo")
+    _one_line_error(code, err, "already exists; choose another path or pass --force")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    code, _, err = run_cli("demo", "--out", tmp_path / "notes", "--force")
+    _one_line_error(code, err, "is a folder that is not a demo folder (no report.json); svdtrt replaces only")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
 
 
 @pytest.mark.slow

@@ -325,9 +325,9 @@ def test_check_report_is_reserved_before_any_work(run_cli, tiny_bundle, image_fi
     monkeypatch.setattr(svdtrt.bundle.store.Bundle, "open", no_work)
     _refused(run_cli("check", tiny_bundle.path, "--image", image_file, "--report", "/nonexistent-dir/r.json"),
              "does not exist")
-    (tmp_path / "r.json").write_text("{}")
-    _refused(run_cli("check", tiny_bundle.path, "--image", image_file, "--report", tmp_path / "r.json"),
-             "already exists", "--force")
+    (tmp_path / "r.json").write_text("{}")  # not a check report: refused with --force or not
+    _refused(run_cli("check", tiny_bundle.path, "--image", image_file, "--report", tmp_path / "r.json", "--force"),
+             "is a file that is not a check report svdtrt wrote", "choose another path, e.g. ")
     assert os.listdir(tmp_path) == ["r.json"]
 
 

@@ -78,7 +78,7 @@ def test_export_force_killed_anywhere_leaves_old_or_new_bundle(tiny_bundle, tmp_
     # the staging folder exists; "locked" is the instant before it is made).
     assert any(p.name.startswith(".b.txn-") for p in tmp_path.iterdir()) == (point != "locked")
     assert svdtrt("convert", bundle).returncode == 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.") and p.name != ".b.lock"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]
     assert svdtrt("verify", bundle).returncode == 0
 
 
@@ -194,14 +194,16 @@ def test_run_does_not_replace_an_output_that_appears_while_sampling(tiny_bundle,
 
 
 def test_a_killed_writers_part_file_is_removed_by_the_next_writer(tmp_path):
+    from svdtrt.media.video import CLIP_FILE
     from svdtrt.publishing import OutputFile
 
-    script = ("import os, signal, sys; from svdtrt.publishing import OutputFile; o = OutputFile(sys.argv[1]); "
-              "o.part.write_text('half'); os.kill(os.getpid(), signal.SIGKILL)")
+    script = ("import os, signal, sys; from svdtrt.publishing import OutputFile; from svdtrt.media.video import "
+              "CLIP_FILE; o = OutputFile(sys.argv[1], CLIP_FILE); o.part.write_text('half'); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "clip.mp4")])
     assert done.returncode == -signal.SIGKILL
     assert len([p for p in tmp_path.iterdir() if ".part-" in p.name]) == 1
-    out = OutputFile(tmp_path / "clip.mp4")
+    out = OutputFile(tmp_path / "clip.mp4", CLIP_FILE)
     assert [p.name for p in tmp_path.iterdir() if ".part-" in p.name] == [out.part.name]  # only the live one
     out.write(lambda part: part.write_bytes(b"whole"))
     assert out.publish().read_bytes() == b"whole"
@@ -232,7 +234,8 @@ def test_same_size_corrupted_weights_are_refused_not_run(tiny_bundle, photo, tmp
     code, _, err = run_cli("run", bundle, "--image", image, "--out", tmp_path / "clip.mp4", "--steps", 2)
     assert code == 2 and len(error_lines(err)) == 1
     assert "unet.fp32.onnx.data does not match its recorded sha256" in err
-    assert f"'svdtrt export tiny --out {bundle} --force'" in err
+    # the repair re-exports the UNet alone (docs/architecture.md, "Integrity"), keeping the rest
+    assert f"repair it with 'svdtrt export tiny --out {bundle} --components unet'" in err
     assert not (tmp_path / "clip.mp4").exists()
 
 
@@ -266,7 +269,7 @@ def test_a_graph_that_fails_to_load_is_a_bundle_error_with_the_rebuild_command(t
     photo.save(image)
     code, _, err = run_cli("run", bundle, "--image", image, "--out", tmp_path / "clip.mp4", "--steps", 2)
     assert code == 2 and "ONNX Runtime cannot load vae_encoder.fp32.onnx" in err
-    assert f"svdtrt export tiny --out {bundle} --force" in err
+    assert f"repair it with 'svdtrt export tiny --out {bundle} --components vae_encoder'" in err
 
 
 def test_files_in_a_bundle_that_the_manifest_does_not_list_fail_verify(tiny_bundle, tmp_path, run_cli):
@@ -275,3 +278,81 @@ def test_files_in_a_bundle_that_the_manifest_does_not_list_fail_verify(tiny_bund
     (bundle / "unet.fp32-inferred.onnx").write_bytes(b"left by a tool")
     code, out, _ = run_cli("verify", bundle)
     assert code == 1 and "unet.fp32-inferred.onnx: on disk but not in the manifest" in out
+
+
+def test_a_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again(tiny_bundle, tmp_path, monkeypatch):
+    """The sha256 cache keys on ctime too, which cannot be set back (it used to trust device,
+    inode, size and mtime: a file zeroed in place with its mtime restored ran silently)."""
+    from svdtrt.errors import BundleError
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bundle = Bundle.open(shutil.copytree(tiny_bundle.path, tmp_path / "b"))
+    name = bundle.graph("vae_decoder", "fp32").data
+    path = bundle.check_file(name)  # hashed and remembered
+    before = path.stat()
+    with open(path, "r+b") as f:  # in place: the same inode and size
+        f.write(bytes(16))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    now = path.stat()
+    assert (now.st_ino, now.st_size, now.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    with pytest.raises(BundleError, match=f"{name} does not match its recorded sha256"):
+        bundle.check_file(name)
+
+
+def test_a_change_carries_the_remembered_hashes_of_the_files_it_keeps(tiny_bundle, tmp_path, monkeypatch):
+    """Linking a kept file into the new state changes its ctime, not its content: the hash the
+    cache knew moves with it, so the next reader pays a stat, not a hash."""
+    from svdtrt.bundle.store import HashCache
+    from svdtrt.export.convert import convert_bundle
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    bundle = Bundle.open(shutil.copytree(tiny_bundle.path, tmp_path / "b"))
+    name = bundle.graph("unet", "fp32").data
+    path = bundle.check_file(name)
+    ctime = path.stat().st_ctime_ns
+    convert_bundle(bundle.path, components=["vae_decoder"], progress=False)
+    assert path.stat().st_ctime_ns != ctime
+    assert HashCache().known(path) == bundle.manifest.files[name].sha256
+
+
+def test_lock_files_live_in_the_cache_folder_and_a_full_disk_does_not_stop_the_lock(tmp_path, monkeypatch):
+    import errno
+
+    from svdtrt import publishing
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    spellings = (tmp_path / "out" / "b", tmp_path / "out" / "." / "b", tmp_path / "link" / "b")
+    paths = {publishing.lock_path(p) for p in spellings}
+    assert len(paths) == 1 and next(iter(paths)).parent == tmp_path / "cache" / "svdtrt" / "locks"
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(publishing.os, "pwrite", disk_full)  # the pid the lock file records
+    with publishing.Lock(tmp_path / "out" / "b") as lock:
+        assert lock.path.exists()
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_an_empty_folder_is_written_into_and_a_foreign_one_is_never_replaced(tmp_path):
+    """The kinds of publishing: an empty folder holds nothing to lose (no --force needed: the hint
+    for one is 'export tiny --out DIR'); a folder that is not of the kind is refused even with force."""
+    from svdtrt.errors import InputError
+    from svdtrt.publishing import DirectoryTransaction, FolderKind
+
+    kind = FolderKind("a report folder", "report.json", ("report.json",))
+    (tmp_path / "empty").mkdir()
+    with DirectoryTransaction(tmp_path / "empty", kind) as txn:
+        (txn.path / "report.json").write_text("{}")
+        txn.publish()
+    assert os.listdir(tmp_path / "empty") == ["report.json"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.json").write_text("mine")
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="is a report folder holding notes.txt, which svdtrt did not put there; "
+                                         "svdtrt replaces only a report folder it made, even with --force"):
+        DirectoryTransaction(tmp_path / "mine", kind, force=True).__enter__()
+    assert sorted(os.listdir(tmp_path / "mine")) == ["notes.txt", "report.json"]
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..publishing import DirectoryTransaction
+from ..publishing import DirectoryTransaction, FolderKind
 from .results import BenchResults
 from .runner import STAGES
 
 FILES = ("results.json", "results.md", "stages.png", "tradeoff.png", "work.png")
+#: bench's output folder: what ``--force`` may replace.
+BENCH_FOLDER = FolderKind("a bench results folder", "results.json", FILES)
 
 _STAGE_LABELS = {"clip": "CLIP", "vae_encode": "VAE encode", "unet": "UNet x steps",
                  "vae_decode": "VAE decode", "other": "other"}
@@ -21,10 +23,11 @@ def write_results(results: BenchResults, out: str | Path, force: bool = False) -
     """Write :data:`FILES` into directory ``out`` (created whole, or left as it was on error).
 
     Raises:
-        InputError: ``out`` exists and ``force`` is false.
+        InputError: ``out`` exists and ``force`` is false, or holds something else than bench's
+            results (:data:`BENCH_FOLDER`).
     """
     out = Path(out)
-    with DirectoryTransaction(out, force=force) as txn:
+    with DirectoryTransaction(out, BENCH_FOLDER, force=force) as txn:
         (txn.path / "results.json").write_text(json.dumps(results.to_json(), indent=2) + "\n")
         (txn.path / "results.md").write_text(markdown(results))
         plot_stages(results, txn.path / "stages.png")

@@ -16,7 +16,7 @@ from ..bundle.engines import NO_ENGINE, BuildFlags, SidecarError, dump_sidecar, 
 from ..bundle.manifest import EngineEntry
 from ..bundle.store import changing
 from ..errors import BundleError, EngineError, first_line
-from .plan import BuildPlan, Profile, check_precision_supported
+from .plan import BuildPlan, EnginePlan, Profile, check_precision_supported
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,18 @@ def _reuse_reasons(bundle, name: str, precision: str, expected: dict) -> list[st
     if not reasons:
         try:
             bundle.check_file(current.engine)
-        except BundleError:
-            reasons = ["the engine file does not match its recorded sha256"]
+        except BundleError:  # missing (a bundle being repaired) or not the recorded bytes
+            reasons = ["the engine file is missing or does not match its recorded sha256"]
     return reasons
+
+
+def _verify_graph(bundle, item: EnginePlan) -> None:
+    """Hash the graph and weights a build reads against the manifest (an engine bakes them in),
+    through :meth:`~svdtrt.bundle.store.Bundle.check_file`: once per file version, however many
+    engines read it."""
+    for file in (item.graph, item.data):
+        if file:
+            bundle.check_file(file)
 
 
 def build_engines(bundle_path, plan: BuildPlan, force: bool = False, progress: bool = True) -> dict[str, BuiltEngine]:
@@ -101,6 +110,7 @@ def build_engines(bundle_path, plan: BuildPlan, force: bool = False, progress: b
     with changing(bundle_path) as staged:
         bundle = staged.old
         for name, item in tqdm(plan.components.items(), desc="build", unit="engine", disable=not progress):
+            _verify_graph(bundle, item)
             graph_sha = bundle.graph_identity(name, precision)
             expected = {"graph_sha256": graph_sha, "precision": precision, "tensorrt": trt.__version__,
                         "gpu": gpu, "profile_kind": plan.profile, "profile": item.profile, "flags": flags}

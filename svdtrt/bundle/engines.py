@@ -249,15 +249,22 @@ def stale_reasons(sidecar: Sidecar, expected: dict) -> list[str]:
     return reasons
 
 
+def build_options(sidecar: Sidecar | None) -> tuple[str | None, dict[str, int] | None]:
+    """The ``build`` options that make an engine as the one ``sidecar`` describes: its profile kind
+    and, for a static engine, its clip size (``{"frames", "height", "width": opt}``); (None,
+    None), ``build``'s defaults, without a sidecar."""
+    if sidecar is None:
+        return None, None
+    shapes = None
+    if sidecar.profile_kind == "static" and sidecar.shapes is not None:
+        shapes = {key: getattr(sidecar.shapes, key).opt for key in ("frames", "height", "width")}
+    return sidecar.profile_kind, shapes
+
+
 def rebuild_command(bundle_path: Path, component: str, precision: str, sidecar: Sidecar | None = None) -> str:
-    """The ``svdtrt build`` command line that rebuilds one engine as it was built: the same
-    profile kind and, for a static engine, the same clip size (:func:`svdtrt.hints.build`)."""
-    profile, shapes = None, None
-    if sidecar is not None:
-        profile = sidecar.profile_kind
-        if profile == "static" and sidecar.shapes is not None:
-            shapes = {key: getattr(sidecar.shapes, key).opt for key in ("frames", "height", "width")}
-    return hints.build(bundle_path, precision, profile, shapes, [component], force=True)
+    """The ``svdtrt build`` command line that rebuilds one engine as it was built
+    (:func:`build_options`, :func:`svdtrt.hints.build`)."""
+    return hints.build(bundle_path, precision, *build_options(sidecar), [component], force=True)
 
 
 def usable_engine(bundle, component: str, precision: str, tensorrt: str, gpu: dict) -> tuple[Path, Sidecar]:

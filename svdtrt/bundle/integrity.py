@@ -9,42 +9,75 @@ this checks the content too, reading every byte once (seconds per GB).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BundleError, first_line
 from ..publishing import leftovers
 from .engines import SidecarError, load_sidecar
 from .manifest import MANIFEST
-from .store import Bundle, sha256_file
+from .repair import Repair
+from .store import Bundle, not_a_bundle, sha256_file
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify`` found: ``problems``, one line each (empty when the bundle is intact), and
+    ``repair``, what rebuilds the damaged files and keeps the rest (None when no listed file is
+    damaged, or when the manifest itself cannot be read: its problem line says what to do)."""
+
+    problems: list[str]
+    repair: Repair | None
 
 
 def verify_bundle(path: str | os.PathLike, progress: bool = False) -> list[str]:
-    """Every problem of the bundle at ``path``, one line each; empty when it is intact.
+    """Every problem of the bundle at ``path``, one line each; empty when it is intact (see
+    :func:`verify`, which also says how to repair them)."""
+    return verify(path, progress).problems
 
-    Leftovers of a killed svdtrt run beside the bundle (``.NAME.txn-*``) are not problems of the
-    bundle; they are removed by the next command that changes it.
+
+def verify(path: str | os.PathLike, progress: bool = False) -> Verification:
+    """Every problem of the bundle at ``path``, and the one command line that repairs them.
+
+    A folder holding ``manifest.json`` is a bundle, so everything wrong with one (a manifest that
+    cannot be read, a missing file, a file of another size or content, a file the manifest does
+    not list, a stale sidecar) is a problem of the result, not an exception. Leftovers of a killed
+    svdtrt run beside the bundle (``.NAME.txn-*``) are not problems of the bundle; they are
+    removed by the next command that changes it.
 
     Raises:
-        BundleError: the bundle cannot be opened (schema, sizes; see :meth:`Bundle.open`).
+        BundleError: ``path`` is not a bundle (missing, a file, or a folder without
+            ``manifest.json``); the message says where to export one.
     """
     from tqdm import tqdm
 
-    bundle = Bundle.open(path)
+    path = Path(path)
+    if not path.is_dir() or not os.path.lexists(path / MANIFEST):
+        raise BundleError(not_a_bundle(path))
+    try:
+        bundle = Bundle.open(path, complete=False)
+    except BundleError as e:  # the manifest itself: nothing else can be checked against it
+        return Verification([first_line(e)], None)
     m = bundle.manifest
-    problems = []
+    damaged = dict(bundle.file_problems())
+    problems = list(damaged.values())
     for name, record in tqdm(m.files.items(), desc="verify", unit="file", disable=not progress):
-        if sha256_file(bundle.path / name) != record.sha256:
-            problems.append(f"{name}: sha256 differs from the manifest's (a corrupted or replaced file); "
-                            f"{bundle.remedy(name)}")
+        if name not in damaged and sha256_file(bundle.path / name) != record.sha256:
+            damaged[name] = f"{name}: sha256 differs from the manifest's (a corrupted or replaced file)"
+            problems.append(damaged[name])
     on_disk = {p.relative_to(bundle.path).as_posix() for p in bundle.path.rglob("*") if not p.is_dir()}
     for name in sorted(on_disk - set(m.files) - {MANIFEST}):
         problems.append(f"{name}: on disk but not in the manifest (not svdtrt's, or left by another tool); "
                         "move it out of the bundle")
     for entry in m.engines.values():
+        if entry.engine in damaged or entry.sidecar in damaged:
+            continue
         try:
             sidecar = load_sidecar(bundle.path / entry.sidecar)
         except SidecarError as e:
             what = "unreadable sidecar" if e.unreadable else f"sidecar version {e.version}"
-            problems.append(f"{entry.sidecar}: {what}; {bundle.remedy(entry.engine)}")
+            damaged[entry.sidecar] = f"{entry.sidecar}: {what}"
+            problems.append(damaged[entry.sidecar])
             continue
         engine_record = m.files[entry.engine]
         checks = [
@@ -57,8 +90,9 @@ def verify_bundle(path: str | os.PathLike, progress: bool = False) -> list[str]:
         ]
         for ok, what in checks:
             if not ok:
-                problems.append(f"{entry.sidecar}: {what}; {bundle.remedy(entry.engine)}")
-    return problems
+                damaged[entry.sidecar] = f"{entry.sidecar}: {what}"
+                problems.append(damaged[entry.sidecar])
+    return Verification(problems, bundle.repair(list(damaged)) if damaged else None)
 
 
 def leftover_runs(path: str | os.PathLike) -> list[Path]:

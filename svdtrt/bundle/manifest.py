@@ -12,7 +12,9 @@ Rules beyond types, checked on every read and write:
   backslash, not ``manifest.json`` (links leading out are refused when a bundle is opened);
 - ``files`` records the size and sha256 of every file of the bundle, and is exactly the set of
   files the rest of the manifest refers to (graphs, external data, calibration shards,
-  engines and sidecars, processing configs): nothing listed is unused, nothing used is unlisted.
+  engines and sidecars, processing configs): nothing listed is unused, nothing used is unlisted;
+- ``configs`` hold what the runtime builds from them (scheduler, CLIP preprocessing, the UNet's
+  levels) and ``dims`` are what those configs give (:mod:`svdtrt.bundle.configs`).
 
 The format version is :data:`FORMAT_VERSION`; a manifest of another version is refused with a
 message saying to re-export (version 1 had no ``files`` and no schema).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
+import os
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -32,6 +34,7 @@ from .. import hints
 from ..errors import BundleError
 from ..precisions import NAMES as PRECISION_NAMES
 from ..specs import COMPONENTS
+from .configs import configs_problem
 
 #: Bumped whenever a change makes older bundles unreadable.
 FORMAT_VERSION = 2
@@ -313,17 +316,20 @@ def parse(text: str | bytes, where: str) -> Manifest:
         raw = json.loads(text)
     except ValueError as e:
         raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not JSON: {e}); "
-                          f"{_reexport(where, _source_name(text))}") from None
+                          f"{reexport(where, _source_name(text))}") from None
+    except RecursionError:
+        raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (nested too deeply to be a manifest); "
+                          f"{reexport(where, _source_name(text))}") from None
     if not isinstance(raw, dict):
         raise BundleError(f"bundle '{where}' has a corrupt {MANIFEST} (not a JSON object); "
-                          f"{_reexport(where, _source_name(text))}")
+                          f"{reexport(where, _source_name(text))}")
     source = raw.get("source", {}).get("name") if isinstance(raw.get("source"), dict) else None
     source = source if isinstance(source, str) and source else _source_name(text)
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(f"bundle '{where}' has format version {version}, this svdtrt reads version "
-                          f"{FORMAT_VERSION}; {_reexport(where, source)}")
-    fix = f"{_reexport(where, source)}, or restore the manifest"
+                          f"{FORMAT_VERSION}; {reexport(where, source)}")
+    fix = f"{reexport(where, source)}, or restore the manifest"
     try:
         manifest = Manifest.model_validate_json(text, strict=True)
     except ValidationError as e:
@@ -334,6 +340,9 @@ def parse(text: str | bytes, where: str) -> Manifest:
     problem = manifest.files_problem()
     if problem:
         raise BundleError(f"bundle '{where}' has an invalid {MANIFEST}: {problem}; {fix}")
+    problem = configs_problem(manifest.configs, manifest.dims.model_dump())
+    if problem:
+        raise BundleError(f"bundle '{where}' has an invalid {MANIFEST}: field '{problem[0]}': {problem[1]}; {fix}")
     return manifest
 
 
@@ -348,12 +357,15 @@ def _source_name(text: str | bytes) -> str | None:
     return json.loads(f'"{match.group(1)}"') if match else None
 
 
-def _reexport(where: str, source: str | None) -> str:
-    """The advice to export the bundle again, as a command when the source model is known."""
+def reexport(where: str | os.PathLike, source: str | None) -> str:
+    """The advice to export the bundle at ``where`` again (its manifest cannot be read: nothing in
+    it can be kept), as a command: with the source model when the manifest still names it, else
+    with the demo preset standing for it."""
     if source:
         return f"re-export it with '{hints.export(source, where, force=True)}'"
-    return (f"re-export it from the model it came from: svdtrt export followed by that model (a diffusers "
-            f"directory, a hub id or a preset), then --out {shlex.quote(where)} --force")
+    return (f"re-export it from the model it came from with '{hints.export(hints.EXAMPLE_MODEL, where, force=True)}' "
+            f"({hints.EXAMPLE_MODEL} is the demo preset: name that model instead, a diffusers directory, a hub id or a "
+            "preset)")
 
 
 def dump(manifest: Manifest) -> bytes:
@@ -365,7 +377,7 @@ def dump(manifest: Manifest) -> bytes:
     """
     text = manifest.model_dump_json(indent=2) + "\n"
     Manifest.model_validate_json(text, strict=True)
-    problem = manifest.files_problem()
+    problem = manifest.files_problem() or configs_problem(manifest.configs, manifest.dims.model_dump())
     if problem:
         raise ValueError(f"refusing to write an inconsistent manifest: {problem}")
     return text.encode()

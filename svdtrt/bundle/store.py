@@ -4,7 +4,8 @@
 
 :meth:`Bundle.open` validates the manifest (:mod:`svdtrt.bundle.manifest`) and checks that every
 listed file is a regular file inside the bundle with its recorded size; hashes are checked by
-``svdtrt verify`` and by the stages that build from a file (:mod:`svdtrt.bundle.integrity`).
+``svdtrt verify`` and by the stages that read a file (:meth:`Bundle.check_file`). A damaged file's
+message names the command that repairs it and keeps the rest (:mod:`svdtrt.bundle.repair`).
 
 Every change goes through :func:`changing` (an existing bundle) or :func:`creating` (a new
 one): a :class:`Staged` bundle under the bundle's lock, published in one atomic step by
@@ -15,22 +16,44 @@ unchanged keep their records, so hashing is paid once per file).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .. import hints
 from ..environment import cache_dir
 from ..errors import BundleError, InputError
 from ..graphs.files import data_filename, graph_bytes, share_external_data
 from ..precisions import precision as lookup_precision
-from ..publishing import DirectoryTransaction, checkpoint, write_new
+from ..publishing import (
+    DirectoryTransaction,
+    FolderKind,
+    NotARegularFile,
+    checkpoint,
+    path_kind,
+    read_file,
+    write_new,
+)
 from ..specs import COMPONENTS, ModelDims
 from . import manifest as schema
-from .manifest import MANIFEST, GraphEntry, Manifest
+from .engines import ENGINE_DIR
+from .manifest import CONFIG_FILES, MANIFEST, GraphEntry, Manifest
+from .repair import Repair, repair
+
+#: What a bundle folder holds at its top level (docs/architecture.md, "The bundle"; "calibration"
+#: is the calibration stage's folder): the only folders ``export --force`` replaces.
+BUNDLE_FOLDER = FolderKind("a bundle", MANIFEST, (
+    MANIFEST, "*.onnx", "*.onnx.data", "calibration", ENGINE_DIR,
+    *sorted({name.split("/")[0] for name in CONFIG_FILES.values()})), suffix=".bundle")
+
+#: The most ``manifest.json`` may hold: 64 MiB, far above a bundle with large calibration sets
+#: (about 1 MB); a larger one is refused unread.
+MAX_MANIFEST_BYTES = 64 * 2**20
 
 
 def graph_filename(component: str, precision: str) -> str:
@@ -52,39 +75,52 @@ def owned_files(manifest: Manifest, component: str, graph: GraphEntry | None) ->
 
 class HashCache:
     """sha256 of files, remembered per file version in ``$XDG_CACHE_HOME/svdtrt/sha256.json``
-    (``~/.cache`` by default): a file whose (device, inode, size, mtime) is unchanged is not
-    read again. The cache is an optimisation only; losing it costs one more hash."""
+    (``~/.cache`` by default): a file whose (device, inode, size, mtime, ctime) is unchanged is
+    not read again. ctime is in the key because it cannot be set back: a file changed in place
+    with its mtime restored (``touch -d``) is hashed again. Linking a file into a new bundle
+    state changes its ctime too; :meth:`Staged.commit` carries the hashes of the files it carries
+    over to their new ctime. The cache is an optimisation only; losing it costs one more hash."""
 
     def __init__(self):
         self.path = cache_dir() / "sha256.json"
+        self._data: dict | None = None  # read once per instance
 
     @staticmethod
     def _key(path: Path) -> str:
         s = os.stat(path)
-        # Not ctime: linking a file into a new bundle state changes it, the content does not.
-        return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}"
+        return f"{s.st_dev}:{s.st_ino}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
 
     def _load(self) -> dict:
+        if self._data is None:
+            try:
+                data = json.loads(self.path.read_text())
+            except (OSError, ValueError, RecursionError):
+                data = {}
+            self._data = data if isinstance(data, dict) else {}
+        return self._data
+
+    def known(self, path: Path) -> str | None:
+        """The remembered sha256 of the current version of ``path``, or None."""
         try:
-            data = json.loads(self.path.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+            known = self._load().get(self._key(path))
+        except OSError:
+            return None
+        return known if isinstance(known, str) else None
 
     def sha256(self, path: Path) -> str:
-        key = self._key(path)
-        known = self._load().get(key)
-        if isinstance(known, str):
+        known = self.known(path)
+        if known is not None:
             return known
         digest = sha256_file(path)
-        self.remember(path, digest)
+        self.remember({path: digest})
         return digest
 
-    def remember(self, path: Path, digest: str) -> None:
-        """Record ``digest`` for the current version of ``path`` (best effort)."""
+    def remember(self, digests: dict[Path, str]) -> None:
+        """Record each ``{path: sha256}`` for the current version of the path (best effort)."""
         with contextlib.suppress(OSError):
+            self._data = None  # another process may have added versions meanwhile
             data = self._load()
-            data[self._key(path)] = digest
+            data.update({self._key(path): digest for path, digest in digests.items()})
             if len(data) > 10000:  # forget the oldest versions
                 data = dict(list(data.items())[-5000:])
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,9 +128,19 @@ class HashCache:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    """Hex sha256 of a file, read in 16 MiB chunks (a full-size fp32 SVD UNet is about 6 GB)."""
+    """Hex sha256 of a regular file, read in 16 MiB chunks (a full-size fp32 SVD UNet is about
+    6 GB). The file is opened without blocking and checked to be a regular file first, so a FIFO
+    or a device put in a bundle's place fails at once.
+
+    Raises:
+        OSError: it cannot be read, or is not a regular file (``EINVAL``).
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"is {path_kind(path)}, not a file", str(path))
+        os.set_blocking(fd, True)
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -113,48 +159,44 @@ class Bundle:
         self.manifest = manifest
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Bundle":
+    def open(cls, path: str | os.PathLike, complete: bool = True) -> Bundle:
         """Open the bundle at ``path``: validate its manifest and the size of every file.
 
+        Args:
+            complete: check that every listed file is there with its recorded size. A writer
+                opens with False, so that it can change (and repair) a damaged bundle: it hashes
+                each file it reads (:meth:`check_file`), and carries the others over as they are.
         Raises:
-            BundleError: no such folder, no or an invalid manifest (naming the field), another
-                format version, or a listed file that is missing, a link, outside the bundle or
-                of another size than recorded (naming the file and the command that rebuilds it).
+            BundleError: ``path`` is not a bundle (the message proposes where to export one,
+                never over what is there), no or an invalid manifest (naming the field), another
+                format version, or a listed file that is a link or outside the bundle, or (with
+                ``complete``) missing or of another size than recorded (naming the file and the
+                command that repairs it).
         """
-        path = Path(path)
-        if not path.is_dir():
-            what = "a file, not a bundle folder" if path.exists() else "not found"
-            raise BundleError(f"bundle '{path}' is {what}; create one with '{hints.first_export(path)}' "
-                              f"({hints.EXAMPLE_MODEL} is the demo preset; MODEL may also be a diffusers SVD "
-                              "directory or a hub id)")
-        try:
-            text = (path / MANIFEST).read_bytes()
-        except FileNotFoundError:
-            if not any(path.iterdir()):  # an empty folder: nothing to lose in replacing it
-                raise BundleError(f"'{path}' is not a bundle (an empty folder); create one there with "
-                                  f"'{hints.export(hints.EXAMPLE_MODEL, path, force=True)}'") from None
-            beside = Path(os.path.abspath(path)).name + ".bundle"  # abspath: '.' has no name of its own
-            raise BundleError(f"'{path}' is a folder but not a bundle (no {MANIFEST}); create a bundle beside it "
-                              f"with '{hints.first_export(path.parent / beside)}'") from None
-        except OSError as e:
-            raise BundleError(f"cannot read {path / MANIFEST}: {e.strerror}") from None
-        bundle = cls(path, schema.parse(text, str(path)))
-        root = os.path.realpath(path)
-        for name, record in bundle.manifest.files.items():
-            file = path / name
-            if not os.path.realpath(file).startswith(root + os.sep) or file.is_symlink():
-                raise BundleError(f"bundle '{path}': {name} is a link or leads outside the bundle; svdtrt reads "
-                                  f"only files inside it; {bundle.remedy(name)}")
-            try:
-                size = os.stat(file).st_size if file.is_file() else None
-            except OSError:
-                size = None
-            if size is None:
-                raise BundleError(f"bundle '{path}' is incomplete: {name} is missing; {bundle.remedy(name)}")
-            if size != record.bytes:
-                raise BundleError(f"bundle '{path}': {name} has {size} bytes, the manifest records {record.bytes} "
-                                  f"(a partial copy or a replaced file); {bundle.remedy(name)}")
+        bundle = cls(Path(path), read_manifest(path))
+        problems = bundle.file_problems(sizes=complete)
+        if problems:
+            name, problem = problems[0]
+            raise BundleError(f"bundle '{bundle.path}': {problem}; {bundle.remedy(name)}")
         return bundle
+
+    def file_problems(self, sizes: bool = True) -> list[tuple[str, str]]:
+        """``(file, what is wrong)`` for each listed file that is a link or leads outside the
+        bundle and, with ``sizes``, each that is missing, not a regular file or of another size
+        than recorded (``stat`` only; no file is read)."""
+        root, problems = os.path.realpath(self.path), []
+        for name, record in self.manifest.files.items():
+            file = self.path / name
+            if file.is_symlink() or (os.path.lexists(file) and not os.path.realpath(file).startswith(root + os.sep)):
+                outside = f"{name} is a link or leads outside the bundle; svdtrt reads only files inside it"
+                problems.append((name, outside))
+            elif sizes and not file.is_file():
+                what = "missing" if not os.path.lexists(file) else f"{path_kind(file)}, not a file"
+                problems.append((name, f"{name} is {what}"))
+            elif sizes and file.stat().st_size != record.bytes:
+                problems.append((name, (f"{name} has {file.stat().st_size} bytes, the manifest records "
+                                        f"{record.bytes} (a partial copy or a replaced file)")))
+        return problems
 
     @property
     def dims(self) -> ModelDims:
@@ -215,13 +257,12 @@ class Bundle:
                               f"create it with '{make}'")
         return graphs[precision]
 
-    def make_command(self, precision: str, force: bool = False) -> str:
+    def make_command(self, precision: str) -> str:
         """The one command line that gives every component a graph of ``precision``
-        (:func:`svdtrt.hints.make_precision`, from what the manifest lists), or with ``force`` that
-        makes them again."""
+        (:func:`svdtrt.hints.make_precision`, from what the manifest lists)."""
         have = {name: set(entry.graphs) for name, entry in self.manifest.components.items()}
         return hints.make_precision(self.path, precision, self.source, "default" in self.manifest.calibration,
-                                    have, force)
+                                    have)
 
     def graph_path(self, component: str, precision: str = "fp32") -> Path:
         """Path of a component's graph (see :meth:`graph` for the errors)."""
@@ -241,34 +282,83 @@ class Bundle:
         """Path of file ``name`` after checking its content against the manifest's sha256.
 
         A file is hashed once per version: the result is remembered in the user's cache
-        (:class:`HashCache`) under the file's identity (device, inode, size, mtime), so later backends and clips pay a ``stat``, and a file changed in place is
+        (:class:`HashCache`) under the file's identity (device, inode, size, mtime, ctime), so
+        later readers in this run and later runs pay a ``stat``, and a file changed in place is
         hashed again.
 
         Raises:
-            BundleError: the content differs from the record (a corrupted or replaced file);
-                the message names the file and the command that rebuilds it.
+            BundleError: the file is missing, not a regular file, or its content differs from the
+                record (a corrupted or replaced file); the message names the file and the command
+                that repairs it.
         """
         path = self.path / name
-        if HashCache().sha256(path) != self.manifest.files[name].sha256:
+        try:
+            digest = HashCache().sha256(path)
+        except OSError as e:
+            what = "missing" if isinstance(e, FileNotFoundError) else f"unreadable ({e.strerror})"
+            raise BundleError(f"bundle '{self.path}': {name} is {what}; {self.remedy(name)}") from None
+        if digest != self.manifest.files[name].sha256:
             raise BundleError(f"bundle '{self.path}': {name} does not match its recorded sha256 (a corrupted or "
                               f"replaced file); {self.remedy(name)}")
         return path
 
+    def repair(self, names: list[str]) -> Repair:
+        """What repairs the damaged files ``names`` and keeps the rest (:func:`svdtrt.bundle.repair.repair`)."""
+        return repair(self.path, self.manifest, names)
+
     def remedy(self, name: str) -> str:
-        """What to run to rebuild file ``name`` of the bundle, as a sentence ending in a command."""
-        m = self.manifest
-        for component, entry in m.components.items():
-            for precision, graph in entry.graphs.items():
-                if name in (graph.file, graph.data):
-                    return f"rebuild it with '{self.make_command(graph.kept_precision or precision, force=True)}'"
-        for set_name, cal in m.calibration.items():
-            if name.startswith(cal.directory + "/"):
-                return f"record the set again with '{hints.calibrate(self.path, set_name, force=True)}'"
-        for engine in m.engines.values():
-            if name in (engine.engine, engine.sidecar):
-                cmd = hints.build(self.path, engine.precision, components=[engine.component], force=True)
-                return f"rebuild it with '{cmd}'"
-        return f"re-export the bundle with '{hints.export(self.source, self.path, force=True)}'"
+        """What to run to repair damaged file ``name`` of the bundle, as a sentence ending in a command."""
+        return self.repair([name]).sentence()
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """The validated manifest of the bundle at ``path`` (read as a regular file of at most
+    :data:`MAX_MANIFEST_BYTES`: a FIFO or a device in its place fails at once).
+
+    Raises:
+        BundleError: ``path`` is not a bundle folder (see :func:`not_a_bundle`), or its manifest
+            is a link, not a regular file, too large or invalid (:func:`svdtrt.bundle.manifest.parse`).
+    """
+    path = Path(path)
+    file = path / MANIFEST
+    if not path.is_dir() or not os.path.lexists(file):
+        raise BundleError(not_a_bundle(path))
+    try:
+        if file.is_symlink():
+            raise NotARegularFile("is a link; svdtrt reads only files inside the bundle")
+        text = read_file(file, MAX_MANIFEST_BYTES)
+    except NotARegularFile as e:
+        raise BundleError(f"bundle '{path}': {MANIFEST} {e}; {schema.reexport(path, None)}") from None
+    except OSError as e:
+        raise BundleError(f"cannot read {file}: {e.strerror}") from None
+    return schema.parse(text, str(path))
+
+
+def is_bundle_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding ``manifest.json`` and nothing a bundle does not hold
+    (its manifest is not read: a damaged bundle is a bundle)."""
+    return path.is_dir() and os.path.lexists(path / MANIFEST) and BUNDLE_FOLDER.foreign(path) is None
+
+
+def not_a_bundle(path: Path) -> str:
+    """Why ``path`` (no folder holding ``manifest.json``) is not a bundle, and where to make one:
+    there if nothing (or an empty folder) is there, else at a fresh path beside it; a path inside a
+    bundle names the bundle instead."""
+    inside = next((p for p in path.absolute().parents if is_bundle_folder(p)), None)
+    if inside is not None:
+        shown = os.path.relpath(inside) if not path.is_absolute() else inside
+        return f"'{path}' is {path_kind(path)} inside bundle '{shown}'; give the bundle's folder, '{shown}'"
+    preset = (f"({hints.EXAMPLE_MODEL} is the demo preset; MODEL may also be a diffusers SVD directory or a "
+              "hub id)")
+    if not os.path.lexists(path):
+        return f"bundle '{path}' is not found; create one with '{hints.first_export(path)}' {preset}"
+    if not path.is_dir():
+        return (f"bundle '{path}' is {path_kind(path)}, not a bundle folder; create one beside it with "
+                f"'{hints.first_export(hints.fresh_path(path, BUNDLE_FOLDER.suffix))}' {preset}")
+    if not any(path.iterdir()):  # an empty folder: export writes into it
+        return f"'{path}' is not a bundle (an empty folder); create one there with '{hints.first_export(path)}'"
+    return (f"'{path}' is a folder but not a bundle (no {MANIFEST}); create a bundle beside it with "
+            f"'{hints.first_export(hints.fresh_path(path, BUNDLE_FOLDER.suffix))}'")
 
 
 class Staged:
@@ -349,6 +439,11 @@ class Staged:
         """
         owner = COMPONENTS[component].shares_weights_with
         owner_graph = self.current(graph_filename(owner, precision)) if owner else None
+        if owner_graph is not None and owner_graph.parent != self.path:  # kept from the bundle: verify it first
+            kept = self.old.manifest.components[owner].graphs[precision]
+            for name in (kept.file, kept.data):
+                if name:
+                    self.old.check_file(name)
         path = self.path / graph.file
         if owner_graph is None or not share_external_data(path, owner_graph):
             return graph
@@ -362,20 +457,36 @@ class Staged:
     def commit(self) -> Bundle:
         """Record every staged file, write the manifest and publish the bundle atomically.
 
+        Files carried over are hard-linked in as they are: one the old state lacks (a damaged
+        bundle being repaired) keeps its record, so the new state is exactly as damaged there as
+        the old one, and the repair that follows still knows what it should be. The processing
+        configs are written from the manifest's ``configs`` every time (a few KB; so any change
+        also repairs them). The hashes the user's cache knew for the carried-over files are
+        carried to their new ctime (:class:`HashCache`).
+
         Raises:
             InputError: something appeared at the target meanwhile (without ``force``).
         """
         checkpoint("commit")
         cache = HashCache()
-        files = {}
+        files, carried = {}, {}
         old = self.old.manifest.files if self.old else {}
+        for key, name in CONFIG_FILES.items():
+            if key in self.manifest.configs:
+                self.write_json(name, self.manifest.configs[key])
         for name in old:
-            if name not in self._dropped and not os.path.lexists(self.path / name):
-                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.old.path / name, self.path / name)
-                except OSError:  # a file system without hard links
-                    shutil.copy2(self.old.path / name, self.path / name)
+            if name in self._dropped or os.path.lexists(self.path / name):
+                continue
+            if not (self.old.path / name).is_file():
+                files[name] = old[name]  # damaged before this change: carried as it is
+                continue
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+            carried[name] = cache.known(self.old.path / name)
+            try:
+                os.link(self.old.path / name, self.path / name)
+            except OSError:  # a file system without hard links
+                shutil.copy2(self.old.path / name, self.path / name)
+        fresh = {}
         for folder, _, names in os.walk(self.path):
             for n in names:
                 full = Path(folder) / n
@@ -386,12 +497,15 @@ class Staged:
                     files[rel] = old[rel]
                 else:
                     files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
-                    cache.remember(full, files[rel].sha256)  # the published file keeps its inode
+                    fresh[full] = files[rel].sha256  # the published file keeps its inode and ctime
+        cache.remember(fresh)
         self.manifest.files = dict(sorted(files.items()))
         checkpoint("recorded")
         write_new(self.path / MANIFEST, schema.dump(self.manifest))
         self._txn.publish()
-        return Bundle.open(self.target)
+        # Linking a file in (and removing the old state's link) changed its ctime, not its content.
+        cache.remember({self.target / name: digest for name, digest in carried.items() if digest is not None})
+        return Bundle.open(self.target, complete=False)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -406,29 +520,33 @@ def _same_file(a: Path, b: Path) -> bool:
 def changing(path: str | os.PathLike) -> Iterator[Staged]:
     """Change the bundle at ``path`` in one transaction: ``with changing(p) as staged: ...;
     staged.commit()``. The bundle is re-opened under the lock, so the change starts from the
-    state the last writer left; leaving the block without ``commit`` changes nothing.
+    state the last writer left; leaving the block without ``commit`` changes nothing. A damaged
+    bundle can be changed (``Bundle.open(complete=False)``): a stage hashes what it reads
+    (:meth:`Bundle.check_file`), which is how a repair replaces what is damaged.
 
     Raises:
         BundleError: not a bundle (see :meth:`Bundle.open`).
         InputError: the bundle's folder cannot be written (read-only, permissions).
     """
     path = Path(path)
-    Bundle.open(path)  # a clear error before taking a lock beside something that is no bundle
+    Bundle.open(path, complete=False)  # a clear error before taking a lock for something that is no bundle
     if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
         raise InputError(f"bundle '{path}' cannot be changed: its folder is read-only here; "
                          "copy it somewhere writable first")
-    with DirectoryTransaction(path, expect_existing=True) as txn:
-        yield Staged(txn, Bundle.open(path))
+    with DirectoryTransaction(path, BUNDLE_FOLDER, expect_existing=True) as txn:
+        yield Staged(txn, Bundle.open(path, complete=False))
 
 
 @contextlib.contextmanager
 def creating(path: str | os.PathLike, force: bool = False) -> Iterator[Staged]:
     """Create a new bundle at ``path`` in one transaction (``staged.manifest`` must be set
-    before ``commit``). Without ``force``, anything at ``path`` (now, or appearing before the
-    commit) is refused and left untouched.
+    before ``commit``). Nothing but an empty folder, or with ``force`` a bundle
+    (:data:`BUNDLE_FOLDER`), may be at ``path`` (now, or appearing before the commit); anything
+    else is refused and left untouched.
 
     Raises:
-        InputError: ``path`` exists without ``force``; its folder is missing or read-only.
+        InputError: ``path`` is taken without ``force``, or holds something that is not a bundle;
+            its folder is missing or read-only.
     """
-    with DirectoryTransaction(path, force=force) as txn:
+    with DirectoryTransaction(path, BUNDLE_FOLDER, force=force) as txn:
         yield Staged(txn, None)

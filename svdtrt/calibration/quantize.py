@@ -97,9 +97,16 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
             raise InputError(f"bundle '{bundle.path}' already has {precision} graphs ({', '.join(existing)}); "
                              "pass --force to replace them")
         names = [n for n in QUANTIZED_COMPONENTS if n in components]
-        for recorded in dict.fromkeys(CALIBRATED_FROM[n] for n in names):
+        # Every file read is hashed against the manifest first (once per file version:
+        # Bundle.check_file): a corrupted graph or shard is refused with its repair, not quantized.
+        recorded = list(dict.fromkeys(CALIBRATED_FROM[n] for n in names))
+        inputs = [f for n in names for f in (components[n].graphs["fp32"].file, components[n].graphs["fp32"].data)]
+        inputs += [f for r in recorded for split in SPLITS for f in calib.entry.shard_paths(r, split)]
+        for file in dict.fromkeys(f for f in inputs if f):
+            bundle.check_file(file)
+        for r in recorded:
             for split in SPLITS:
-                for _ in calib.samples(recorded, split):
+                for _ in calib.samples(r, split):
                     pass
 
         # 2. The fp32 PyTorch model the quantized graphs are measured against, and the fp32

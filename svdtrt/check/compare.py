@@ -67,7 +67,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
     qdq = None
     if quantized:  # every component needs a graph of this precision; those with a quantization are Q/DQ
         graphs = {name: bundle.graph(name, precision) for name in bundle.manifest.components}
-        qdq = {name: validate_qdq_graph(bundle.path / graph.file, bundle.make_command(precision, force=True))
+        qdq = {name: validate_qdq_graph(bundle.path / graph.file, bundle.repair([graph.file]).command)
                for name, graph in graphs.items() if graph.quantization is not None}
     model = reference_model(bundle, model)
     start = time.perf_counter()

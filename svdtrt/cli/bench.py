@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-
-from ..errors import InputError
 from .args import SAMPLING, WORK_LISTS
 
 
@@ -18,14 +15,14 @@ def bench(args) -> int:
     import torch
 
     from ..benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
+    from ..benchmark.report import BENCH_FOLDER
     from ..bundle.store import Bundle
     from ..media.images import load_image, sample_image
     from ..models.loading import load_model, reference_model
 
     backends = parse_names(args.backends, BACKENDS, "backend")
     precisions = parse_names(args.precisions, PRECISIONS, "precision")
-    if os.path.lexists(args.out) and not args.force:  # before minutes of measuring
-        raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
+    BENCH_FOLDER.check_target(args.out, args.force)  # before minutes of measuring
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
     # the full-compute base first, then one row per other work-reduction combination

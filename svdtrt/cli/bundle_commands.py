@@ -3,21 +3,35 @@
 
 from __future__ import annotations
 
-import os
-
 from ..errors import InputError
 from .args import BUILD_SHAPES, EXPORT_SHAPES
+
+#: Suffixes of files svdtrt writes or reads besides clips, frames and images (the media registries
+#: name those): a bundle (a folder) named with one is refused, since it is surely a slip
+#: (``export --out clip.mp4`` makes a folder no player opens).
+OTHER_FILE_SUFFIXES = (".npz", ".json", ".onnx", ".engine", ".txt")
 
 
 def export(args) -> int:
     """``svdtrt export``: a model's components exported to a bundle of ONNX graphs (fp16 too with
-    ``--precision fp16``); exit code 0. An existing ``--out`` is refused before the model loads."""
+    ``--precision fp16``); exit code 0. An ``--out`` svdtrt may not write (a file's name, something
+    that is not a bundle, an existing bundle without ``--force`` or ``--components``) is refused
+    before the model loads."""
+    from ..bundle.store import BUNDLE_FOLDER, is_bundle_folder
     from ..export.bundle_export import export_bundle
+    from ..hints import fresh_path
+    from ..media.images import IMAGE_SUFFIXES
+    from ..media.video import CLIP_FORMATS, FRAMES_SUFFIX
     from ..models.loading import load_model
 
-    if os.path.lexists(args.out) and not args.force and not (args.components and args.out.is_dir()):
-        raise InputError(f"'{args.out}' already exists; choose another path, pass --force to replace it, "
-                         "or --components to re-export some components into it")  # before the model load
+    file_suffixes = (*CLIP_FORMATS, FRAMES_SUFFIX, *IMAGE_SUFFIXES, *OTHER_FILE_SUFFIXES)
+
+    adding = args.components and is_bundle_folder(args.out) and not args.force
+    if not adding:  # all before the model load
+        BUNDLE_FOLDER.check_target(args.out, args.force)
+        if args.out.suffix.lower() in file_suffixes and not is_bundle_folder(args.out):
+            raise InputError(f"--out '{args.out}' names a {args.out.suffix} file, but a bundle is a folder; give a "
+                             f"folder name, e.g. '{fresh_path(args.out, BUNDLE_FOLDER.suffix)}'")
     model = load_model(args.model, variant=args.variant, random_weights=args.random_weights)
     precisions = ("fp32", "fp16") if args.precision == "fp16" else ("fp32",)
     bundle = export_bundle(model, args.out, *EXPORT_SHAPES.parse(args), args.opset, args.force,
@@ -29,11 +43,20 @@ def export(args) -> int:
 
 
 def _print_graphs(bundle, components=None, precisions=None) -> None:
+    from ..specs import COMPONENTS
+
     for name, entry in bundle.manifest.components.items():
         if components and name not in components:
             continue
         for precision, g in entry.graphs.items():
-            if (precisions and precision not in precisions) or g.validation is None:
+            if precisions and precision not in precisions:
+                continue
+            if g.kept_precision and precision == "fp16":  # diffusers' fp16 pipeline keeps it fp32 too
+                flag = COMPONENTS[name].fp16_upcast
+                print(f"  {name:14s} {precision}  runs its {g.kept_precision} graph, by design: the model's "
+                      f"{flag[0] if flag else ''} config sets {flag[1] if flag else 'an upcast'}, as in diffusers' "
+                      "fp16 pipeline")
+            if g.validation is None:
                 continue
             outputs = g.validation.outputs.values()
             print(f"  {name:14s} {precision}  {g.bytes / 2**20:9.1f} MiB  {g.seconds or 0.0:6.1f} s  "
@@ -47,9 +70,9 @@ def convert(args) -> int:
     """``svdtrt convert``: fp16 graphs added from the bundle's fp32 graphs; exit code 0."""
     from ..export.convert import convert_bundle
 
-    bundle = convert_bundle(args.bundle, args.precision, args.force)
+    bundle = convert_bundle(args.bundle, args.precision, args.force, components=args.components)
     print(f"{args.precision} graphs written to {bundle.path}")
-    _print_graphs(bundle, precisions=[args.precision])
+    _print_graphs(bundle, args.components, precisions=[args.precision])
     return 0
 
 
@@ -60,7 +83,7 @@ def calibrate(args) -> int:
     from ..models.loading import load_model
     from ..runtime.limits import MAX_STEPS, SEED_RANGE
 
-    Bundle.open(args.bundle)
+    Bundle.open(args.bundle, complete=False)  # a damaged bundle is recorded from what verifies (Bundle.check_file)
     if not 1 <= args.steps <= MAX_STEPS:
         raise InputError(f"--steps must be at least 1 and at most {MAX_STEPS}, got {args.steps}")
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:  # image i uses seed + i, checked by the pipeline
@@ -84,7 +107,7 @@ def quantize(args) -> int:
     from ..graphs.qdq import DEFAULT_EXCLUDE
     from ..models.loading import load_model
 
-    Bundle.open(args.bundle)
+    Bundle.open(args.bundle, complete=False)  # quantize hashes what it reads (Bundle.check_file)
     exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
     model = load_model(args.model) if args.model else None
     entries = quantize_bundle(args.bundle, args.precision, args.calibration, exclude, args.force, model=model,
@@ -110,7 +133,7 @@ def build(args) -> int:
     from ..build.plan import plan_build
     from ..bundle.store import Bundle
 
-    bundle = Bundle.open(args.bundle)
+    bundle = Bundle.open(args.bundle, complete=False)  # build hashes the graphs it reads (Bundle.check_file)
     plan = plan_build(bundle, args.precision, args.profile, *BUILD_SHAPES.parse(args),
                       args.components, args.workspace, args.timing_cache, args.block_caching)
     if not args.dry_run:
@@ -139,18 +162,22 @@ def _gib(n) -> str:
 
 
 def verify(args) -> int:
-    """``svdtrt verify``: every file of the bundle against its manifest; exit code 0, or 1 where
-    some file is wrong."""
-    from ..bundle.integrity import leftover_runs, verify_bundle
+    """``svdtrt verify``: every file of the bundle against its manifest; exit code 0 when it
+    verifies, 1 when it does not (whatever the cause: a missing file, a wrong size or content, a
+    corrupt manifest), with the one command that repairs it; a path that is not a bundle at all is
+    bad input (exit code 2, raised)."""
+    from ..bundle import integrity
 
-    problems = verify_bundle(args.bundle, progress=True)
-    for problem in problems:
+    result = integrity.verify(args.bundle, progress=True)
+    for problem in result.problems:
         print(f"  {problem}")
-    for path in leftover_runs(args.bundle):
+    for path in integrity.leftover_runs(args.bundle):
         print(f"  note: {path} was left by an interrupted svdtrt run; the next command that changes the bundle "
               "removes it")
-    if problems:
-        print(f"FAILED: {len(problems)} problem(s) in '{args.bundle}'")
+    if result.problems:
+        if result.repair:
+            print(f"  {result.repair.sentence()}")
+        print(f"FAILED: {len(result.problems)} problem(s) in '{args.bundle}'")
         return 1
     print(f"bundle '{args.bundle}' verified: every file matches its manifest")
     return 0

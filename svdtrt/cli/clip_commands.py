@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..publishing import FileKind
 from .args import BACKEND, DEVICE_MEMORY, SAMPLING, WORK
 
 if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
@@ -23,7 +24,7 @@ def run(args) -> int:
 
     from ..bundle.store import Bundle
     from ..media.images import load_image
-    from ..media.video import check_clip_path, check_frames_path, save_frames, write_clip
+    from ..media.video import CLIP_FILE, FRAMES_FILE, check_clip_path, check_frames_path, save_frames, write_clip
     from ..models.loading import load_model, reference_model
     from ..runtime.backends import create_backend
     from ..runtime.pipeline import SvdPipeline
@@ -45,7 +46,8 @@ def run(args) -> int:
     DEVICE_MEMORY.check(args, bundle, settings, choice)
     # Reserved before the model, the backend and sampling: an unwritable or taken path fails now,
     # not after minutes of work.
-    with _reserved(args.force, args.out, args.save_frames, args.timings) as (clip_out, frames_out, timings_out):
+    with _reserved(args.force, (args.out, CLIP_FILE), (args.save_frames, FRAMES_FILE),
+                   (args.timings, TIMINGS_FILE)) as (clip_out, frames_out, timings_out):
         model = reference_model(bundle, load_model(choice.model)) if choice.model else None
         backend = create_backend(choice.backend, bundle, choice.precision, model=model, **choice.options)
         clip = SvdPipeline(backend, bundle)(image, settings, progress=True, timings=bool(args.timings))
@@ -66,7 +68,7 @@ def run(args) -> int:
         clip_out.publish()
     print(f"{settings.frames} frames of {settings.width}x{settings.height} written to {args.out} "
           f"({choice.backend}, {choice.precision}; {settings.scheduler}, {settings.steps} steps, "
-          f"{len(clip.unet_calls)} UNet calls)")
+          f"{_work_summary(settings)}, {len(clip.unet_calls)} UNet calls)")
     print_random_weights(bundle)
     _print_timings(clip.timings)
     return 0
@@ -83,7 +85,7 @@ def check(args) -> int:
     from ..models.loading import load_model, reference_model
     from ..precisions import precision as lookup_precision
 
-    with _reserved(args.force, args.report) as (report_out,):  # before minutes of work
+    with _reserved(args.force, (args.report, REPORT_FILE)) as (report_out,):  # before minutes of work
         bundle = Bundle.open(args.bundle)
         image = load_image(args.image) if args.image else sample_image()
         choice = BACKEND.parse(args)
@@ -102,23 +104,41 @@ def check(args) -> int:
     return 0 if report.passed else 1
 
 
+#: The JSON files ``run --timings`` and ``check --report`` write, as ``--force`` recognises them
+#: (by keys every such file has; a bundle's manifest, say, has none of them).
+TIMINGS_FILE = FileKind.json_object_with("a timings file", "backend", "precision", "seconds", "unet_calls")
+REPORT_FILE = FileKind.json_object_with("a check report", "backend", "precision", "components", "end_to_end")
+
+
 @contextlib.contextmanager
-def _reserved(force: bool, *paths):
-    """An :class:`~svdtrt.publishing.OutputFile` per path (None for None), reserved in order;
-    every reserved part file is removed when a later reservation or the block fails or is
-    interrupted, so that nothing half-written is left."""
+def _reserved(force: bool, *outputs_and_kinds):
+    """An :class:`~svdtrt.publishing.OutputFile` per ``(path, kind)`` (None for a None path),
+    reserved in order; every reserved part file is removed when a later reservation or the block
+    fails or is interrupted, so that nothing half-written is left."""
     from ..publishing import OutputFile
 
     outputs = []
     try:
-        for path in paths:
-            outputs.append(OutputFile(path, force) if path else None)
+        for path, kind in outputs_and_kinds:
+            outputs.append(OutputFile(path, kind, force) if path else None)
         yield outputs
     except BaseException:
         for out in outputs:
             if out is not None:
                 out.discard()
         raise
+
+
+def _work_summary(settings) -> str:
+    """The guidance and block-caching settings a clip was made with, as ``run`` prints them."""
+    if settings.max_guidance_scale <= 1:
+        guidance = "no guidance"
+    else:
+        every = settings.guidance_steps is None or settings.guidance_steps >= settings.steps
+        on = "every step" if every else f"the first {settings.guidance_steps} steps"
+        guidance = f"guidance {settings.min_guidance_scale:g} to {settings.max_guidance_scale:g} on {on}"
+    caching = "no block caching" if settings.cache_interval == 1 else f"cache interval {settings.cache_interval}"
+    return f"{guidance}, {caching}"
 
 
 def _print_timings(timings: dict) -> None:

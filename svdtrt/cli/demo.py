@@ -6,28 +6,25 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import PIL.Image
-import PIL.ImageDraw
+from ..publishing import DirectoryTransaction, FolderKind
 
-from ..bundle.store import Bundle
-from ..check.compare import check_bundle
-from ..check.report import CheckReport
-from ..export.bundle_export import export_bundle
-from ..media.images import sample_image
-from ..media.metrics import psnr
-from ..media.video import to_uint8, write_mp4
-from ..models.loading import load_model
-from ..publishing import DirectoryTransaction
-from ..runtime.settings import SamplingSettings
-from .clip_commands import print_random_weights, print_report
+if TYPE_CHECKING:  # the demo's stages are imported when it runs, after its output folder is checked
+    import numpy as np
+    import PIL.Image
+
+    from ..check.report import CheckReport
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
 
 #: Frames shown per row of the side-by-side picture (evenly spaced over the clip, first and last included).
 PICTURE_FRAMES = 4
+
+#: The demo's folder: what ``demo --force`` may replace.
+DEMO_FOLDER = FolderKind("a demo folder", "report.json",
+                         ("bundle", "clip.mp4", "input.png", "report.json", "side_by_side.png"))
 
 
 def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[CheckReport, float]:
@@ -41,13 +38,22 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[Check
         The check report (its ``bundle`` the published one) and the wall time of the whole demo
         in seconds (also in ``report.json`` as ``demo_seconds``).
     Raises:
-        InputError: ``out`` exists and ``force`` is false.
+        InputError: ``out`` exists and ``force`` is false, or holds something that is not a demo
+            folder (:data:`DEMO_FOLDER`); checked before anything is loaded.
     """
     start = time.perf_counter()
     out = Path(out)
+    DEMO_FOLDER.check_target(out, force)  # before seconds of imports and the model
+    from ..check.compare import check_bundle
+    from ..export.bundle_export import export_bundle
+    from ..media.images import sample_image
+    from ..media.video import write_mp4
+    from ..models.loading import load_model
+    from ..runtime.settings import SamplingSettings
+
     model = load_model(DEMO_PRESET)
     image = sample_image(DEMO_IMAGE)
-    with DirectoryTransaction(out, force=force) as txn:
+    with DirectoryTransaction(out, DEMO_FOLDER, force=force) as txn:
         image.save(txn.path / "input.png")
         bundle = export_bundle(model, txn.path / "bundle")
         frames, height, width = bundle.default_shape
@@ -67,6 +73,9 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[Check
 def demo(args) -> int:
     """``svdtrt demo``: :func:`run_demo` into ``--out``, its report printed as ``check`` prints
     one; exit code 0, or 1 where the check failed."""
+    from ..bundle.store import Bundle
+    from .clip_commands import print_random_weights, print_report
+
     report, seconds = run_demo(args.out, args.force)
     print_report(report)
     print(f"demo written to {args.out}/ in {seconds:.1f} s: clip.mp4 (the ONNX Runtime clip), "
@@ -89,6 +98,13 @@ def side_by_side(image: PIL.Image.Image, tested: np.ndarray, reference: np.ndarr
         labelled with each frame's PSNR in dB (``svdtrt.media.metrics.psnr``, data range 1): a black
         row means the clips are the same to within 1/65025 per pixel.
     """
+    import numpy as np
+    import PIL.Image
+    import PIL.ImageDraw
+
+    from ..media.metrics import psnr
+    from ..media.video import to_uint8
+
     frames, height, width = tested.shape[:3]
     scale = max(1, 128 // max(height, width))  # tiny clips are 64x64: make them visible
     h, w = height * scale, width * scale

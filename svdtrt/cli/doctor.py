@@ -106,8 +106,9 @@ def doctor(args) -> int:
     """
     report = diagnose()
     print("\n".join(format_report(report)))
-    if report["backends"]["tensorrt"] != "ready":
-        print(f"to get TensorRT and Polygraphy: {INSTALL_HINT}")
+    missing = [name for name, key in (("TensorRT", "tensorrt"), ("Polygraphy", "polygraphy")) if not report[key]]
+    if missing:  # a missing GPU is not something pip installs: the backends' lines say so
+        print(f"to get {' and '.join(missing)}: {INSTALL_HINT}")
     if args.bundle:
         _clip_memory(args)
     return 0

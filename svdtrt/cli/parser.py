@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="add fp16 graphs converted from a bundle's fp32 graphs")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
     p.add_argument("--precision", default="fp16", choices=made_by("convert"), help="the precision to add (default fp16)")
+    p.add_argument("--components", type=_component_list,
+                   help="comma-separated subset to convert, e.g. unet,vae_decoder (default all; unet brings the "
+                        "block-caching graphs, which read its weights)")
     p.add_argument("--force", action="store_true", help="replace existing graphs of this precision")
 
     p = sub.add_parser("quantize", help="write int8 / fp8 Q/DQ graphs from a calibration set")
@@ -142,7 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the build plan; build and write nothing")
     p.add_argument("--force", action="store_true", help="rebuild engines even when the cached ones are current")
 
-    p = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256 and sizes")
+    p = sub.add_parser("verify", help="check every file of a bundle against its manifest's sha256 and sizes",
+                       epilog="Exit code 0: the bundle verifies. 1: it does not, whatever the cause (a missing, "
+                              "resized or corrupted file, a file the manifest does not list, a corrupt manifest); "
+                              "the output names each problem and the command that repairs it. 2: BUNDLE is not a "
+                              "bundle (not found, a file, or a folder without manifest.json), or bad arguments.")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
 
     p = sub.add_parser("doctor", help="show what this machine offers: Python, torch, CUDA, GPU, TensorRT, ONNX Runtime; "

@@ -28,8 +28,10 @@ def serve(args) -> int:
 def batch(args) -> int:
     """``svdtrt batch``: a clip per image on Ray workers; exit code 0, or 1 where some clip failed
     (a re-run retries those). Settings, images and output names are checked before Ray starts."""
+    import signal
+
     from ..bundle.store import Bundle
-    from ..serving.batch import JOURNAL, BatchJob, list_images, output_names
+    from ..serving.batch import JOURNAL, BatchJob, check_out, list_images, output_names
 
     bundle = Bundle.open(args.bundle)
     choice = BACKEND.parse(args)
@@ -37,7 +39,11 @@ def batch(args) -> int:
     SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts
+    check_out(args.out)
     worker = WORKERS.parse(args, bundle, choice)
+    # SIGTERM (docker stop, systemd, a job scheduler) stops the batch as Ctrl-C does, in one line:
+    # Ray's own handler, set when Ray started, exits mid-call and prints Ray's C++ stack.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from ..serving.batch import run_batch
 
     summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from ..bundle.manifest import Accuracy, GraphEntry
-from ..bundle.store import Bundle, changing, graph_filename, owned_files
-from ..errors import InputError
+from ..bundle.store import Bundle, changing, graph_filename
+from ..errors import BundleError, InputError, first_line
 from ..graphs.deployability import check_deployable
 from ..graphs.files import data_filename, graph_bytes
 from ..graphs.fp16 import convert_to_fp16
@@ -25,7 +25,7 @@ from ..graphs.sessions import open_session
 from ..models.modules import example_inputs
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
-from ..specs import COMPONENTS, runs_fp32_in_fp16
+from ..specs import CACHING_COMPONENTS, COMPONENTS, runs_fp32_in_fp16
 from .validation import validate_graph
 
 log = logging.getLogger(__name__)
@@ -78,18 +78,26 @@ def convert_component(source: Path, folder: Path, name: str, sizes: dict[str, in
 
 
 def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = False,
-                   progress: bool = True) -> Bundle:
+                   progress: bool = True, components: list[str] | None = None) -> Bundle:
     """Add ``precision`` graphs converted from the bundle's fp32 graphs, in one transaction.
+
+    Each fp32 graph and weights file is hashed against the manifest before it is converted
+    (:meth:`~svdtrt.bundle.store.Bundle.check_file`): a corrupted source is refused with the
+    command that repairs it, not converted into a wrong graph.
 
     Args:
         path: the bundle.
         precision: a precision the registry makes by ``convert`` (fp16).
-        force: replace existing graphs of that precision.
+        force: replace existing graphs of that precision (and drop the engines built from them).
+        components: the components to convert (default: all the bundle has); ``unet`` brings
+            the block-caching graphs, which read its weights file.
     Returns:
         The re-opened bundle.
     Raises:
-        InputError: a precision not made by conversion, or existing graphs without ``force``.
-        BundleError: no bundle at ``path``.
+        InputError: a precision not made by conversion, a component the bundle lacks, or existing
+            graphs without ``force``.
+        BundleError: no bundle at ``path``; a source graph that does not match its record or that
+            ONNX Runtime cannot load.
         AccuracyError: a converted graph misses its tolerance (the bundle is unchanged).
     """
     from tqdm import tqdm
@@ -99,22 +107,45 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
         raise InputError(f"convert makes {', '.join(made_by('convert'))} graphs; {precision} is made with "
                          f"'{Bundle.open(path).make_command(p.name)}'")
     with changing(path) as staged:
-        components = staged.manifest.components
-        existing = [c for c, e in components.items() if precision in e.graphs]
+        bundle, entries = staged.old, staged.manifest.components
+        names = list(entries) if components is None else list(dict.fromkeys(components))
+        if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
+            names += [n for n in CACHING_COMPONENTS if n in entries and n not in names]
+        lacking = [n for n in names if n not in entries]
+        if lacking:
+            raise InputError(f"bundle '{path}' has no {', '.join(lacking)} graphs to convert (has: "
+                             f"{', '.join(entries)})")
+        existing = [c for c in names if precision in entries[c].graphs]
         if existing and not force:
             raise InputError(f"bundle '{path}' already has {precision} graphs ({', '.join(existing)}); "
                              "pass --force to replace them")
-        for name in tqdm(list(components), desc=f"convert {precision}", unit="graph", disable=not progress):
-            for file in owned_files(staged.manifest, name, components[name].graphs.get(precision)):
-                staged.remove(file)
-            fp32 = components[name].graphs["fp32"]
+        names = [n for n in entries if n in names]  # the manifest's order: unet before its caching graphs
+        for name in tqdm(names, desc=f"convert {precision}", unit="graph", disable=not progress):
+            staged.drop_graph(name, precision)  # with the engines built from it
+            fp32 = entries[name].graphs["fp32"]
+            for file in (fp32.file, fp32.data):
+                if file:
+                    bundle.check_file(file)
             spec = COMPONENTS[name]
             inputs = example_inputs(spec, fp32.validation.shape)
-            session = open_session(staged.old.path / fp32.file, "validate")
-            expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
-                n: inputs[n].numpy() for n in spec.input_names})]
-            del session
-            graph = fp16_graph(staged.manifest.configs, fp32, staged.old.path, staged.path, name,
+            expected = _fp32_outputs(bundle, fp32, spec, inputs)
+            graph = fp16_graph(staged.manifest.configs, fp32, bundle.path, staged.path, name,
                                fp32.validation.shape, inputs, expected)
-            components[name].graphs[precision] = staged.share_weights(name, precision, graph)
+            entries[name].graphs[precision] = staged.share_weights(name, precision, graph)
         return staged.commit()
+
+
+def _fp32_outputs(bundle: Bundle, fp32: GraphEntry, spec, inputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The fp32 graph's outputs on ``inputs``: what its fp16 graph is validated against.
+
+    Raises:
+        BundleError: ONNX Runtime cannot load or run the graph (e.g. its external data points
+            outside the bundle); the message names the file and the command that repairs it.
+    """
+    try:
+        session = open_session(bundle.path / fp32.file, "validate")
+        outputs = session.run(spec.output_names, {n: inputs[n].numpy() for n in spec.input_names})
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
+        raise BundleError(f"ONNX Runtime cannot load {fp32.file} of bundle '{bundle.path}' ({first_line(e)[:200]}); "
+                          f"{bundle.remedy(fp32.file)}") from None
+    return [torch.from_numpy(a) for a in outputs]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..publishing import FileKind
 
 #: Clip formats by file extension: (PyAV container, codec, pixel format, codec options).
 #: yuv420p is what players expect of H.264 and VP9; GIF takes 8-bit colour (rgb8: 3-3-2 bits).
@@ -26,6 +27,13 @@ CLIP_FORMATS: dict[str, tuple[str, str, str, dict[str, str]]] = {
 
 #: The one file format of ``--save-frames``.
 FRAMES_SUFFIX = ".npy"
+
+#: A clip, as ``--force`` recognises one it may replace: an ISO media file (``ftyp`` box at byte
+#: 4: ISO/IEC 14496-12), a WebM/Matroska file (the EBML magic 1A 45 DF A3) or a GIF (GIF87a/GIF89a).
+CLIP_FILE = FileKind.starting_with("a clip", (4, b"ftyp"), (0, b"\x1a\x45\xdf\xa3"), (0, b"GIF87a"),
+                                   (0, b"GIF89a"))
+#: Saved frames: a NumPy ``.npy`` file (its magic string, NumPy's format spec ``numpy.lib.format``).
+FRAMES_FILE = FileKind.starting_with("saved frames", (0, b"\x93NUMPY"))
 
 
 def check_clip_path(path: str | os.PathLike, option: str = "--out") -> str:

@@ -18,6 +18,7 @@ too, as before it had a module of its own).
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import PIL.Image
 import torch
 
 from .. import hints
-from ..errors import NumericalError
+from ..errors import ClipCancelled, NumericalError
 from ..media.images import check_image_size
 from ..specs import CLIP_INPUT_SIZE, ModelDims
 from .backends import Backend
@@ -144,17 +145,20 @@ class SvdPipeline:
         self.feature_extractor = CLIPImageProcessor(**model_info.feature_extractor_config)
 
     def __call__(self, image: PIL.Image.Image, settings: SamplingSettings, progress: bool | str = False,
-                 timings: bool = False) -> Clip:
+                 timings: bool = False, cancel: threading.Event | None = None) -> Clip:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
 
         ``progress`` shows a bar over the denoising steps; a string is the bar's label (the stage
         a command is in), True labels it ``denoise``.
         ``timings`` asks for per-stage seconds on a GPU, at the cost of synchronising the device
         around every stage (:class:`StageTimer`); without it the loop queues work unhindered.
+        ``cancel``, once set (by another thread: the service, when a request is gone), stops the
+        loop before its next denoising step.
 
         Raises:
             InputError: settings the model cannot run, or an image too small or too large
                 (:func:`svdtrt.media.images.check_image_size`).
+            ClipCancelled: ``cancel`` was set.
         """
         from diffusers.utils.torch_utils import randn_tensor
         from tqdm import tqdm
@@ -221,6 +225,8 @@ class SvdPipeline:
         deep_feature, unet_calls, step_options = None, [], step_kwargs(s.scheduler, generator)
         label = progress if isinstance(progress, str) else "denoise"
         for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, unit="step", disable=not progress)):
+            if cancel is not None and cancel.is_set():  # nobody waits for this clip any more
+                raise ClipCancelled(f"the clip was cancelled after {i} of {len(scheduler.timesteps)} steps")
             with timer.stage("step"):
                 guide = guided and (s.guidance_steps is None or i < s.guidance_steps)
                 branch = (lambda x: x) if guide else (lambda x: x[-1:])

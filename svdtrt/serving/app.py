@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import threading
 import typing
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -32,7 +33,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from ..errors import InputError, SvdtrtError, first_line
+from ..errors import ClipCancelled, InputError, SvdtrtError, first_line
 from ..runtime.settings import SamplingSettings
 from ..specs import CACHING_COMPONENTS
 from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encode_clip
@@ -123,12 +124,24 @@ async def _one_line_validation_error(request: Request, exc: RequestValidationErr
     return _error(400, f"{field}: {e['msg']}{got}")
 
 
-@api.middleware("http")
-async def _refuse_oversize_uploads(request: Request, call_next):
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 2**16:  # + the form's other fields
-        return _error(413, _too_large(int(length)))
-    return await call_next(request)
+class _RefuseOversizeUploads:
+    """413 for a request whose Content-Length is over :data:`MAX_UPLOAD_BYTES` (plus the form's
+    other fields), before its body is read. A pure ASGI middleware, not starlette's
+    ``BaseHTTPMiddleware``: that one logs "RuntimeError: No response returned." with a traceback
+    whenever a request is cancelled (a 408, a client gone), which is routine here."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"") if scope["type"] == "http" else b""
+        if length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 2**16:
+            await _error(413, _too_large(int(length)))(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(_RefuseOversizeUploads)
 
 
 def _too_large(size: int) -> str:
@@ -158,13 +171,28 @@ class ClipModel:
 
     async def make(self, image, settings: SamplingSettings, fmt: str) -> Made:
         """The clip of ``image`` (RGB PIL image) with ``settings``, encoded as ``fmt`` (mp4, npy).
-        Sampling runs on a thread, so that the replica keeps answering Ray's health checks."""
-        return await asyncio.to_thread(self._make, image, settings, fmt)
+        Sampling runs on a thread, so that the replica keeps answering Ray's health checks.
 
-    def _make(self, image, settings: SamplingSettings, fmt: str) -> Made:
+        When the request is gone (it timed out with 408, or its client went away), Ray Serve
+        cancels this call: sampling then stops before its next step, and the call returns only
+        once it has, so that the replica is free for the next request, not busy with a clip
+        nobody waits for."""
+        cancel = threading.Event()
+        work = asyncio.ensure_future(asyncio.to_thread(self._make, image, settings, fmt, cancel))
         try:
-            clip = self.maker.make(image, settings)
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            cancel.set()
+            await asyncio.wait([work])  # at most one step: the replica takes no new clip meanwhile
+            raise
+
+    def _make(self, image, settings: SamplingSettings, fmt: str, cancel: threading.Event) -> Made:
+        try:
+            clip = self.maker.make(image, settings, cancel)
             return Made(data=encode_clip(clip.frames, fmt, settings.fps), timings=clip.timings)
+        except ClipCancelled as e:
+            log.info("%s", e)
+            return Made(status=499, error=first_line(e))
         except InputError as e:
             return Made(status=400, error=first_line(e))
         except SvdtrtError as e:  # a corrupt graph, NaN frames, a missing provider: the service's fault

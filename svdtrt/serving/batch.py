@@ -12,6 +12,11 @@
 - Re-running the same command skips the clips already published and retries the others (failed,
   or never finished). A worker process that dies mid-clip is restarted by Ray and the clip is
   retried on it (actor restarts and task retries): it costs that clip's retry, nothing else.
+- A file at a clip's name that the journal does not record as made is not taken for the clip
+  (it may be the user's): that clip fails with a one-line reason, and the file is left alone. A
+  clip whose journal line cannot be written (a full disk) is removed again, so that this holds.
+- Ctrl-C (and SIGTERM, which ``svdtrt batch`` turns into it) stops a batch: the clips being made
+  are lost, every published one stays with its journal line.
 
 Every clip uses the same seed, so a clip equals ``svdtrt run --image IMAGE --seed SEED``'s.
 """
@@ -30,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
-from ..media.images import IMAGE_SUFFIXES
+from ..media.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
+from ..publishing import NotARegularFile, path_kind, read_file
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,11 @@ JOURNAL = "clips.jsonl"
 #: so one crash (a killed process, an out-of-memory kill) costs one retry; a clip that kills its
 #: worker every time is recorded as failed after that.
 MAX_RESTARTS = 3
+#: The largest image file a batch reads: 4 bytes per pixel (uncompressed RGBA) at the largest
+#: image svdtrt reads (:data:`~svdtrt.media.images.MAX_IMAGE_PIXELS`), 256 MiB.
+MAX_IMAGE_FILE_BYTES = 4 * MAX_IMAGE_PIXELS
+#: The largest image list a batch reads, 16 MiB (about 200,000 paths).
+MAX_LIST_BYTES = 16 * 2**20
 
 
 def list_images(source: Path) -> list[Path]:
@@ -50,7 +61,8 @@ def list_images(source: Path) -> list[Path]:
     comments skipped).
 
     Raises:
-        InputError: ``source`` is missing, or lists no image.
+        InputError: ``source`` is missing, not a folder or regular file (a FIFO, a device), larger
+            than :data:`MAX_LIST_BYTES`, or lists no image.
     """
     source = Path(source)
     if source.is_dir():
@@ -60,12 +72,14 @@ def list_images(source: Path) -> list[Path]:
             raise InputError(f"folder '{source}' has no image files ({', '.join(IMAGE_SUFFIXES)})")
         return images
     if not source.is_file():
-        raise InputError(f"'{source}' not found; give a folder of images or a text file listing one image per line")
+        raise InputError(f"'{source}' is {path_kind(source)}; give a folder of images or a text file listing one "
+                         "image per line")
     try:
-        lines = source.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the image list '{source}' ({type(e).__name__}); give a text file "
-                         "with one image path per line") from None
+        lines = read_file(source, MAX_LIST_BYTES).decode().splitlines()
+    except (OSError, UnicodeDecodeError, NotARegularFile) as e:
+        why = e if isinstance(e, NotARegularFile) else type(e).__name__
+        raise InputError(f"cannot read the image list '{source}' ({why}); give a text file with one image path "
+                         "per line") from None
     images = [source.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
     if not images:
         raise InputError(f"the image list '{source}' names no image")
@@ -98,6 +112,12 @@ class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def check(self) -> None:
+        """Raise :class:`InputError` unless the journal is a regular file or not there yet."""
+        if os.path.lexists(self.path) and (self.path.is_symlink() or not self.path.is_file()):
+            raise InputError(f"'{self.path}' is {path_kind(self.path)}, where batch keeps its journal ({JOURNAL}); "
+                             "move it away or choose another --out")
+
     def repair(self) -> None:
         if not self.path.exists():
             return
@@ -120,9 +140,21 @@ class Journal:
             os.close(fd)
 
     def records(self) -> list[dict]:
+        """The journal's records, in order (a line that is not a JSON object, from an edit by
+        hand, is left out)."""
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in records if isinstance(r, dict)]
+
+    def published(self) -> set[str]:
+        """The outputs an attempt recorded as made (``status`` ok)."""
+        return {r.get("output") for r in self.records() if r.get("status") == "ok"}
 
 
 class ClipWorker:
@@ -189,13 +221,26 @@ class BatchSummary:
     seconds: float = 0.0
 
 
+def check_out(out: Path) -> None:
+    """Refuse an output folder ``out`` that a batch cannot use, before Ray starts: a path that is
+    not a folder, or a journal (:data:`JOURNAL`) that is not a regular file.
+
+    Raises:
+        InputError: one line naming what is in the way.
+    """
+    if os.path.lexists(out) and not out.is_dir():
+        raise InputError(f"--out '{out}' is {path_kind(out)}; give a folder for the clips")
+    Journal(out / JOURNAL).check()
+
+
 def run_batch(job: BatchJob, progress: bool = True) -> BatchSummary:
     """Make the clips of ``job`` that are not in ``job.out`` yet, on the connected Ray
     (:func:`svdtrt.serving.cluster.connect`); see the module doc.
 
     Raises:
-        InputError: the output folder cannot be created or written, two images share an output
-            name, or a format other than mp4 or npy.
+        InputError: the output folder cannot be created or written (a full disk included), two
+            images share an output name, a format other than mp4 or npy, or a journal path that
+            is not a file.
         SvdtrtError: a worker cannot load the backend (its own error, e.g. BackendUnavailableError).
     """
     from ..publishing import Lock, os_error_message
@@ -203,6 +248,7 @@ def run_batch(job: BatchJob, progress: bool = True) -> BatchSummary:
     if job.fmt not in FORMATS:
         raise InputError(f"unknown format '{job.fmt}': choose from {', '.join(FORMATS)}")
     names = output_names(job.images, job.fmt)
+    check_out(job.out)
     try:
         job.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -212,12 +258,23 @@ def run_batch(job: BatchJob, progress: bool = True) -> BatchSummary:
     # One batch at a time per folder: a second waits (and says so), so no clip is made twice.
     with Lock(journal.path, purpose="batch"):
         journal.repair()
-        summary = BatchSummary(skipped=[names[i] for i in job.images if (job.out / names[i]).exists()])
-        todo = deque(i for i in job.images if not (job.out / names[i]).exists())
+        published = journal.published()
+        there = [i for i in job.images if os.path.lexists(job.out / names[i])]
+        summary = BatchSummary(skipped=[names[i] for i in there if names[i] in published])
+        for image in there:
+            if names[image] not in published:
+                _finish(job, image, names[image], {"status": "failed", "error": _foreign(job.out / names[image])},
+                        journal, summary, dataclasses.asdict(job.settings), 0.0)
+        todo = deque(i for i in job.images if i not in there)
         if todo:
             _run(job, todo, names, journal, summary, progress)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _foreign(path: Path) -> str:
+    return (f"'{path}' exists but {JOURNAL} does not record it as made (a file of yours, or a clip whose run was "
+            "killed before recording it); it was left alone: move it away to make this clip")
 
 
 def _run(job: BatchJob, todo: deque, names: dict, journal: Journal, summary: BatchSummary, progress: bool) -> None:
@@ -235,6 +292,11 @@ def _run(job: BatchJob, todo: deque, names: dict, journal: Journal, summary: Bat
                 cls = getattr(errors, kind, SvdtrtError)
                 raise (cls if cls.__init__ is SvdtrtError.__init__ else SvdtrtError)(message)
         _schedule(job, todo, names, journal, summary, progress, actor, workers)
+    except KeyboardInterrupt:
+        # The workers go with this driver's Ray. Killing them mid-task would have Ray announce the
+        # task's retries on the way out (a clip nobody will retry now).
+        workers.clear()
+        raise
     finally:
         for w in workers:
             ray.kill(w)
@@ -252,8 +314,8 @@ def _schedule(job: BatchJob, todo: deque, names: dict, journal: Journal, summary
     def submit(worker) -> None:
         image = todo.popleft()
         try:
-            data = image.read_bytes()
-        except OSError as e:
+            data = read_file(image, MAX_IMAGE_FILE_BYTES)
+        except (OSError, NotARegularFile) as e:
             _finish(job, image, names[image], {"status": "failed", "error": _unreadable(image, e)}, journal,
                     summary, settings, 0.0)
             bar.update()
@@ -282,28 +344,42 @@ def _schedule(job: BatchJob, todo: deque, names: dict, journal: Journal, summary
                 submit(worker)
 
 
-def _unreadable(image: Path, e: OSError) -> str:
+def _unreadable(image: Path, e: OSError | NotARegularFile) -> str:
     if isinstance(e, FileNotFoundError):
         return f"image '{image}' not found; give the path of a PNG or JPEG file"
+    if isinstance(e, NotARegularFile):
+        return f"image '{image}' {e}; give the path of a PNG or JPEG file"
     return f"image '{image}' cannot be read ({e.strerror or type(e).__name__})"
 
 
 def _finish(job: BatchJob, image: Path, name: str, result: dict, journal: Journal, summary: BatchSummary,
             settings: dict, seconds: float) -> None:
-    """Publish a finished clip and journal the attempt."""
-    from ..publishing import OutputFile
+    """Publish a finished clip and journal the attempt.
 
+    Raises:
+        InputError: the journal line cannot be written (a full disk); the clip just published is
+            removed again, since an unrecorded clip would be taken for a file of the user's.
+    """
+    from ..media.video import CLIP_FILE, FRAMES_FILE
+    from ..publishing import OutputFile, os_error_message
+
+    published = None
     if result["status"] == "ok":
         try:
-            out = OutputFile(job.out / name)
+            out = OutputFile(job.out / name, CLIP_FILE if job.fmt == "mp4" else FRAMES_FILE)
             out.write(lambda part: part.write_bytes(result["data"]))
-            out.publish()
+            published = out.publish()
         except InputError as e:  # the folder turned read-only or full; the next run retries
             result = {**result, "status": "failed", "error": first_line(e)}
+    try:
+        journal.append({
+            "input": str(image), "output": name, "status": result["status"], "error": result.get("error"),
+            "seed": job.settings.seed, "settings": settings, "format": job.fmt, "timings": result.get("timings"),
+            "seconds": round(seconds, 3), "worker": result.get("worker"),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        })
+    except OSError as e:
+        if published is not None:
+            published.unlink(missing_ok=True)
+        raise InputError(f"{os_error_message(journal.path, e)}; the clips recorded so far are kept") from None
     (summary.made if result["status"] == "ok" else summary.failed).append(name)
-    journal.append({
-        "input": str(image), "output": name, "status": result["status"], "error": result.get("error"),
-        "seed": job.settings.seed, "settings": settings, "format": job.fmt, "timings": result.get("timings"),
-        "seconds": round(seconds, 3), "worker": result.get("worker"),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    })

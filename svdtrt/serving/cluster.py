@@ -18,7 +18,8 @@ def connect(address: str | None = None) -> None:
     in memory; start a cluster (``ray start --head``) and pass ``--address`` to have it.
 
     Raises:
-        InputError: the cluster at ``address`` cannot be reached.
+        InputError: the cluster at ``address`` cannot be reached, or the local Ray did not start in
+            the 30 s Ray gives its node (a machine under heavy load).
     """
     import ray
 
@@ -35,6 +36,12 @@ def connect(address: str | None = None) -> None:
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot join the Ray cluster at '{address}' ({first_line(e)[:200]}); start one with "
                          "'ray start --head' or leave out --address to run on this machine") from None
+    except Exception as e:  # Ray raises a bare Exception when its node does not come up in time
+        if "timed out during startup" not in str(e):
+            raise
+        raise InputError("Ray's node did not start within the 30 s Ray waits for it (this machine may be busy); "
+                         "run the command again, or start Ray once with 'ray start --head' and pass "
+                         "--address auto") from None
 
 
 def _check_reachable(address: str) -> None:

@@ -98,10 +98,12 @@ class ClipMaker:
         log.info("%s (%s) loaded from %s with %d threads", options.backend, options.precision, options.bundle,
                  options.threads)
 
-    def make(self, image, settings):
+    def make(self, image, settings, cancel=None):
         """A :class:`~svdtrt.runtime.pipeline.Clip` from ``image`` (RGB PIL image) with ``settings``
-        (checked :class:`~svdtrt.runtime.pipeline.SamplingSettings`)."""
-        return self.pipeline(image, settings)
+        (checked :class:`~svdtrt.runtime.pipeline.SamplingSettings`); ``cancel``, a
+        ``threading.Event``, stops sampling before the next step once set (raising
+        :class:`~svdtrt.errors.ClipCancelled`)."""
+        return self.pipeline(image, settings, cancel=cancel)
 
 
 def components_to_load(bundle, backend: str, precision: str) -> list[str]:

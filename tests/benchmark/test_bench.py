@@ -142,8 +142,8 @@ def test_bench_bad_input_is_one_line_exit_2(run_cli, tiny_bundle, tmp_path, args
 def test_bench_refuses_existing_output(run_cli, tiny_bundle, tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("mine")
-    code, _, err = run_cli("bench", tiny_bundle.path, "--out", tmp_path / "b")
-    assert code == 2 and "already exists" in err
+    code, _, err = run_cli("bench", tiny_bundle.path, "--out", tmp_path / "b", "--force")
+    assert code == 2 and "is a folder that is not a bench results folder (no results.json)" in err
     assert (tmp_path / "b" / "keep.txt").read_text() == "mine"
 
 

@@ -114,8 +114,8 @@ def test_missing_engine_or_sidecar_says_how_to_build(bundle):
     (bundle.path / cache.sidecar_name("engines/unet.fp32.engine")).unlink()
     with pytest.raises(EngineError, match=r"no fp32 engine for unet.*svdtrt build .* --precision fp32 --components unet"):
         cache.usable_engine(bundle, "unet", "fp32", "10.3.0", ORIN)  # opened before the sidecar went
-    with pytest.raises(BundleError, match=r"engines/unet.fp32.engine.json is missing; rebuild it with "
-                                          r"'svdtrt build .* --precision fp32 --components unet --force'"):
+    with pytest.raises(BundleError, match=r"engines/unet.fp32.engine.json is missing; repair it with "
+                                          r"'svdtrt build .* --precision fp32 --components unet'"):
         Bundle.open(bundle.path)
 
 
@@ -123,7 +123,7 @@ def test_engine_bytes_that_differ_from_the_sidecar_are_refused(bundle):
     bundle, engine, data = _save_fake_engine(bundle)
     engine.write_bytes(data[:-3])  # e.g. a partial copy to the device
     with pytest.raises(BundleError, match=r"engines/unet.fp32.engine has \d+ bytes, the manifest records \d+ .*"
-                                          r"rebuild it with 'svdtrt build .* --components unet --force'"):
+                                          r"repair it with 'svdtrt build .* --components unet'"):
         Bundle.open(bundle.path)
     engine.write_bytes(data[:-3] + b"xyz")  # same size, other bytes: 'svdtrt verify' notices
     problems = verify_bundle(bundle.path)

@@ -1,5 +1,6 @@
 import copy
 import json
+import re
 
 import numpy as np
 import onnx
@@ -77,21 +78,30 @@ def test_failed_export_leaves_no_bundle_and_keeps_an_existing_one(tiny_model, tm
     monkeypatch.setattr(export, "export_graph", fail)
     with pytest.raises(ExportError):
         export_bundle(tiny_model, tmp_path / "new", progress=False)
-    assert [p.name for p in tmp_path.iterdir()] == [".new.lock"]  # the lock file stays by design; nothing else
+    assert list(tmp_path.iterdir()) == []  # nothing: the lock file is in the user's cache folder
 
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "manifest.json").write_text("{}")
     with pytest.raises(ExportError):
         export_bundle(tiny_model, existing, force=True, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".existing.lock", ".new.lock", "existing"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
     assert (existing / "manifest.json").read_text() == "{}"
 
 
-def test_existing_output_needs_force(tiny_model, tmp_path):
+def test_existing_output_needs_force_and_force_replaces_only_a_bundle(tiny_model, tmp_path):
     (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")  # a (damaged) bundle: --force may replace it
     with pytest.raises(InputError, match="already exists"):
         export_bundle(tiny_model, tmp_path / "b", progress=False)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.png").write_bytes(b"a photo")
+    (tmp_path / "cat.png").write_bytes(b"a photo")
+    for taken, what in (("photos", "a folder that is not a bundle (no manifest.json)"), ("cat.png", "a file")):
+        with pytest.raises(InputError, match=re.escape(f"is {what}; svdtrt replaces only a bundle it made, even with "
+                                                       "--force")):
+            export_bundle(tiny_model, tmp_path / taken, force=True, progress=False)
+    assert (tmp_path / "photos" / "cat.png").read_bytes() == (tmp_path / "cat.png").read_bytes() == b"a photo"
 
 
 def test_impossible_shape_is_refused_before_export(tiny_model, tmp_path):

@@ -90,3 +90,30 @@ def test_stage_timer_times_cpu_stages_without_asking():
         sum(range(10000))
     summary = timer.summary()
     assert backend.syncs == 0 and 0 < summary["unet"] <= summary["step"]
+
+
+def test_a_cancelled_clip_stops_before_its_next_step(tiny_model, photo):
+    """What the service relies on to free a replica whose request is gone (serving/app.py)."""
+    import threading
+
+    from svdtrt.errors import ClipCancelled
+
+    cancel = threading.Event()
+
+    class GoneDuringTheSecondStep(Recorder):
+        def component(self, name):
+            fn = super().component(name)
+
+            def run(inputs):
+                outputs = fn(inputs)
+                if name == "unet" and len(self.calls["unet"]) == 2:
+                    cancel.set()
+                return outputs
+
+            return run
+
+    recorder = GoneDuringTheSecondStep(TorchBackend(tiny_model))
+    with pytest.raises(ClipCancelled, match="cancelled after 2 of 5 steps"):
+        SvdPipeline(recorder, tiny_model)(photo, SamplingSettings(frames=2, height=64, width=64, steps=5),
+                                          cancel=cancel)
+    assert len(recorder.calls["unet"]) == 2 and recorder.calls["vae_decoder"] == []

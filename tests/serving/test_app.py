@@ -8,6 +8,7 @@ import io
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +178,29 @@ def test_a_full_queue_answers_503_with_retry_after(service, image_bytes):
             assert "queue is full" in _one_line(r, 503) and r.headers["Retry-After"] == "2"
         else:
             assert _frames(r).shape == (4, 64, 64, 3)
+
+
+def test_a_request_whose_client_is_gone_frees_its_replica(service, image_bytes):
+    """Two clients give up on 1000-step clips (their connections close), one per replica: Ray Serve
+    cancels the calls, each replica stops sampling before its next step, and a short request right
+    after is answered in seconds, not after the abandoned clips (minutes: they used to run to the
+    end, "CALL make CANCELLED" notwithstanding). The ingress logs no starlette traceback for them."""
+    import ray
+
+    _wait_healthy(service)
+
+    def give_up(seed):
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.post(f"{service}/v1/clips", files={"image": ("photo.png", image_bytes)},
+                          data={"steps": "1000", "seed": str(seed), "format": "npy"}, timeout=3)
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(give_up, range(2)))
+    start = time.monotonic()
+    assert _frames(_post(service, image_bytes, steps=2, format="npy")).shape == (4, 64, 64, 3)
+    assert time.monotonic() - start < 30
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    assert not [p for p in logs.glob("worker-*.err") if "No response returned" in p.read_text(errors="replace")]
 
 
 def test_killing_a_replica_mid_clip_leaves_the_service_answering(service, image_bytes):

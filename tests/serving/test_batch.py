@@ -4,9 +4,11 @@ failed clip is recorded with its one-line message and retried by the next run.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -39,7 +41,7 @@ def _job(tiny_bundle, images, out, workers=2):
     from svdtrt.serving.batch import BatchJob, list_images
     from svdtrt.serving.worker import WorkerOptions
 
-    return BatchJob(WorkerOptions(str(tiny_bundle.path), cpus=1), list_images(images), out,
+    return BatchJob(WorkerOptions(str(tiny_bundle.path), cpus=1), list_images(images) if images else [], out,
                     SamplingSettings(frames=4, height=64, width=64, steps=STEPS, seed=3), workers=workers)
 
 
@@ -64,8 +66,8 @@ def test_a_worker_killed_mid_run_costs_one_retry_and_a_rerun_does_no_work(local_
     summary = result["summary"]
     names = sorted(f"{p.stem}.mp4" for p in images.iterdir())
     assert len(names) == 6 and sorted(summary.made) == names and not summary.failed and not summary.skipped
-    # every clip once, complete; nothing else but the journal and its lock file
-    assert sorted(p.name for p in out.iterdir()) == sorted(names + [JOURNAL, f".{JOURNAL}.lock"])
+    # every clip once, complete; nothing else but the journal (the lock file is in the user's cache)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + [JOURNAL])
     for name in names:
         assert read_mp4(out / name).shape == (4, 64, 64, 3)
     lines = (out / JOURNAL).read_text().splitlines()
@@ -115,3 +117,61 @@ def test_failed_clips_are_recorded_and_retried_by_the_next_run(local_ray, tiny_b
     records = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
     assert records[:2] == first and [(r["output"], r["status"]) for r in records[2:]] == [("broken.npy", "ok")]
     assert np.load(out / "broken.npy").shape == (4, 64, 64, 3)
+
+
+def test_images_that_are_not_regular_files_fail_in_one_line_each(local_ray, tiny_bundle, tmp_path):
+    """A list naming a FIFO stalled the batch, and /dev/zero grew it to 4 GiB: only regular files of
+    at most MAX_IMAGE_FILE_BYTES are read."""
+    import os
+
+    from svdtrt.serving.batch import JOURNAL, list_images, run_batch
+
+    os.mkfifo(tmp_path / "fifo.png")
+    listing = tmp_path / "list.txt"
+    listing.write_text("fifo.png\n/dev/zero\n")
+    out = tmp_path / "out"
+    job = _job(tiny_bundle, None, out, workers=1)
+    summary = run_batch(dataclasses.replace(job, images=list_images(listing)), progress=False)
+    assert sorted(summary.failed) == ["fifo.mp4", "zero.mp4"] and summary.made == []
+    errors = {r["output"]: r["error"] for r in (json.loads(line) for line in (out / JOURNAL).read_text().splitlines())}
+    assert errors["fifo.mp4"] == \
+        f"image '{tmp_path / 'fifo.png'}' is a FIFO, not a file; give the path of a PNG or JPEG file"
+    assert errors["zero.mp4"] == "image '/dev/zero' is a device, not a file; give the path of a PNG or JPEG file"
+
+
+def test_sigterm_stops_a_batch_in_one_line(tiny_bundle, images, tmp_path):
+    """SIGTERM (docker stop, a job scheduler) ended a batch with Ray's C++ stack; now it is Ctrl-C's
+    one line and exit code 130, and no worker is left running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    driver = subprocess.Popen([sys.executable, "-m", "svdtrt", "batch", str(tiny_bundle.path), "--images", str(images),
+                               "--out", str(tmp_path / "out"), "--workers", "1", "--steps", "500"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not [p for p in processes("ray::ClipWorker.make")
+                                               if _child_of(p, driver.pid)]:
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.communicate()
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=120)
+    lines = [line for line in err.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("clips:") and "token" not in line.lower()]
+    assert driver.returncode == 130 and lines == ["svdtrt: interrupted; nothing was left half-written"], out + err
+    assert "***" not in err and "Traceback" not in err and out == ""
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    """Whether process ``pid`` descends from ``parent`` (Ray's worker processes are its grandchildren)."""
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if pid == parent:
+            return True
+    return False
