@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -27,10 +28,13 @@ from ..environment import cache_dir
 from ..errors import BundleError, InputError
 from ..graphs.files import data_filename, graph_bytes, share_external_data
 from ..precisions import precision as lookup_precision
+from ..progress import status
 from ..publishing import DirectoryTransaction, checkpoint, write_new
 from ..specs import COMPONENTS, ModelDims
 from . import manifest as schema
 from .manifest import MANIFEST, GraphEntry, Manifest
+
+log = logging.getLogger(__name__)
 
 
 def graph_filename(component: str, precision: str) -> str:
@@ -369,28 +373,34 @@ class Staged:
         cache = HashCache()
         files = {}
         old = self.old.manifest.files if self.old else {}
-        for name in old:
-            if name not in self._dropped and not os.path.lexists(self.path / name):
-                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.old.path / name, self.path / name)
-                except OSError:  # a file system without hard links
-                    shutil.copy2(self.old.path / name, self.path / name)
-        for folder, _, names in os.walk(self.path):
-            for n in names:
-                full = Path(folder) / n
-                rel = full.relative_to(self.path).as_posix()
-                if rel == MANIFEST:
-                    continue
-                if rel in old and self.old is not None and _same_file(full, self.old.path / rel):
-                    files[rel] = old[rel]
-                else:
-                    files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
-                    cache.remember(full, files[rel].sha256)  # the published file keeps its inode
-        self.manifest.files = dict(sorted(files.items()))
-        checkpoint("recorded")
-        write_new(self.path / MANIFEST, schema.dump(self.manifest))
-        self._txn.publish()
+        # hashing gigabytes of new graphs takes seconds: a ticking status line says what runs
+        with status(f"recording and publishing bundle '{self.target}'", logger=log):
+            for name in old:
+                if name not in self._dropped and not os.path.lexists(self.path / name):
+                    (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(self.old.path / name, self.path / name)
+                    except OSError:  # a file system without hard links
+                        shutil.copy2(self.old.path / name, self.path / name)
+            written = []
+            for folder, _, names in os.walk(self.path):
+                for n in names:
+                    full = Path(folder) / n
+                    rel = full.relative_to(self.path).as_posix()
+                    if rel == MANIFEST:
+                        continue
+                    if rel in old and self.old is not None and _same_file(full, self.old.path / rel):
+                        files[rel] = old[rel]
+                    else:
+                        files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
+                        cache.remember(full, files[rel].sha256)  # the published file keeps its inode
+                        written.append(rel)
+            self.manifest.files = dict(sorted(files.items()))
+            checkpoint("recorded")
+            write_new(self.path / MANIFEST, schema.dump(self.manifest))
+            self._txn.publish()
+        log.info("bundle '%s': %d files written (%.1f MiB: %s), %d kept", self.target, len(written),
+                 sum(files[f].bytes for f in written) / 2**20, ", ".join(sorted(written)), len(files) - len(written))
         return Bundle.open(self.target)
 
 

@@ -3,17 +3,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from ..errors import InputError
+from ..progress import loading
 from .args import BUILD_SHAPES, EXPORT_SHAPES
+
+log = logging.getLogger(__name__)
 
 
 def export(args) -> int:
     """``svdtrt export``: a model's components exported to a bundle of ONNX graphs (fp16 too with
     ``--precision fp16``); exit code 0. An existing ``--out`` is refused before the model loads."""
-    from ..export.bundle_export import export_bundle
-    from ..models.loading import load_model
+    with loading("export", "PyTorch, diffusers and the ONNX exporter", log):
+        from ..export.bundle_export import export_bundle
+        from ..models.loading import load_model
 
     if os.path.lexists(args.out) and not args.force and not (args.components and args.out.is_dir()):
         raise InputError(f"'{args.out}' already exists; choose another path, pass --force to replace it, "
@@ -45,7 +50,8 @@ def _print_graphs(bundle, components=None, precisions=None) -> None:
 
 def convert(args) -> int:
     """``svdtrt convert``: fp16 graphs added from the bundle's fp32 graphs; exit code 0."""
-    from ..export.convert import convert_bundle
+    with loading("convert", "PyTorch, ONNX and ONNX Runtime", log):
+        from ..export.convert import convert_bundle
 
     bundle = convert_bundle(args.bundle, args.precision, args.force)
     print(f"{args.precision} graphs written to {bundle.path}")
@@ -55,10 +61,12 @@ def convert(args) -> int:
 
 def calibrate(args) -> int:
     """``svdtrt calibrate``: a calibration set recorded from real sampling runs; exit code 0."""
-    from ..bundle.store import Bundle
-    from ..calibration.capture import calibrate_bundle, calibration_images
-    from ..models.loading import load_model
     from ..runtime.limits import MAX_STEPS, SEED_RANGE
+
+    with loading("calibrate", "PyTorch, diffusers and ONNX Runtime", log):
+        from ..bundle.store import Bundle
+        from ..calibration.capture import calibrate_bundle, calibration_images
+        from ..models.loading import load_model
 
     Bundle.open(args.bundle)
     if not 1 <= args.steps <= MAX_STEPS:
@@ -79,10 +87,11 @@ def calibrate(args) -> int:
 def quantize(args) -> int:
     """``svdtrt quantize``: int8 or fp8 Q/DQ graphs from a calibration set, with their held-out
     accuracy; exit code 0."""
-    from ..bundle.store import Bundle
-    from ..calibration.quantize import quantize_bundle
-    from ..graphs.qdq import DEFAULT_EXCLUDE
-    from ..models.loading import load_model
+    with loading("quantize", "PyTorch, diffusers and ONNX Runtime's quantizer", log):
+        from ..bundle.store import Bundle
+        from ..calibration.quantize import quantize_bundle
+        from ..graphs.qdq import DEFAULT_EXCLUDE
+        from ..models.loading import load_model
 
     Bundle.open(args.bundle)
     exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
@@ -107,8 +116,9 @@ def quantize(args) -> int:
 def build(args) -> int:
     """``svdtrt build``: the build plan printed, then (unless ``--dry-run``) the TensorRT engines
     built; exit code 0."""
-    from ..build.plan import plan_build
-    from ..bundle.store import Bundle
+    with loading("build", "ONNX and the bundle's manifest", log):
+        from ..build.plan import plan_build
+        from ..bundle.store import Bundle
 
     bundle = Bundle.open(args.bundle)
     plan = plan_build(bundle, args.precision, args.profile, *BUILD_SHAPES.parse(args),
@@ -140,7 +150,8 @@ def _gib(n) -> str:
 def verify(args) -> int:
     """``svdtrt verify``: every file of the bundle against its manifest; exit code 0, or 1 where
     some file is wrong."""
-    from ..bundle.integrity import leftover_runs, verify_bundle
+    with loading("verify", "ONNX and the bundle's manifest", log):
+        from ..bundle.integrity import leftover_runs, verify_bundle
 
     problems = verify_bundle(args.bundle, progress=True)
     for problem in problems:

@@ -4,14 +4,18 @@ bundle's clip and components against PyTorch and diffusers), and how their resul
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..progress import loading
 from .args import BACKEND, SAMPLING, WORK
 
 if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
     from ..check.report import CheckReport
+
+log = logging.getLogger(__name__)
 
 
 def run(args) -> int:
@@ -21,12 +25,13 @@ def run(args) -> int:
     import json
     from dataclasses import asdict
 
-    from ..bundle.store import Bundle
-    from ..media.images import load_image
-    from ..media.video import check_clip_path, check_frames_path, save_frames, write_clip
-    from ..models.loading import load_model, reference_model
-    from ..runtime.backends import create_backend
-    from ..runtime.pipeline import SvdPipeline
+    with loading("run", "PyTorch, diffusers and ONNX Runtime", log):
+        from ..bundle.store import Bundle
+        from ..media.images import load_image
+        from ..media.video import check_clip_path, check_frames_path, save_frames, write_clip
+        from ..models.loading import load_model, reference_model
+        from ..runtime.backends import create_backend
+        from ..runtime.pipeline import SvdPipeline
 
     clip_format = check_clip_path(args.out)
     if args.save_frames:
@@ -76,11 +81,13 @@ def check(args) -> int:
     and, with ``--report``, written as JSON; exit code 0, or 1 where a threshold is missed."""
     import json
 
-    from ..bundle.store import Bundle
-    from ..check.compare import check_bundle
-    from ..media.images import load_image, sample_image
-    from ..models.loading import load_model, reference_model
     from ..precisions import precision as lookup_precision
+
+    with loading("check", "PyTorch, diffusers and ONNX Runtime", log):
+        from ..bundle.store import Bundle
+        from ..check.compare import check_bundle
+        from ..media.images import load_image, sample_image
+        from ..models.loading import load_model, reference_model
 
     with _reserved(args.force, args.report) as (report_out,):  # before minutes of work
         bundle = Bundle.open(args.bundle)

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from ..bundle.store import Bundle
-from ..check.compare import check_bundle
-from ..check.report import CheckReport
-from ..export.bundle_export import export_bundle
-from ..media.images import sample_image
 from ..media.metrics import psnr
-from ..media.video import to_uint8, write_mp4
-from ..models.loading import load_model
-from ..publishing import DirectoryTransaction
-from ..runtime.settings import SamplingSettings
+from ..media.video import to_uint8
+from ..progress import loading
 from .clip_commands import print_random_weights, print_report
+
+if TYPE_CHECKING:
+    from ..check.report import CheckReport
+
+log = logging.getLogger(__name__)
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
@@ -44,6 +44,15 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[Check
         InputError: ``out`` exists and ``force`` is false.
     """
     start = time.perf_counter()
+    with loading("demo", "PyTorch, diffusers, the ONNX exporter and ONNX Runtime", log):
+        from ..check.compare import check_bundle
+        from ..export.bundle_export import export_bundle
+        from ..media.images import sample_image
+        from ..media.video import write_mp4
+        from ..models.loading import load_model
+        from ..publishing import DirectoryTransaction
+        from ..runtime.settings import SamplingSettings
+
     out = Path(out)
     model = load_model(DEMO_PRESET)
     image = sample_image(DEMO_IMAGE)
@@ -67,6 +76,8 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[Check
 def demo(args) -> int:
     """``svdtrt demo``: :func:`run_demo` into ``--out``, its report printed as ``check`` prints
     one; exit code 0, or 1 where the check failed."""
+    from ..bundle.store import Bundle
+
     report, seconds = run_demo(args.out, args.force)
     print_report(report)
     print(f"demo written to {args.out}/ in {seconds:.1f} s: clip.mp4 (the ONNX Runtime clip), "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 
 from ..environment import (
@@ -14,6 +15,9 @@ from ..environment import (
     package_version,
     tensorrt_version,
 )
+from ..progress import status
+
+log = logging.getLogger(__name__)
 
 
 def diagnose() -> dict:
@@ -98,7 +102,8 @@ def format_report(report: dict) -> list[str]:
 def doctor(args) -> int:
     """``svdtrt doctor``: :func:`format_report` of :func:`diagnose`, and how to get TensorRT where
     it is missing; exit code 0."""
-    report = diagnose()
+    with status("svdtrt doctor: probing PyTorch, ONNX Runtime and TensorRT", logger=log):
+        report = diagnose()
     print("\n".join(format_report(report)))
     if report["backends"]["tensorrt"] != "ready":
         print(f"to get TensorRT and Polygraphy: {INSTALL_HINT}")
