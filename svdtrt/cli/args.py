@@ -271,8 +271,9 @@ class RayArgs(ArgGroup):
                                          "ray://HOST:10001) instead of starting a local Ray")
 
     def parse(self, args, bundle, backend: BackendChoice) -> WorkerOptions:
-        """What each replica or worker loads (``backend`` on ``bundle``) and the CPUs it gets, after
-        the serving layer's preflight (:func:`svdtrt.serving.preflight.preflight`): this joins Ray.
+        """What each replica or worker loads (``backend`` on ``bundle``), checked by the serving
+        layer's preflight (:func:`svdtrt.serving.preflight.preflight`) before Ray starts; its CPUs
+        are given by :meth:`join`.
 
         Raises:
             InputError, BundleError, BackendUnavailableError: as the preflight.
@@ -281,7 +282,19 @@ class RayArgs(ArgGroup):
         from ..serving.worker import WorkerOptions
 
         worker = WorkerOptions(bundle=str(bundle.path.resolve()), **dataclasses.asdict(backend))
-        return preflight(bundle, worker, getattr(args, self.what), self.what, args.cpus, args.address)
+        preflight(bundle, worker, getattr(args, self.what), self.what)
+        return worker
+
+    def join(self, args, worker: WorkerOptions) -> WorkerOptions:
+        """``worker`` with the CPUs it gets on the Ray cluster the options name, which this joins
+        (:func:`svdtrt.serving.preflight.join`; a local Ray unless ``--address``).
+
+        Raises:
+            InputError: a cluster that cannot be joined, or fewer GPUs or CPUs than asked for.
+        """
+        from ..serving.preflight import join
+
+        return join(worker, getattr(args, self.what), self.what, args.cpus, args.address)
 
 
 EXPORT_SHAPES = ShapeRangeArgs("the model's")

@@ -3,22 +3,28 @@ command runs: only the serving layer imports Ray)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from ..errors import InputError
+from ..progress import loading, status
 from .args import BACKEND, REPLICAS, SAMPLING, WORK, WORKERS
+
+log = logging.getLogger(__name__)
 
 
 def serve(args) -> int:
     """``svdtrt serve``: the HTTP service until Ctrl-C or SIGTERM; exit code 0. Its options are
     checked before Ray starts, and the service's modules (Ray Serve, FastAPI) imported after."""
-    from ..bundle.store import Bundle
+    with loading("serve", "ONNX Runtime and the bundle's manifest", log):
+        from ..bundle.store import Bundle
 
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
     bundle = Bundle.open(args.bundle)
-    worker = REPLICAS.parse(args, bundle, BACKEND.parse(args))
-    from ..serving.app import ServeOptions, serve_forever
+    worker = REPLICAS.join(args, REPLICAS.parse(args, bundle, BACKEND.parse(args)))
+    with status("svdtrt serve: loading Ray Serve and FastAPI", logger=log):
+        from ..serving.app import ServeOptions, serve_forever
 
     serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
                   args.request_timeout)
@@ -28,8 +34,9 @@ def serve(args) -> int:
 def batch(args) -> int:
     """``svdtrt batch``: a clip per image on Ray workers; exit code 0, or 1 where some clip failed
     (a re-run retries those). Settings, images and output names are checked before Ray starts."""
-    from ..bundle.store import Bundle
-    from ..serving.batch import JOURNAL, BatchJob, list_images, output_names
+    with loading("batch", "ONNX Runtime and the bundle's manifest", log):
+        from ..bundle.store import Bundle
+        from ..serving.batch import JOURNAL, BatchJob, list_images, output_names, run_batch
 
     bundle = Bundle.open(args.bundle)
     choice = BACKEND.parse(args)
@@ -38,9 +45,9 @@ def batch(args) -> int:
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts
     worker = WORKERS.parse(args, bundle, choice)
-    from ..serving.batch import run_batch
-
-    summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))
+    # Ray is joined only when some clip is left to make: a finished batch starts no Ray
+    summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format),
+                        join=lambda: WORKERS.join(args, worker))
     print(f"{len(summary.made)} clip(s) made, {len(summary.skipped)} already in {args.out}, "
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s; records in {args.out / JOURNAL}")
     if summary.failed:
