@@ -25,6 +25,7 @@ from ..graphs.sessions import open_session
 from ..models.modules import example_inputs
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
+from ..progress import step, ticking
 from ..specs import COMPONENTS, runs_fp32_in_fp16
 from .validation import validate_graph
 
@@ -104,17 +105,22 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
         if existing and not force:
             raise InputError(f"bundle '{path}' already has {precision} graphs ({', '.join(existing)}); "
                              "pass --force to replace them")
-        for name in tqdm(list(components), desc=f"convert {precision}", unit="graph", disable=not progress):
-            for file in owned_files(staged.manifest, name, components[name].graphs.get(precision)):
-                staged.remove(file)
-            fp32 = components[name].graphs["fp32"]
-            spec = COMPONENTS[name]
-            inputs = example_inputs(spec, fp32.validation.shape)
-            session = open_session(staged.old.path / fp32.file, "validate")
-            expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
-                n: inputs[n].numpy() for n in spec.input_names})]
-            del session
-            graph = fp16_graph(staged.manifest.configs, fp32, staged.old.path, staged.path, name,
-                               fp32.validation.shape, inputs, expected)
-            components[name].graphs[precision] = staged.share_weights(name, precision, graph)
+        bar = tqdm(total=len(components), desc=f"convert {precision}", unit="graph", disable=not progress)
+        with bar, ticking(bar):
+            for name in list(components):
+                for file in owned_files(staged.manifest, name, components[name].graphs.get(precision)):
+                    staged.remove(file)
+                fp32 = components[name].graphs["fp32"]
+                spec = COMPONENTS[name]
+                inputs = example_inputs(spec, fp32.validation.shape)
+                with step(bar, f"{name}: fp32 graph's reference outputs", log):
+                    session = open_session(staged.old.path / fp32.file, "validate")
+                    expected = [torch.from_numpy(a) for a in session.run(spec.output_names, {
+                        n: inputs[n].numpy() for n in spec.input_names})]
+                    del session
+                with step(bar, f"{name}: {precision} conversion and validation", log):
+                    graph = fp16_graph(staged.manifest.configs, fp32, staged.old.path, staged.path, name,
+                                       fp32.validation.shape, inputs, expected)
+                    components[name].graphs[precision] = staged.share_weights(name, precision, graph)
+                bar.update()
         return staged.commit()
