@@ -271,13 +271,9 @@ class RayArgs(ArgGroup):
                                          "ray://HOST:10001) instead of starting a local Ray")
 
     def parse(self, args, bundle, backend: BackendChoice) -> WorkerOptions:
-        """What each replica or worker loads (``backend`` on ``bundle``), checked by the serving
-        layer's preflight (:func:`svdtrt.serving.preflight.preflight`) before Ray starts; its CPUs
-        are given by :meth:`join`.
-
-        Raises:
-            InputError, BundleError, BackendUnavailableError: as the preflight.
-        """
+        """What each replica or worker loads (``backend`` on ``bundle``), checked before Ray starts by
+        :func:`svdtrt.serving.preflight.preflight`, whose InputError, BundleError and
+        BackendUnavailableError it raises."""
         from ..serving.preflight import preflight
         from ..serving.worker import WorkerOptions
 
@@ -286,12 +282,8 @@ class RayArgs(ArgGroup):
         return worker
 
     def join(self, args, worker: WorkerOptions) -> WorkerOptions:
-        """``worker`` with the CPUs it gets on the Ray cluster the options name, which this joins
-        (:func:`svdtrt.serving.preflight.join`; a local Ray unless ``--address``).
-
-        Raises:
-            InputError: a cluster that cannot be joined, or fewer GPUs or CPUs than asked for.
-        """
+        """``worker`` with its CPUs on the Ray cluster of ``--address`` (a local Ray without it),
+        joined here: :func:`svdtrt.serving.preflight.join`, whose InputError it raises."""
         from ..serving.preflight import join
 
         return join(worker, getattr(args, self.what), self.what, args.cpus, args.address)
