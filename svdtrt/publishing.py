@@ -524,6 +524,7 @@ class DirectoryTransaction:
             remove(aside)
         _fsync_dir(self.target.parent)
         self.published = True
+        log.info("published %s", self.target)
 
     def _discard(self) -> None:
         if self.path != self.target and not self.published:
@@ -638,6 +639,7 @@ class OutputFile:
             raise InputError(os_error_message(self.target, e)) from None
         _fsync_dir(self.target.parent)
         self._close()
+        log.info("wrote %s (%d bytes)", self.target, self.target.stat().st_size)
         return self.target
 
     def discard(self) -> None:

@@ -64,11 +64,20 @@ def photo():
 
 @pytest.fixture
 def run_cli(capsys):
-    """Run the svdtrt CLI in-process: returns (exit code, stdout, stderr)."""
+    """Run the svdtrt CLI in-process: returns (exit code, stdout, stderr). The root logger's level,
+    which the CLI sets for the process (INFO with -v), is restored after each command; -v's lines
+    are in ``caplog``."""
+    import logging
+
     from svdtrt.cli.main import main
 
     def run(*args):
-        code = main([str(a) for a in args])
+        root = logging.getLogger()
+        level = root.level
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            root.setLevel(level)
         out, err = capsys.readouterr()
         return code, out, err
 

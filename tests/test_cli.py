@@ -1,6 +1,7 @@
 """The command line: round trips, and every bad input ending in one line and exit code 2."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -28,11 +29,24 @@ def _one_line_error(code, err, needle):
     assert "Traceback" not in err
 
 
-def test_run_writes_mp4_and_frames(run_cli, tiny_bundle, image_file, tmp_path):
+def _info(caplog) -> list[str]:
+    """svdtrt's INFO lines in ``caplog``: what -v shows."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("svdtrt") and r.levelno == logging.INFO]
+
+
+def test_run_writes_mp4_and_frames(run_cli, tiny_bundle, image_file, tmp_path, caplog):
     code, out, _ = run_cli("run", tiny_bundle.path, "--image", image_file, "--out", tmp_path / "c.mp4",
                            "--steps", "2", "--frames", "3", "--allow-outside-range", "--save-frames", tmp_path / "f.npy",
-                           "--timings", tmp_path / "t.json")
+                           "--timings", tmp_path / "t.json", "-v")
     assert code == 0  # 3 frames lies outside the bundle's exported 4: allowed, with a warning
+    # -v: the loading's time, each session, the clip's stage times, every file written
+    info = _info(caplog)
+    assert any(m.startswith("svdtrt run: loading PyTorch, diffusers and ONNX Runtime took ") for m in info), info
+    for name in ("image_encoder", "vae_encoder", "unet", "vae_decoder"):
+        assert any(m.startswith(f"run session of {name}.fp32.onnx on CPUExecutionProvider opened in ") for m in info)
+    assert any(m.startswith("denoise: clip ") and " unet " in m and " vae_decode " in m for m in info), info
+    for name in ("c.mp4", "f.npy", "t.json"):
+        assert any(m.startswith(f"wrote {tmp_path / name} (") for m in info), name
     assert "UNet x steps" in out and "total" in out
     # the summary names the work-reduction settings the clip was made with
     assert "(onnxruntime, fp32; euler, 2 steps, guidance 1 to 3 on every step, no block caching, 2 UNet calls)" in out
@@ -48,11 +62,24 @@ def test_run_writes_mp4_and_frames(run_cli, tiny_bundle, image_file, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA"])
-def test_grayscale_palette_and_rgba_images_work(run_cli, tiny_bundle, photo, tmp_path, mode):
+def test_grayscale_palette_and_rgba_images_work(run_cli, tiny_bundle, photo, tmp_path, mode, caplog):
     path = tmp_path / f"img-{mode}.png"
     photo.convert(mode).save(path)
     code, _, err = run_cli("run", tiny_bundle.path, "--image", path, "--out", tmp_path / "c.mp4", "--steps", "1")
     assert code == 0, err
+    assert _info(caplog) == []  # without -v
+
+
+def test_verify_and_doctor_log_their_stages_with_v(run_cli, tiny_bundle, caplog):
+    code, _, err = run_cli("verify", tiny_bundle.path, "-v")
+    assert code == 0, err
+    code, _, err = run_cli("-v", "doctor")
+    assert code == 0, err
+    info = _info(caplog)
+    assert any(m.startswith("svdtrt verify: loading ONNX and the bundle's manifest took ") for m in info), info
+    files = len(tiny_bundle.manifest.files)
+    assert any(m.startswith(f"verify: {files} files, ") and " hashed in " in m for m in info), info
+    assert any(m.startswith("svdtrt doctor: probing PyTorch, ONNX Runtime and TensorRT took ") for m in info), info
 
 
 def test_check_writes_report(run_cli, tiny_bundle, image_file, tmp_path):
@@ -184,9 +211,16 @@ def test_demo_refuses_its_output_folder_before_loading_anything(run_cli, tmp_pat
 
 
 @pytest.mark.slow
-def test_demo_writes_clip_and_passing_report(run_cli, tmp_path):
-    code, out, _ = run_cli("demo", "--out", tmp_path / "demo")
+def test_demo_writes_clip_and_passing_report(run_cli, tmp_path, caplog):
+    code, out, _ = run_cli("demo", "--out", tmp_path / "demo", "-v")
     assert code == 0 and "PASSED" in out
+    # -v: each stage's time: the loading, the model build, every export step, the check's stages
+    info = _info(caplog)
+    for stage in ("svdtrt demo: loading PyTorch, diffusers, the ONNX exporter and ONNX Runtime",
+                  "building the tiny preset (seeded random weights)", "unet_full: ONNX export",
+                  "unet_full: validation on ONNX Runtime", "check 2/4: diffusers reference"):
+        assert any(m.startswith(f"{stage} took ") for m in info), stage
+    assert any(m.startswith(f"published {tmp_path / 'demo'}") for m in info), info
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["passed"] and report["end_to_end"]["vs_diffusers"]["min_psnr_db"] >= 60
     assert read_mp4(tmp_path / "demo" / "clip.mp4").shape == (4, 64, 64, 3)

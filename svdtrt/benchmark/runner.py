@@ -22,6 +22,7 @@ from ..media.images import image_sha256
 from ..media.metrics import clip_metrics
 from ..models.flops import clip_unet_flops
 from ..precisions import NAMES
+from ..progress import ticking
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
@@ -120,24 +121,25 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
     plan = [(b, p) for b in backends for p in precisions]
     # The bar counts clips of the rows that run: a skipped row takes its clips off the total, so the
     # time left is that of the work left.
+    # Each clip has a bar of its own over its steps below this one (diffusers' own bar, relabelled,
+    # for the reference), cleared when the clip is done; this one ticks through every clip.
     bar = tqdm(total=(1 + len(plan) * (1 + len(work))) * (warmup + repeat), desc="bench", unit="clip",
                disable=not progress)
-    bar.set_postfix_str("diffusers reference")
-
-    reference_row, reference = _reference_row(model, image, settings, device, warmup, repeat, bar)
-    results.rows.append(reference_row)
-    for name, precision in plan:
-        bar.set_postfix_str(f"{name} {precision}")
-        counted = bar.n
-        row, work_rows = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup,
-                                      repeat, bar, reference, work)
-        if not row.measured:
-            bar.total -= (warmup + repeat) * (1 + len(work)) - (bar.n - counted)
-            bar.refresh()
-            log.info("skipped %s %s: %s", name, precision, row.reason)
-        results.rows.append(row)
-        results.work_rows += work_rows
-    bar.close()
+    with bar, ticking(bar):
+        bar.set_postfix_str("diffusers reference")
+        reference_row, reference = _reference_row(model, image, settings, device, warmup, repeat, bar)
+        results.rows.append(reference_row)
+        for name, precision in plan:
+            bar.set_postfix_str(f"{name} {precision}")
+            counted = bar.n
+            row, work_rows = _backend_row(bundle, model, name, precision, device, threads, image, settings, warmup,
+                                          repeat, bar, reference, work)
+            if not row.measured:
+                bar.total -= (warmup + repeat) * (1 + len(work)) - (bar.n - counted)
+                bar.refresh()
+                log.info("skipped %s %s: %s", name, precision, row.reason)
+            results.rows.append(row)
+            results.work_rows += work_rows
     _add_ratios(results.rows)
     results.machine["load_average_end"] = load_average()
     results.seconds = time.perf_counter() - start
@@ -157,8 +159,11 @@ def _reference_row(model, image, settings, device, warmup, repeat, bar) -> tuple
         timer = StageTimer(sync, timed=True)
         kwargs = settings.pipeline_kwargs()
         use_scheduler(pipe, settings.scheduler, kwargs["generator"])
+        label = _clip_label("diffusers reference", i, warmup, repeat)
+        pipe.set_progress_bar_config(desc=label, unit="step", leave=False, disable=bar.disable)
         with _timed_modules(timer, modules), timer.stage("total"):
             frames = pipe(image, output_type="np", **kwargs).frames[0]
+        log.info("%s: %s", label, ", ".join(f"{k} {v:.2f} s" for k, v in timer.summary().items()))
         if i >= warmup:
             runs.append(timer.summary())
         bar.update()
@@ -189,7 +194,7 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
     with backend:  # its sessions, engines or modules are freed before the next row's are made
         pipeline = SvdPipeline(backend, bundle)
         try:
-            runs, clip = _clips(pipeline, image, settings, warmup, repeat, bar)
+            runs, clip = _clips(pipeline, image, settings, warmup, repeat, bar, f"{name} {precision}")
         except (BackendUnavailableError, BundleError, EngineError, InputError) as e:
             # EngineError: no current engine (tensorrt's default state before 'svdtrt build')
             return Row(name, precision, "skipped", device=device if name == "torch" else None, reason=str(e)), []
@@ -200,7 +205,7 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
         for w in work:
             memory.reset()
             try:
-                w_runs, w_clip = _clips(pipeline, image, w, warmup, repeat, bar)
+                w_runs, w_clip = _clips(pipeline, image, w, warmup, repeat, bar, f"{name} {precision} {_work_name(w)}")
             except BundleError as e:  # e.g. a bundle exported before block caching
                 work_rows.append(Row(name, precision, "skipped", work_row=True, skipped_settings=dict(vars(w)),
                                      reason=str(e)))
@@ -216,15 +221,35 @@ def _backend_row(bundle, model, name, precision, device, threads, image, setting
     return row, work_rows
 
 
-def _clips(pipeline, image, settings, warmup, repeat, bar):
-    """``warmup`` unrecorded clips, then ``repeat`` recorded: (their timings, the last clip)."""
+def _clips(pipeline, image, settings, warmup, repeat, bar, what: str):
+    """``warmup`` unrecorded clips, then ``repeat`` recorded: (their timings, the last clip). Each
+    clip has a bar over its steps while ``bar`` is shown."""
     runs, clip = [], None
     for i in range(warmup + repeat):
-        clip = pipeline(image, settings, timings=True)
+        clip = pipeline(image, settings, timings=True,
+                        progress=False if bar.disable else _clip_label(what, i, warmup, repeat))
         if i >= warmup:
             runs.append(clip.timings)
         bar.update()
     return runs, clip
+
+
+def _clip_label(what: str, i: int, warmup: int, repeat: int) -> str:
+    """The label of clip ``i`` (0-based) of a row: ``bench: onnxruntime fp16 warmup clip 1/1``, then
+    ``... clip 1/3`` for the measured ones."""
+    if i < warmup:
+        return f"bench: {what} warmup clip {i + 1}/{warmup}"
+    return f"bench: {what} clip {i - warmup + 1}/{repeat}"
+
+
+def _work_name(settings: SamplingSettings) -> str:
+    """A work row's settings in short: ``euler, cache interval 3, guidance steps 12``."""
+    parts = [settings.scheduler]
+    if settings.cache_interval > 1:
+        parts.append(f"cache interval {settings.cache_interval}")
+    if settings.guidance_steps is not None:
+        parts.append(f"guidance steps {settings.guidance_steps}")
+    return ", ".join(parts)
 
 
 def _work(bundle, settings, clip) -> Work:

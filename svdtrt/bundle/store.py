@@ -19,6 +19,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -30,6 +31,7 @@ from ..environment import cache_dir
 from ..errors import BundleError, InputError
 from ..graphs.files import data_filename, graph_bytes, share_external_data
 from ..precisions import precision as lookup_precision
+from ..progress import status
 from ..publishing import (
     DirectoryTransaction,
     FolderKind,
@@ -54,6 +56,8 @@ BUNDLE_FOLDER = FolderKind("a bundle", MANIFEST, (
 #: The most ``manifest.json`` may hold: 64 MiB, far above a bundle with large calibration sets
 #: (about 1 MB); a larger one is refused unread.
 MAX_MANIFEST_BYTES = 64 * 2**20
+
+log = logging.getLogger(__name__)
 
 
 def graph_filename(component: str, precision: str) -> str:
@@ -471,40 +475,45 @@ class Staged:
         cache = HashCache()
         files, carried = {}, {}
         old = self.old.manifest.files if self.old else {}
-        for key, name in CONFIG_FILES.items():
-            if key in self.manifest.configs:
-                self.write_json(name, self.manifest.configs[key])
-        for name in old:
-            if name in self._dropped or os.path.lexists(self.path / name):
-                continue
-            if not (self.old.path / name).is_file():
-                files[name] = old[name]  # damaged before this change: carried as it is
-                continue
-            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
-            carried[name] = cache.known(self.old.path / name)
-            try:
-                os.link(self.old.path / name, self.path / name)
-            except OSError:  # a file system without hard links
-                shutil.copy2(self.old.path / name, self.path / name)
-        fresh = {}
-        for folder, _, names in os.walk(self.path):
-            for n in names:
-                full = Path(folder) / n
-                rel = full.relative_to(self.path).as_posix()
-                if rel == MANIFEST:
+        # hashing gigabytes of new graphs takes seconds: a ticking status line says what runs
+        with status(f"recording and publishing bundle '{self.target}'", logger=log):
+            for key, name in CONFIG_FILES.items():
+                if key in self.manifest.configs:
+                    self.write_json(name, self.manifest.configs[key])
+            for name in old:
+                if name in self._dropped or os.path.lexists(self.path / name):
                     continue
-                if rel in old and self.old is not None and _same_file(full, self.old.path / rel):
-                    files[rel] = old[rel]
-                else:
-                    files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
-                    fresh[full] = files[rel].sha256  # the published file keeps its inode and ctime
-        cache.remember(fresh)
-        self.manifest.files = dict(sorted(files.items()))
-        checkpoint("recorded")
-        write_new(self.path / MANIFEST, schema.dump(self.manifest))
-        self._txn.publish()
-        # Linking a file in (and removing the old state's link) changed its ctime, not its content.
-        cache.remember({self.target / name: digest for name, digest in carried.items() if digest is not None})
+                if not (self.old.path / name).is_file():
+                    files[name] = old[name]  # damaged before this change: carried as it is
+                    continue
+                (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+                carried[name] = cache.known(self.old.path / name)
+                try:
+                    os.link(self.old.path / name, self.path / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(self.old.path / name, self.path / name)
+            fresh = {}
+            for folder, _, names in os.walk(self.path):
+                for n in names:
+                    full = Path(folder) / n
+                    rel = full.relative_to(self.path).as_posix()
+                    if rel == MANIFEST:
+                        continue
+                    if rel in old and self.old is not None and _same_file(full, self.old.path / rel):
+                        files[rel] = old[rel]
+                    else:
+                        files[rel] = schema.FileRecord(bytes=full.stat().st_size, sha256=sha256_file(full))
+                        fresh[full] = files[rel].sha256  # the published file keeps its inode and ctime
+            cache.remember(fresh)
+            self.manifest.files = dict(sorted(files.items()))
+            checkpoint("recorded")
+            write_new(self.path / MANIFEST, schema.dump(self.manifest))
+            self._txn.publish()
+            # Linking a file in (and removing the old state's link) changed its ctime, not its content.
+            cache.remember({self.target / name: digest for name, digest in carried.items() if digest is not None})
+        written = sorted(full.relative_to(self.path).as_posix() for full in fresh)
+        log.info("bundle '%s': %d files written (%.1f MiB: %s), %d kept", self.target, len(written),
+                 sum(files[f].bytes for f in written) / 2**20, ", ".join(written), len(files) - len(written))
         return Bundle.open(self.target, complete=False)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from typing import Iterable
+from collections.abc import Iterable, Iterator
 
 from ..bundle.manifest import GraphEntry, Quantization
 from ..bundle.store import Bundle, changing, graph_filename
@@ -22,7 +22,9 @@ from ..graphs.fp16 import arithmetic_precision
 from ..graphs.qdq import DEFAULT_EXCLUDE, quantize_graph, validate_qdq_graph
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
+from ..progress import Steps, ticking
 from ..publishing import checkpoint
+from ..specs import COMPONENTS
 from .derived import component_samples, sample_count
 from .recipe import CALIBRATED_FROM, QUANTIZED_COMPONENTS
 from .shards import SPLITS, CalibrationSet
@@ -137,19 +139,29 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
                     shutil.copyfile(bundle.path / file, scratch / file)
             target = scratch / graph_filename(name, precision)
             start = time.perf_counter()
-            bar = tqdm(component_samples(calib, name, full_graph=full_graph), total=sample_count(calib, name),
-                       desc=f"{stage}: calibrating", unit="sample", disable=not progress)
-            done = quantize_graph(scratch / fp32.file, target, iter(bar), settings, exclude, quantize_bias)
-            bar.close()
-            seconds = time.perf_counter() - start
-            for file in (target, data_path(target)):
-                shutil.move(file, staged.path / file.name)
-            staged_graph = staged.path / target.name
-            qdq = {**validate_qdq_graph(staged_graph), "arithmetic": arithmetic_precision(staged_graph)}
-            # The caching graphs read the quantized UNet's weights file where every tensor matches.
-            graph = staged.share_weights(name, precision, GraphEntry(
-                file=target.name, data=data_path(target).name, bytes=graph_bytes(staged_graph),
-                seconds=round(seconds, 3)))
+            # The bar counts the samples of the calibration pass; its postfix names the quantizer's
+            # stages (graphs/qdq.py: STAGES: most of its time is after the last sample) and the
+            # checks after it, its clock ticking through each.
+            bar = tqdm(total=sample_count(calib, name), desc=f"{stage}: calibrating", unit="sample",
+                       disable=not progress)
+            steps = Steps(bar, log, stage)
+            with bar, ticking(bar):
+                done = quantize_graph(scratch / fp32.file, target,
+                                      _counted(component_samples(calib, name, full_graph=full_graph), bar),
+                                      settings, exclude, quantize_bias, stage=steps)
+                seconds = time.perf_counter() - start
+                for file in (target, data_path(target)):
+                    shutil.move(file, staged.path / file.name)
+                staged_graph = staged.path / target.name
+                steps("checking the Q/DQ graph and typing its arithmetic")
+                qdq = {**validate_qdq_graph(staged_graph), "arithmetic": arithmetic_precision(staged_graph)}
+                # The caching graphs read the quantized UNet's weights file where every tensor matches.
+                if COMPONENTS[name].shares_weights_with:
+                    steps(f"sharing {COMPONENTS[name].shares_weights_with}'s weights file")
+                graph = staged.share_weights(name, precision, GraphEntry(
+                    file=target.name, data=data_path(target).name, bytes=graph_bytes(staged_graph),
+                    seconds=round(seconds, 3)))
+                steps.close()
             accuracy = held_out_accuracy(
                 staged_graph, name, precision, component_samples(calib, name, "held_out", full_graph),
                 sample_count(calib, name, "held_out"), model, bundle.dims,
@@ -171,3 +183,10 @@ def quantize_bundle(bundle_path, precision: str, calibration: str = "default",
         # 6. Publish the graphs and the manifest together.
         staged.commit()
     return entries
+
+
+def _counted(samples: Iterable, bar) -> Iterator:
+    """``samples``, counted on ``bar`` as each is taken (a bar that stays open when they run out)."""
+    for sample in samples:
+        yield sample
+        bar.update()

@@ -315,17 +315,22 @@ class RayArgs(ArgGroup):
                                          "ray://HOST:10001) instead of starting a local Ray")
 
     def parse(self, args, bundle, backend: BackendChoice) -> WorkerOptions:
-        """What each replica or worker loads (``backend`` on ``bundle``) and the CPUs it gets, after
-        the serving layer's preflight (:func:`svdtrt.serving.preflight.preflight`): this joins Ray.
-
-        Raises:
-            InputError, BundleError, BackendUnavailableError: as the preflight.
-        """
+        """What each replica or worker loads (``backend`` on ``bundle``), checked before Ray starts by
+        :func:`svdtrt.serving.preflight.preflight`, whose InputError, BundleError and
+        BackendUnavailableError it raises."""
         from ..serving.preflight import preflight
         from ..serving.worker import WorkerOptions
 
         worker = WorkerOptions(bundle=str(bundle.path.resolve()), **dataclasses.asdict(backend))
-        return preflight(bundle, worker, getattr(args, self.what), self.what, args.cpus, args.address)
+        preflight(bundle, worker, getattr(args, self.what), self.what)
+        return worker
+
+    def join(self, args, worker: WorkerOptions) -> WorkerOptions:
+        """``worker`` with its CPUs on the Ray cluster of ``--address`` (a local Ray without it),
+        joined here: :func:`svdtrt.serving.preflight.join`, whose InputError it raises."""
+        from ..serving.preflight import join
+
+        return join(worker, getattr(args, self.what), self.what, args.cpus, args.address)
 
 
 EXPORT_SHAPES = ShapeRangeArgs("the model's")

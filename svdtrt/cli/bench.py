@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import logging
+
+from ..progress import loading
 from .args import SAMPLING, WORK_LISTS
+
+log = logging.getLogger(__name__)
 
 
 def bench(args) -> int:
@@ -12,13 +17,14 @@ def bench(args) -> int:
     row's host memory are checked before anything is measured."""
     import shlex
 
-    import torch
+    with loading("bench", "PyTorch, diffusers and ONNX Runtime", log):
+        import torch
 
-    from ..benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
-    from ..benchmark.report import BENCH_FOLDER
-    from ..bundle.store import Bundle
-    from ..media.images import load_image, sample_image
-    from ..models.loading import load_model, reference_model
+        from ..benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
+        from ..benchmark.report import BENCH_FOLDER
+        from ..bundle.store import Bundle
+        from ..media.images import load_image, sample_image
+        from ..models.loading import load_model, reference_model
 
     backends = parse_names(args.backends, BACKENDS, "backend")
     precisions = parse_names(args.precisions, PRECISIONS, "precision")

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..errors import InputError
+from ..progress import loading
 from .args import BUILD_SHAPES, EXPORT_SHAPES
 
 #: Suffixes of files svdtrt writes or reads besides clips, frames and images (the media registries
@@ -11,18 +14,21 @@ from .args import BUILD_SHAPES, EXPORT_SHAPES
 #: (``export --out clip.mp4`` makes a folder no player opens).
 OTHER_FILE_SUFFIXES = (".npz", ".json", ".onnx", ".engine", ".txt")
 
+log = logging.getLogger(__name__)
+
 
 def export(args) -> int:
     """``svdtrt export``: a model's components exported to a bundle of ONNX graphs (fp16 too with
     ``--precision fp16``); exit code 0. An ``--out`` svdtrt may not write (a file's name, something
     that is not a bundle, an existing bundle without ``--force`` or ``--components``) is refused
     before the model loads."""
-    from ..bundle.store import BUNDLE_FOLDER, is_bundle_folder
-    from ..export.bundle_export import export_bundle
-    from ..hints import fresh_path
-    from ..media.images import IMAGE_SUFFIXES
-    from ..media.video import CLIP_FORMATS, FRAMES_SUFFIX
-    from ..models.loading import load_model
+    with loading("export", "PyTorch, diffusers and the ONNX exporter", log):
+        from ..bundle.store import BUNDLE_FOLDER, is_bundle_folder
+        from ..export.bundle_export import export_bundle
+        from ..hints import fresh_path
+        from ..media.images import IMAGE_SUFFIXES
+        from ..media.video import CLIP_FORMATS, FRAMES_SUFFIX
+        from ..models.loading import load_model
 
     file_suffixes = (*CLIP_FORMATS, FRAMES_SUFFIX, *IMAGE_SUFFIXES, *OTHER_FILE_SUFFIXES)
 
@@ -68,7 +74,8 @@ def _print_graphs(bundle, components=None, precisions=None) -> None:
 
 def convert(args) -> int:
     """``svdtrt convert``: fp16 graphs added from the bundle's fp32 graphs; exit code 0."""
-    from ..export.convert import convert_bundle
+    with loading("convert", "PyTorch, ONNX and ONNX Runtime", log):
+        from ..export.convert import convert_bundle
 
     bundle = convert_bundle(args.bundle, args.precision, args.force, components=args.components)
     print(f"{args.precision} graphs written to {bundle.path}")
@@ -78,10 +85,12 @@ def convert(args) -> int:
 
 def calibrate(args) -> int:
     """``svdtrt calibrate``: a calibration set recorded from real sampling runs; exit code 0."""
-    from ..bundle.store import Bundle
-    from ..calibration.capture import calibrate_bundle, calibration_images
-    from ..models.loading import load_model
     from ..runtime.limits import MAX_STEPS, SEED_RANGE
+
+    with loading("calibrate", "PyTorch, diffusers and ONNX Runtime", log):
+        from ..bundle.store import Bundle
+        from ..calibration.capture import calibrate_bundle, calibration_images
+        from ..models.loading import load_model
 
     Bundle.open(args.bundle, complete=False)  # a damaged bundle is recorded from what verifies (Bundle.check_file)
     if not 1 <= args.steps <= MAX_STEPS:
@@ -102,10 +111,11 @@ def calibrate(args) -> int:
 def quantize(args) -> int:
     """``svdtrt quantize``: int8 or fp8 Q/DQ graphs from a calibration set, with their held-out
     accuracy; exit code 0."""
-    from ..bundle.store import Bundle
-    from ..calibration.quantize import quantize_bundle
-    from ..graphs.qdq import DEFAULT_EXCLUDE
-    from ..models.loading import load_model
+    with loading("quantize", "PyTorch, diffusers and ONNX Runtime's quantizer", log):
+        from ..bundle.store import Bundle
+        from ..calibration.quantize import quantize_bundle
+        from ..graphs.qdq import DEFAULT_EXCLUDE
+        from ..models.loading import load_model
 
     Bundle.open(args.bundle, complete=False)  # quantize hashes what it reads (Bundle.check_file)
     exclude = DEFAULT_EXCLUDE if args.exclude is None else [p for p in args.exclude if p]
@@ -130,8 +140,9 @@ def quantize(args) -> int:
 def build(args) -> int:
     """``svdtrt build``: the build plan printed, then (unless ``--dry-run``) the TensorRT engines
     built; exit code 0."""
-    from ..build.plan import plan_build
-    from ..bundle.store import Bundle
+    with loading("build", "ONNX and the bundle's manifest", log):
+        from ..build.plan import plan_build
+        from ..bundle.store import Bundle
 
     bundle = Bundle.open(args.bundle, complete=False)  # build hashes the graphs it reads (Bundle.check_file)
     plan = plan_build(bundle, args.precision, args.profile, *BUILD_SHAPES.parse(args),
@@ -166,7 +177,8 @@ def verify(args) -> int:
     verifies, 1 when it does not (whatever the cause: a missing file, a wrong size or content, a
     corrupt manifest), with the one command that repairs it; a path that is not a bundle at all is
     bad input (exit code 2, raised)."""
-    from ..bundle import integrity
+    with loading("verify", "ONNX and the bundle's manifest", log):
+        from ..bundle import integrity
 
     result = integrity.verify(args.bundle, progress=True)
     for problem in result.problems:

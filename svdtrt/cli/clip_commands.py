@@ -4,15 +4,19 @@ bundle's clip and components against PyTorch and diffusers), and how their resul
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from ..progress import loading
 from ..publishing import FileKind
 from .args import BACKEND, DEVICE_MEMORY, SAMPLING, WORK
 
 if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
     from ..check.report import CheckReport
+
+log = logging.getLogger(__name__)
 
 
 def run(args) -> int:
@@ -22,12 +26,13 @@ def run(args) -> int:
     import json
     from dataclasses import asdict
 
-    from ..bundle.store import Bundle
-    from ..media.images import load_image
-    from ..media.video import CLIP_FILE, FRAMES_FILE, check_clip_path, check_frames_path, save_frames, write_clip
-    from ..models.loading import load_model, reference_model
-    from ..runtime.backends import create_backend
-    from ..runtime.pipeline import SvdPipeline
+    with loading("run", "PyTorch, diffusers and ONNX Runtime", log):
+        from ..bundle.store import Bundle
+        from ..media.images import load_image
+        from ..media.video import CLIP_FILE, FRAMES_FILE, check_clip_path, check_frames_path, save_frames, write_clip
+        from ..models.loading import load_model, reference_model
+        from ..runtime.backends import create_backend
+        from ..runtime.pipeline import SvdPipeline
 
     clip_format = check_clip_path(args.out)
     if args.save_frames:
@@ -79,11 +84,13 @@ def check(args) -> int:
     and, with ``--report``, written as JSON; exit code 0, or 1 where a threshold is missed."""
     import json
 
-    from ..bundle.store import Bundle
-    from ..check.compare import check_bundle
-    from ..media.images import load_image, sample_image
-    from ..models.loading import load_model, reference_model
     from ..precisions import precision as lookup_precision
+
+    with loading("check", "PyTorch, diffusers and ONNX Runtime", log):
+        from ..bundle.store import Bundle
+        from ..check.compare import check_bundle
+        from ..media.images import load_image, sample_image
+        from ..models.loading import load_model, reference_model
 
     with _reserved(args.force, (args.report, REPORT_FILE)) as (report_out,):  # before minutes of work
         bundle = Bundle.open(args.bundle)

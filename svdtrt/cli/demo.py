@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..progress import loading
 from ..publishing import DirectoryTransaction, FolderKind
 
 if TYPE_CHECKING:  # the demo's stages are imported when it runs, after its output folder is checked
@@ -15,6 +17,8 @@ if TYPE_CHECKING:  # the demo's stages are imported when it runs, after its outp
     import PIL.Image
 
     from ..check.report import CheckReport
+
+log = logging.getLogger(__name__)
 
 DEMO_PRESET = "tiny"
 DEMO_IMAGE = "astronaut"
@@ -44,12 +48,13 @@ def run_demo(out: str | Path, force: bool = False, seed: int = 0) -> tuple[Check
     start = time.perf_counter()
     out = Path(out)
     DEMO_FOLDER.check_target(out, force)  # before seconds of imports and the model
-    from ..check.compare import check_bundle
-    from ..export.bundle_export import export_bundle
-    from ..media.images import sample_image
-    from ..media.video import write_mp4
-    from ..models.loading import load_model
-    from ..runtime.settings import SamplingSettings
+    with loading("demo", "PyTorch, diffusers, the ONNX exporter and ONNX Runtime", log):
+        from ..check.compare import check_bundle
+        from ..export.bundle_export import export_bundle
+        from ..media.images import sample_image
+        from ..media.video import write_mp4
+        from ..models.loading import load_model
+        from ..runtime.settings import SamplingSettings
 
     model = load_model(DEMO_PRESET)
     image = sample_image(DEMO_IMAGE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 
 from ..environment import (
@@ -14,6 +15,9 @@ from ..environment import (
     package_version,
     tensorrt_version,
 )
+from ..progress import status
+
+log = logging.getLogger(__name__)
 
 
 def diagnose() -> dict:
@@ -104,7 +108,8 @@ def doctor(args) -> int:
         InputError: the clip's settings are invalid, or its device-memory estimate exceeds
             ``--device-memory`` (or this GPU's free memory).
     """
-    report = diagnose()
+    with status("svdtrt doctor: probing PyTorch, ONNX Runtime and TensorRT", logger=log):
+        report = diagnose()
     print("\n".join(format_report(report)))
     missing = [name for name, key in (("TensorRT", "tensorrt"), ("Polygraphy", "polygraphy")) if not report[key]]
     if missing:  # a missing GPU is not something pip installs: the backends' lines say so

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # argparse exits on --help and on bad arguments; return its code instead
             return e.code
         args.argv = sys.argv[1:] if argv is None else list(argv)  # recorded by bench
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a handler, where none is set
+        logging.getLogger().setLevel(logging.INFO if args.verbose else logging.WARNING)
         _quiet_libraries(args.verbose)
         # Each command imports its modules lazily, inside this try: a Ctrl-C during an import
         # is handled as any other. -v's log lines go through tqdm, so they do not tear a bar.

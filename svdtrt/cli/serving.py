@@ -3,22 +3,28 @@ command runs: only the serving layer imports Ray)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from ..errors import InputError
+from ..progress import loading, status
 from .args import BACKEND, REPLICAS, SAMPLING, WORK, WORKERS
+
+log = logging.getLogger(__name__)
 
 
 def serve(args) -> int:
     """``svdtrt serve``: the HTTP service until Ctrl-C or SIGTERM; exit code 0. Its options are
     checked before Ray starts, and the service's modules (Ray Serve, FastAPI) imported after."""
-    from ..bundle.store import Bundle
+    with loading("serve", "ONNX Runtime and the bundle's manifest", log):
+        from ..bundle.store import Bundle
 
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
     bundle = Bundle.open(args.bundle)
-    worker = REPLICAS.parse(args, bundle, BACKEND.parse(args))
-    from ..serving.app import ServeOptions, serve_forever
+    worker = REPLICAS.join(args, REPLICAS.parse(args, bundle, BACKEND.parse(args)))
+    with status("svdtrt serve: loading Ray Serve and FastAPI", logger=log):
+        from ..serving.app import ServeOptions, serve_forever
 
     serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
                   args.request_timeout)
@@ -30,8 +36,9 @@ def batch(args) -> int:
     (a re-run retries those). Settings, images and output names are checked before Ray starts."""
     import signal
 
-    from ..bundle.store import Bundle
-    from ..serving.batch import JOURNAL, BatchJob, check_out, list_images, output_names
+    with loading("batch", "ONNX Runtime and the bundle's manifest", log):
+        from ..bundle.store import Bundle
+        from ..serving.batch import JOURNAL, BatchJob, check_out, list_images, output_names, run_batch
 
     bundle = Bundle.open(args.bundle)
     choice = BACKEND.parse(args)
@@ -41,12 +48,16 @@ def batch(args) -> int:
     output_names(images, args.format)  # before Ray starts
     check_out(args.out)
     worker = WORKERS.parse(args, bundle, choice)
-    # SIGTERM (docker stop, systemd, a job scheduler) stops the batch as Ctrl-C does, in one line:
-    # Ray's own handler, set when Ray started, exits mid-call and prints Ray's C++ stack.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    from ..serving.batch import run_batch
 
-    summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format))
+    def join():
+        """Ray joined only when some clip is left to make: a finished batch starts no Ray."""
+        joined = WORKERS.join(args, worker)
+        # SIGTERM (docker stop, systemd, a job scheduler) stops the batch as Ctrl-C does, in one
+        # line: Ray's own handler, set when Ray started, exits mid-call and prints Ray's C++ stack.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        return joined
+
+    summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format), join=join)
     print(f"{len(summary.made)} clip(s) made, {len(summary.skipped)} already in {args.out}, "
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s; records in {args.out / JOURNAL}")
     if summary.failed:

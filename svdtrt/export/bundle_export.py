@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -20,6 +22,7 @@ from ..graphs.files import data_filename, graph_bytes
 from ..models.modules import example_inputs, torch_modules
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
+from ..progress import step, ticking
 from ..publishing import checkpoint
 from ..specs import (
     CACHING_COMPONENTS,
@@ -70,10 +73,10 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
             are replaced (with every graph, quantized one or engine derived from them); replacing
             ``unet`` replaces the block-caching graphs too, since they read its weights file.
         precisions: ``("fp32",)`` or ``("fp32", "fp16")``.
-        release_weights: free each PyTorch module (move it to the meta device) as soon as the last
-            component it serves is traced and its reference outputs are computed, so that peak
-            host memory is PyTorch's weights plus one copy of one component's, not two (the model
-            is unusable afterwards; the CLI sets this).
+        release_weights: free each PyTorch module (move it to the meta device) as soon as every
+            component it serves is traced and has its reference outputs, before any of their
+            graphs is validated, so that PyTorch's weights and ONNX Runtime's copy are never held
+            together (docs/export.md, "Memory"; the model is unusable afterwards; the CLI sets this).
         cache_depth, cache_layer: where ``unet_full`` / ``unet_shallow`` split the UNet: the deep
             feature enters layer ``cache_layer`` of up block n - ``cache_depth``
             (:mod:`svdtrt.models.block_cache`); recorded in the manifest's ``dims``. None: the bundle's
@@ -160,71 +163,98 @@ def _same_cache_branch(staged: Staged, dims: ModelDims, names: list[str]) -> Non
 
 def _export_components(staged: Staged, model, dims: ModelDims, names: list[str], opset: int, precisions, ranges,
                        progress: bool, release_weights: bool) -> None:
+    """Export ``names`` module by module (docs/export.md, "Memory"): every component a PyTorch module
+    serves is traced while the module is alive (the VAE serves two, the UNet three), then the module
+    is released (``release_weights``) before ONNX Runtime loads any of their graphs to validate them,
+    one graph at a time; so PyTorch's weights and ONNX Runtime's copy are never in memory together.
+    One bar over the graphs, its postfix naming the step in hand, its clock ticking."""
     from tqdm import tqdm
 
     manifest = staged.manifest
     vshape = validation_shape(dims, *ranges)
     modules = torch_modules(model, dims)
-    # The PyTorch module behind each component (the VAE serves two, the UNet three), and which
-    # exported component is the last to need it: that one may release it.
     owners = {"image_encoder": model.image_encoder, "vae_encoder": model.vae, "unet": model.unet,
               "vae_decoder": model.vae, "unet_full": model.unet, "unet_shallow": model.unet}
-    last_user = {id(owners[n]): n for n in names}
-    bar = tqdm(names, desc="export", unit="graph", disable=not progress)
-    for name in bar:
-        staged.drop_graph(name)  # every graph of the component, its engines with them
-        release = owners[name] if release_weights and last_user[id(owners[name])] == name else None
-        entry, validation = _export_component(name, modules[name], dims, staged.path, opset, ranges, vshape,
-                                              release, stage=lambda what: bar.set_postfix_str(f"{name}: {what}"))
-        if "fp16" in precisions:
-            bar.set_postfix_str(f"{name}: fp16 conversion and validation")
-            entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path, staged.path, name,
-                                              *validation)
-        for precision, graph in entry.graphs.items():
-            entry.graphs[precision] = staged.share_weights(name, precision, graph)
-        manifest.components[name] = entry
-        gc.collect()
-        checkpoint("export-component")
+    by_owner: dict[int, list[str]] = {}
+    for name in names:
+        by_owner.setdefault(id(owners[name]), []).append(name)
+    with tqdm(total=len(names), desc="export", unit="graph", disable=not progress) as bar, ticking(bar):
+        for group in by_owner.values():
+            traced = []
+            for name in group:
+                staged.drop_graph(name)  # every graph of the component, its engines with them
+                traced.append(_trace(name, modules[name], dims, staged.path, opset, vshape, bar))
+            if release_weights:  # validation needs only each graph's reference outputs
+                owners[group[0]].to("meta")
+                gc.collect()
+                log.info("released the PyTorch weights of %s", ", ".join(group))
+            while traced:
+                graph = traced.pop(0)  # each graph's inputs and references freed once it is checked
+                name = graph.name
+                entry = _checked_entry(graph, dims, ranges, bar)
+                if "fp16" in precisions:
+                    with step(bar, f"{name}: fp16 conversion and validation", log):
+                        entry.graphs["fp16"] = fp16_graph(manifest.configs, entry.graphs["fp32"], staged.path,
+                                                          staged.path, name, graph.sizes, graph.inputs, graph.expected)
+                owner = COMPONENTS[name].shares_weights_with
+                with step(bar, f"{name}: sharing {owner}'s weights file", log) if owner else contextlib.nullcontext():
+                    for precision, g in entry.graphs.items():
+                        entry.graphs[precision] = staged.share_weights(name, precision, g)
+                manifest.components[name] = entry
+                del graph
+                gc.collect()
+                checkpoint("export-component")
+                bar.update()
     manifest.components = {k: manifest.components[k] for k in COMPONENTS if k in manifest.components}
 
 
-def _export_component(name, module, dims, folder: Path, opset: int, ranges, vshape, release=None,
-                      stage=lambda what: None):
-    """Trace, validate and check one component's fp32 graph into ``folder``; ``stage(what)`` is
-    told each step as it starts (the progress bar names it).
+@dataclass
+class _Traced:
+    """A component's traced fp32 graph at ``path``, with what validating it needs: the validation
+    sizes, inputs and PyTorch's outputs on them (small: :func:`~svdtrt.specs.validation_shape`)."""
 
-    Returns:
-        (manifest entry, (the validation sizes, inputs, and PyTorch's outputs on them)).
-    """
+    name: str
+    path: Path
+    seconds: float
+    sizes: dict[str, int]
+    inputs: dict
+    expected: list
+
+
+def _trace(name: str, module, dims: ModelDims, folder: Path, opset: int, vshape, bar) -> _Traced:
+    """PyTorch's reference outputs of component ``name``, then its fp32 graph traced into ``folder``."""
     spec = COMPONENTS[name]
     sizes = dims.sizes(spec.batch[1], *vshape)
     inputs = example_inputs(spec, sizes)
-    stage("PyTorch reference outputs")
-    expected = reference_outputs(module, spec, inputs)
+    with step(bar, f"{name}: PyTorch reference outputs", log):
+        expected = reference_outputs(module, spec, inputs)
     path = folder / graph_filename(name, "fp32")
     start = time.perf_counter()
-    stage("ONNX export")
-    export_graph(module, spec, inputs, path, opset)
-    seconds = time.perf_counter() - start
-    if release is not None:  # validation needs only ``expected``; free the weights before ORT loads its copy
-        release.to("meta")
-        gc.collect()
-    stage("validation on ONNX Runtime")
-    metrics = validate_graph(path, spec, None, inputs, expected=expected)
-    log.info("%s: exported in %.1f s, validated: %s", name, seconds, metrics)
-    stage("deployability check")
-    graph_axes = _graph_axes(path)
-    entry = ComponentEntry(
+    with step(bar, f"{name}: ONNX export", log):
+        export_graph(module, spec, inputs, path, opset)
+    return _Traced(name, path, time.perf_counter() - start, sizes, inputs, expected)
+
+
+def _checked_entry(graph: _Traced, dims: ModelDims, ranges, bar) -> ComponentEntry:
+    """The manifest entry of a traced graph, validated against PyTorch's outputs on ONNX Runtime and
+    checked for deployability."""
+    spec, path = COMPONENTS[graph.name], graph.path
+    with step(bar, f"{graph.name}: validation on ONNX Runtime", log):
+        metrics = validate_graph(path, spec, None, graph.inputs, expected=graph.expected)
+    log.info("%s: exported in %.1f s, validated: %s", graph.name, graph.seconds, metrics)
+    with step(bar, f"{graph.name}: deployability check", log):
+        graph_axes = _graph_axes(path)
+        deployability = check_deployable(path)
+    return ComponentEntry(
         inputs=[{"name": t.name, "dims": list(t.dims), "dtype": t.dtype} for t in spec.inputs],
         outputs=[{"name": t.name, "dims": list(t.dims), "dtype": t.dtype} for t in spec.outputs],
         profile=profile_shapes(spec, dims, *ranges), graph_axes=graph_axes,
         fixed_axes=_fixed_axes(spec, graph_axes),
         graphs={"fp32": GraphEntry(
-            file=path.name, data=data_filename(path), bytes=graph_bytes(path), seconds=round(seconds, 3),
-            validation=Accuracy(shape=sizes, reference="fp32 PyTorch module", outputs=metrics),
-            deployability=check_deployable(path))},
+            file=path.name, data=data_filename(path), bytes=graph_bytes(path), seconds=round(graph.seconds, 3),
+            validation=Accuracy(shape=graph.sizes, reference="fp32 PyTorch module", outputs=metrics),
+            deployability=deployability)},
     )
-    return entry, (sizes, inputs, expected)
 
 
 def _graph_axes(path: Path) -> dict[str, list]:

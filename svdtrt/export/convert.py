@@ -25,6 +25,7 @@ from ..graphs.sessions import open_session
 from ..models.modules import example_inputs
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
+from ..progress import step, ticking
 from ..specs import CACHING_COMPONENTS, COMPONENTS, runs_fp32_in_fp16
 from .validation import validate_graph
 
@@ -120,18 +121,23 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
             raise InputError(f"bundle '{path}' already has {precision} graphs ({', '.join(existing)}); "
                              "pass --force to replace them")
         names = [n for n in entries if n in names]  # the manifest's order: unet before its caching graphs
-        for name in tqdm(names, desc=f"convert {precision}", unit="graph", disable=not progress):
-            staged.drop_graph(name, precision)  # with the engines built from it
-            fp32 = entries[name].graphs["fp32"]
-            for file in (fp32.file, fp32.data):
-                if file:
-                    bundle.check_file(file)
-            spec = COMPONENTS[name]
-            inputs = example_inputs(spec, fp32.validation.shape)
-            expected = _fp32_outputs(bundle, fp32, spec, inputs)
-            graph = fp16_graph(staged.manifest.configs, fp32, bundle.path, staged.path, name,
-                               fp32.validation.shape, inputs, expected)
-            entries[name].graphs[precision] = staged.share_weights(name, precision, graph)
+        bar = tqdm(total=len(names), desc=f"convert {precision}", unit="graph", disable=not progress)
+        with bar, ticking(bar):
+            for name in names:
+                staged.drop_graph(name, precision)  # with the engines built from it
+                fp32 = entries[name].graphs["fp32"]
+                spec = COMPONENTS[name]
+                inputs = example_inputs(spec, fp32.validation.shape)
+                with step(bar, f"{name}: fp32 graph's check and reference outputs", log):
+                    for file in (fp32.file, fp32.data):
+                        if file:
+                            bundle.check_file(file)
+                    expected = _fp32_outputs(bundle, fp32, spec, inputs)
+                with step(bar, f"{name}: {precision} conversion and validation", log):
+                    graph = fp16_graph(staged.manifest.configs, fp32, bundle.path, staged.path, name,
+                                       fp32.validation.shape, inputs, expected)
+                    entries[name].graphs[precision] = staged.share_weights(name, precision, graph)
+                bar.update()
         return staged.commit()
 
 

@@ -30,8 +30,8 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -43,6 +43,15 @@ from .fp16 import convert_to_fp16
 #: Opset of the Q/DQ graphs: QuantizeLinear / DequantizeLinear take fp16 scales from opset 19 on
 #: (and fp8 E4M3 needs 19 anyway).
 FP16_QDQ_OPSET = 19
+
+#: What :func:`quantize_graph` does, in order: ONNX Runtime's ``quantize_static`` first copies the
+#: graph with every tensor to calibrate as an output and opens a session on it
+#: (``calibrate.py: augment_graph``), runs it over the samples (``collect_data``), then computes
+#: each weight's per-channel scale, quantizes it and inserts the Q/DQ pairs
+#: (``qdq_quantizer.py: quantize_model``) and writes the graph; then the fp16 converter retypes it.
+#: The third stage, after the last sample, is the longest on CPU (profiled on ``mid``).
+STAGES = ("ONNX Runtime's quantizer: calibration graph", "ONNX Runtime's quantizer: calibration pass",
+          "ONNX Runtime's quantizer: weight scales and Q/DQ nodes", "fp16 base of the Q/DQ graph")
 
 #: Ops that get Q/DQ on their inputs: what TensorRT runs in 8 bits (convolutions and matmuls).
 QUANTIZED_OP_TYPES = ("Conv", "MatMul", "Gemm")
@@ -95,7 +104,8 @@ def _data_reader(samples: Iterator[dict[str, np.ndarray]]):
 
 
 def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.ndarray]], settings: dict,
-                   exclude: Iterable[str], quantize_bias: bool = False) -> dict:
+                   exclude: Iterable[str], quantize_bias: bool = False,
+                   stage: Callable[[str], None] = lambda what: None) -> dict:
     """Quantize the fp32 graph at ``source`` into a Q/DQ graph on an fp16 base at ``target``
     (+ ``target.data``).
 
@@ -118,6 +128,9 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
         quantize_bias: also quantize Conv/Gemm biases to int32 (DequantizeLinear from int32). Off by
             default because TensorRT's DequantizeLinear does not take int32; on, ONNX Runtime's CPU
             provider can fuse each Conv into QLinearConv (faster on a CPU, see docs/quantization.md).
+        stage: told the name of each stage as it starts (:data:`STAGES`, in order), for a progress
+            bar: the quantizer's one call runs for minutes at SVD scale, most of it after the last
+            sample is read.
     Returns:
         What was done: quantizer, settings, excluded node names.
     Raises:
@@ -129,11 +142,20 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
     fp32_qdq = target.with_name(target.name.removesuffix(".onnx") + ".fp32-base.onnx")
     excluded = excluded_nodes(onnx.load(source, load_external_data=False).graph, exclude)
     quant_type = getattr(QuantType, settings["quant_type"])
+
+    def read() -> Iterator[dict[str, np.ndarray]]:  # tells the stages of quantize_static's one call
+        for i, sample in enumerate(samples):
+            if i == 0:
+                stage(STAGES[1])
+            yield sample
+        stage(STAGES[2])
+
     advice = _DropAdvice()
     logging.getLogger().addFilter(advice)
+    stage(STAGES[0])
     try:
         quantize_static(
-            str(source), str(fp32_qdq), _data_reader(samples), quant_format=QuantFormat.QDQ,
+            str(source), str(fp32_qdq), _data_reader(read()), quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES), per_channel=settings["per_channel"],
             activation_type=quant_type, weight_type=quant_type, nodes_to_exclude=excluded,
             calibrate_method=getattr(CalibrationMethod, settings["calibrate_method"]),
@@ -142,6 +164,7 @@ def quantize_graph(source: Path, target: Path, samples: Iterator[dict[str, np.nd
         )
     finally:
         logging.getLogger().removeFilter(advice)
+    stage(STAGES[3])
     fp16 = convert_to_fp16(fp32_qdq, target, min_opset=FP16_QDQ_OPSET)
     for path in (fp32_qdq, data_path(fp32_qdq)):
         path.unlink()

@@ -16,6 +16,8 @@ A purpose is what the session is for, and it decides how ONNX Runtime may spend 
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -24,6 +26,8 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, first_line
 from ..precisions import precision as lookup_precision
+
+log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 
@@ -112,8 +116,13 @@ def open_session(graph: Path | bytes, purpose: str, providers: Sequence[Provider
     import onnxruntime as ort
 
     options = session_options(purpose, precision, providers, threads)
-    return ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
-                                providers=list(providers))
+    start = time.perf_counter()
+    session = ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                   providers=list(providers))
+    log.info("%s session of %s on %s opened in %.1f s", purpose,
+             "a graph in memory" if isinstance(graph, bytes) else Path(graph).name, ", ".join(session.get_providers()),
+             time.perf_counter() - start)
+    return session
 
 
 def _names(providers: Sequence[Provider]) -> list[str]:

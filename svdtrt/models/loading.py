@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError, first_line
+from ..progress import status
 from ..specs import ModelDims
 from .presets import PRESETS, SVD_FEATURE_EXTRACTOR, SVD_SCHEDULER
 
@@ -91,8 +92,11 @@ def _plain(config) -> dict:
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def load_model(model: str, variant: str | None = None, random_weights: bool = False) -> SvdModel:
-    """Load ``model``: a preset name, a diffusers SVD directory, or a hub id.
+def load_model(model: str, variant: str | None = None, random_weights: bool = False,
+               progress: bool = True) -> SvdModel:
+    """Load ``model``: a preset name, a diffusers SVD directory, or a hub id, showing a ticking
+    status line while it loads or builds (:func:`svdtrt.progress.status`; ``progress`` False
+    shows none; the time is logged at INFO either way).
 
     Args:
         model: a preset (``tiny``, ``small``, ``svd``, ``svd-xt``; see :mod:`svdtrt.models.presets`), a directory with
@@ -111,7 +115,8 @@ def load_model(model: str, variant: str | None = None, random_weights: bool = Fa
         if variant:
             raise InputError(f"--variant applies to a model directory or hub id; preset '{model}' has "
                              "seeded random weights only")
-        return build_preset(model)
+        with status(f"building the {model} preset (seeded random weights)", progress, log):
+            return build_preset(model)
     if random_weights:
         raise InputError(f"--random-weights applies to the presets ({', '.join(PRESETS)}); "
                          f"'{model}' is loaded with its own weights, so drop --random-weights")
@@ -119,14 +124,16 @@ def load_model(model: str, variant: str | None = None, random_weights: bool = Fa
     if path.exists():
         if not path.is_dir():
             raise InputError(f"model '{model}' is a file; give a diffusers SVD directory, a hub id or a preset ({', '.join(PRESETS)})")
-        return _load_pretrained(str(path), {"kind": "directory", "name": str(path.resolve())}, variant)
+        with status(f"loading model '{model}'", progress, log):
+            return _load_pretrained(str(path), {"kind": "directory", "name": str(path.resolve())}, variant)
     if _HUB_ID.match(model):
-        offline = hub_unavailable()
-        if offline and not _in_hub_cache(model):
-            raise InputError(f"model '{model}' is not in the local hub cache and {offline}; download it on a "
-                             "machine that reaches the hub, or give a local diffusers SVD directory")
-        # Offline with the model cached: read the cache only, never the network (no retries).
-        return _load_pretrained(model, {"kind": "hub", "name": model}, variant, local_only=bool(offline))
+        with status(f"loading model '{model}' from the hub", progress, log):
+            offline = hub_unavailable()
+            if offline and not _in_hub_cache(model):
+                raise InputError(f"model '{model}' is not in the local hub cache and {offline}; download it on a "
+                                 "machine that reaches the hub, or give a local diffusers SVD directory")
+            # Offline with the model cached: read the cache only, never the network (no retries).
+            return _load_pretrained(model, {"kind": "hub", "name": model}, variant, local_only=bool(offline))
     raise InputError(
         f"unknown model '{model}': not a preset ({', '.join(PRESETS)}), not an existing directory, "
         f"and not a hub id (owner/name)"

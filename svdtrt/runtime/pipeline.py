@@ -18,6 +18,7 @@ too, as before it had a module of its own).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -26,15 +27,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from tqdm import tqdm
+from transformers import CLIPImageProcessor
 
 from .. import hints
 from ..errors import ClipCancelled, NumericalError
 from ..media.images import check_image_size
+from ..progress import ticking
 from ..specs import CLIP_INPUT_SIZE, ModelDims
 from .backends import Backend
 from .preprocess import resize_with_antialiasing
 from .schedulers import make_scheduler, step_kwargs
 from .settings import SamplingSettings
+
+log = logging.getLogger(__name__)
 
 
 class StageTimer:
@@ -134,9 +142,6 @@ class SvdPipeline:
     """
 
     def __init__(self, backend: Backend, model_info):
-        from diffusers.video_processor import VideoProcessor
-        from transformers import CLIPImageProcessor
-
         self.backend = backend
         self.dims: ModelDims = model_info.dims
         self.bundle_path = getattr(model_info, "path", None)  # for the verify hint; None for a model
@@ -148,8 +153,11 @@ class SvdPipeline:
                  timings: bool = False, cancel: threading.Event | None = None) -> Clip:
         """Generate a clip from ``image`` (an RGB PIL image; it is resized to the clip size).
 
-        ``progress`` shows a bar over the denoising steps; a string is the bar's label (the stage
-        a command is in), True labels it ``denoise``.
+        ``progress`` shows a bar over the denoising steps, from the loading of the graphs to the
+        decoded frames, its postfix naming the stage outside the steps and its clock ticking
+        (:func:`svdtrt.progress.ticking`); a string is the bar's label (the stage a command is
+        in), True labels it ``denoise``. It stays on the screen unless it is drawn below another
+        bar (``bench``'s, over its clips).
         ``timings`` asks for per-stage seconds on a GPU, at the cost of synchronising the device
         around every stage (:class:`StageTimer`); without it the loop queues work unhindered.
         ``cancel``, once set (by another thread: the service, when a request is gone), stops the
@@ -160,15 +168,22 @@ class SvdPipeline:
                 (:func:`svdtrt.media.images.check_image_size`).
             ClipCancelled: ``cancel`` was set.
         """
-        from diffusers.utils.torch_utils import randn_tensor
-        from tqdm import tqdm
+        label = progress if isinstance(progress, str) else "denoise"
+        with tqdm(total=settings.steps, desc=label, unit="step", leave=None, disable=not progress) as bar, \
+                ticking(bar):
+            clip = self._sample(image, settings, bar, timings, cancel)
+        log.info("%s: %s", label, ", ".join(f"{k} {v:.2f} s" for k, v in clip.timings.items()))
+        return clip
 
+    def _sample(self, image: PIL.Image.Image, settings: SamplingSettings, bar, timings: bool,
+                cancel: threading.Event | None) -> Clip:
         s = settings
         s.check(self.dims)
         check_image_size(image)
         device, timer = self.backend.device, StageTimer(self.backend, timed=timings)
         generator = torch.Generator("cpu").manual_seed(s.seed)
         guided = s.max_guidance_scale > 1
+        bar.set_postfix_str("loading the graphs")
         encode_image = self.backend.component("image_encoder")
         encode_vae = self.backend.component("vae_encoder")
         unets = {name: self.backend.component(name) for name in
@@ -178,6 +193,7 @@ class SvdPipeline:
         # imports diffusers' scheduler module, and with it scipy (about 0.5 s here), once per process.
         scheduler = make_scheduler(s.scheduler, self.scheduler_config)
         start = time.perf_counter()
+        bar.set_postfix_str("encoding the image")
 
         # 1. Encode the input image with CLIP; the unconditional embedding is zeros.
         with timer.stage("clip"):
@@ -223,8 +239,9 @@ class SvdPipeline:
         #    reuse it (its conditional half once guidance has ended).
         #    Each step is timed as a whole too, so that the loop's own cost is known.
         deep_feature, unet_calls, step_options = None, [], step_kwargs(s.scheduler, generator)
-        label = progress if isinstance(progress, str) else "denoise"
-        for i, t in enumerate(tqdm(scheduler.timesteps, desc=label, unit="step", disable=not progress)):
+        bar.total = len(scheduler.timesteps)  # a scheduler may take another count than asked
+        bar.set_postfix_str("")
+        for i, t in enumerate(scheduler.timesteps):
             if cancel is not None and cancel.is_set():  # nobody waits for this clip any more
                 raise ClipCancelled(f"the clip was cancelled after {i} of {len(scheduler.timesteps)} steps")
             with timer.stage("step"):
@@ -253,8 +270,10 @@ class SvdPipeline:
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
                 latents = scheduler.step(noise_pred, t, latents, **step_options).prev_sample
+            bar.update()
 
         # 7. Decode in chunks of frames; the temporal decoder mixes frames within a chunk.
+        bar.set_postfix_str("decoding the frames")
         with timer.stage("vae_decode"):
             latents = 1 / self.dims.scaling_factor * latents.flatten(0, 1)
             chunk = s.decode_chunk_size or s.frames

@@ -34,6 +34,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from ..errors import ClipCancelled, InputError, SvdtrtError, first_line
+from ..progress import status
 from ..runtime.settings import SamplingSettings
 from ..specs import CACHING_COMPONENTS
 from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encode_clip
@@ -338,10 +339,13 @@ def serve_forever(options: ServeOptions, host: str, port: int, request_timeout_s
 
     # SIGTERM (docker stop, systemd, Kubernetes) stops it as Ctrl-C does, removing the application
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
+    with status("starting Ray Serve", logger=log):
+        serve.start(http_options={"host": host, "port": port, "request_timeout_s": request_timeout_s})
     try:
         try:
-            serve.run(build_app(options), name="svdtrt", route_prefix="/")
+            with status(f"starting the service: {options.replicas} replica(s) loading {options.worker.backend} "
+                        f"{options.worker.precision}", logger=log):
+                serve.run(build_app(options), name="svdtrt", route_prefix="/")
         except RuntimeError as e:
             raise InputError(f"the service did not start: {first_line(e)[:300]}") from None
         print(f"serving {options.worker.bundle} on http://{host}:{port} ({options.replicas} replica(s) of "

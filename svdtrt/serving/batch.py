@@ -31,6 +31,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,14 +234,19 @@ def check_out(out: Path) -> None:
     Journal(out / JOURNAL).check()
 
 
-def run_batch(job: BatchJob, progress: bool = True) -> BatchSummary:
-    """Make the clips of ``job`` that are not in ``job.out`` yet, on the connected Ray
-    (:func:`svdtrt.serving.cluster.connect`); see the module doc.
+def run_batch(job: BatchJob, progress: bool = True,
+              join: Callable[[], WorkerOptions] | None = None) -> BatchSummary:
+    """Make the clips of ``job`` that are not in ``job.out`` yet, on Ray; see the module doc.
+
+    ``join`` joins Ray and returns the workers' options with their CPUs
+    (:func:`svdtrt.serving.preflight.join`); it is called only when some clip is left to make,
+    so a finished batch starts no Ray. None: Ray is joined and ``job.worker`` is final
+    (:func:`svdtrt.serving.cluster.connect`).
 
     Raises:
         InputError: the output folder cannot be created or written (a full disk included), two
-            images share an output name, a format other than mp4 or npy, or a journal path that
-            is not a file.
+            images share an output name, a format other than mp4 or npy, a journal path that
+            is not a file, or (from ``join``) a Ray cluster that cannot be joined.
         SvdtrtError: a worker cannot load the backend (its own error, e.g. BackendUnavailableError).
     """
     from ..publishing import Lock, os_error_message
@@ -267,7 +273,8 @@ def run_batch(job: BatchJob, progress: bool = True) -> BatchSummary:
                         journal, summary, dataclasses.asdict(job.settings), 0.0)
         todo = deque(i for i in job.images if i not in there)
         if todo:
-            _run(job, todo, names, journal, summary, progress)
+            worker = join() if join is not None else job.worker
+            _run(dataclasses.replace(job, worker=worker), todo, names, journal, summary, progress)
     summary.seconds = time.perf_counter() - start
     return summary
 

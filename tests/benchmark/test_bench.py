@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import re
 
 import numpy as np
@@ -210,14 +211,21 @@ def test_bench_on_cuda_measures_gpu_memory(tiny_bundle, tiny_model, photo):
     assert rows["torch", "fp32"]["accuracy"]["min_psnr_db"] >= 60
 
 
-def test_bench_work_rows_end_to_end(tiny_bundle, tmp_path, run_cli):
+def test_bench_work_rows_end_to_end(tiny_bundle, tmp_path, run_cli, caplog):
     """bench with lists of the work options: one measured row per combination beside the base row,
-    its UNet FLOPs counted from the clip's own calls, its clip compared with the base clip."""
+    its UNet FLOPs counted from the clip's own calls, its clip compared with the base clip; -v logs
+    every clip's stage times under its label, and the loading and the results written."""
     out = tmp_path / "work"
     code, _, err = run_cli("bench", tiny_bundle.path, "--steps", "3", "--warmup", "0", "--repeat", "1",
                            "--backends", "onnxruntime", "--precisions", "fp32", "--device", "cpu",
-                           "--cache-interval", "1,2", "--guidance-steps", "all,1", "--out", out)
+                           "--cache-interval", "1,2", "--guidance-steps", "all,1", "--out", out, "-v")
     assert code == 0, err
+    info = [r.getMessage() for r in caplog.records if r.name.startswith("svdtrt") and r.levelno == logging.INFO]
+    assert any(m.startswith("svdtrt bench: loading PyTorch, diffusers and ONNX Runtime took ") for m in info)
+    for clip in ("diffusers reference clip 1/1", "onnxruntime fp32 clip 1/1",
+                 "onnxruntime fp32 euler, cache interval 2, guidance steps 1 clip 1/1"):
+        assert any(m.startswith(f"bench: {clip}: ") and " total " in m for m in info), clip
+    assert f"published {out}" in info
     results = json.loads((out / "results.json").read_text())
     base = _rows(results)["onnxruntime", "fp32"]
     assert base["work"]["cache_interval"] == 1 and base["work"]["unet_calls"] == 3

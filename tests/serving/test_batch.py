@@ -1,11 +1,13 @@
 """``svdtrt batch`` on a local Ray with the tiny bundle: a worker killed mid-clip costs only that
 clip's retry, every clip is published once with a complete journal, a re-run does no work, and a
-failed clip is recorded with its one-line message and retried by the next run."""
+failed clip is recorded with its one-line message and retried by the next run, and a run with
+nothing left to make joins no Ray."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -79,13 +81,18 @@ def test_a_worker_killed_mid_run_costs_one_retry_and_a_rerun_does_no_work(local_
     assert {int(r["worker"].rsplit(":", 1)[1]) for r in records} - originals
 
     journal, stamps = (out / JOURNAL).read_bytes(), {n: (out / n).stat().st_mtime_ns for n in names}
-    again = run_batch(job, progress=False)
+
+    def no_ray():
+        raise AssertionError("a batch with nothing left to make joined Ray")
+
+    again = run_batch(job, progress=False, join=no_ray)
     assert again.made == [] and again.failed == [] and sorted(again.skipped) == names
     assert (out / JOURNAL).read_bytes() == journal
     assert {n: (out / n).stat().st_mtime_ns for n in names} == stamps
 
 
-def test_failed_clips_are_recorded_and_retried_by_the_next_run(local_ray, tiny_bundle, images, run_cli, tmp_path):
+def test_failed_clips_are_recorded_and_retried_by_the_next_run(local_ray, tiny_bundle, images, run_cli, tmp_path,
+                                                               monkeypatch, caplog):
     from svdtrt.serving.batch import JOURNAL
 
     broken = tmp_path / "broken.png"
@@ -117,6 +124,18 @@ def test_failed_clips_are_recorded_and_retried_by_the_next_run(local_ray, tiny_b
     records = [json.loads(line) for line in (out / JOURNAL).read_text().splitlines()]
     assert records[:2] == first and [(r["output"], r["status"]) for r in records[2:]] == [("broken.npy", "ok")]
     assert np.load(out / "broken.npy").shape == (4, 64, 64, 3)
+
+    # nothing left to make: no Ray is joined; -v logs the loading
+    from svdtrt.serving import preflight
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("a batch with nothing left to make joined Ray")
+
+    monkeypatch.setattr(preflight, "connect", no_ray)
+    code, stdout, err = run_cli(*args, "-v")
+    assert code == 0 and "0 clip(s) made, 2 already in" in stdout and "0 failed" in stdout, err
+    info = [r.getMessage() for r in caplog.records if r.name.startswith("svdtrt") and r.levelno == logging.INFO]
+    assert any(m.startswith("svdtrt batch: loading ONNX Runtime and the bundle's manifest took ") for m in info)
 
 
 def test_images_that_are_not_regular_files_fail_in_one_line_each(local_ray, tiny_bundle, tmp_path):
