@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import logging
 import os
 import secrets
@@ -446,3 +447,42 @@ class OutputFile:
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
             self.discard()
+
+
+class Journal:
+    """A journal of finished work: one JSON record per line, each appended whole (``batch``'s
+    ``clips.jsonl``, ``tune``'s ``candidates.jsonl``).
+
+    Call only under the writer's :class:`Lock` (one writer at a time): :meth:`repair` cuts off a
+    partial last line a killed writer left, :meth:`append` writes a line with one ``write`` to an
+    ``O_APPEND`` file and fsyncs it, so a kill at any instant leaves whole lines only, after repair.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            log.warning("cut off a partial last line of %s, left by an interrupted run", self.path)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):  # a full disk: leave no partial line behind
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(28, "No space left on device")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -95,6 +95,34 @@ def _decode(source, name: str) -> PIL.Image.Image:
         raise InputError(f"'{name}' is not a readable image ({type(e).__name__}); give a PNG or JPEG file") from None
 
 
+def list_images(source: Path) -> list[Path]:
+    """The images of ``source`` (``batch --images``, ``tune --images``): a folder's image files (by
+    :data:`IMAGE_SUFFIXES`, sorted by name, hidden files left out), or a text file listing one path
+    per line (relative paths from the list's folder; blank lines and ``#`` comments skipped).
+
+    Raises:
+        InputError: ``source`` is missing, or lists no image.
+    """
+    source = Path(source)
+    if source.is_dir():
+        images = sorted(p for p in source.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+        if not images:
+            raise InputError(f"folder '{source}' has no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return images
+    if not source.is_file():
+        raise InputError(f"'{source}' not found; give a folder of images or a text file listing one image per line")
+    try:
+        lines = source.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the image list '{source}' ({type(e).__name__}); give a text file "
+                         "with one image path per line") from None
+    images = [source.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not images:
+        raise InputError(f"the image list '{source}' names no image")
+    return images
+
+
 #: Real photographs shipped by scikit-image (``skimage.data``), used by the demo and calibration.
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
-from ..media.images import IMAGE_SUFFIXES
+from ..media.images import list_images
+from ..publishing import Journal
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 
 log = logging.getLogger(__name__)
@@ -41,35 +42,6 @@ JOURNAL = "clips.jsonl"
 #: so one crash (a killed process, an out-of-memory kill) costs one retry; a clip that kills its
 #: worker every time is recorded as failed after that.
 MAX_RESTARTS = 3
-
-
-def list_images(source: Path) -> list[Path]:
-    """The images of ``source``: a folder's image files (by
-    :data:`~svdtrt.media.images.IMAGE_SUFFIXES`, sorted by name, hidden files left out), or a text
-    file listing one path per line (relative paths from the list's folder; blank lines and ``#``
-    comments skipped).
-
-    Raises:
-        InputError: ``source`` is missing, or lists no image.
-    """
-    source = Path(source)
-    if source.is_dir():
-        images = sorted(p for p in source.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-        if not images:
-            raise InputError(f"folder '{source}' has no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return images
-    if not source.is_file():
-        raise InputError(f"'{source}' not found; give a folder of images or a text file listing one image per line")
-    try:
-        lines = source.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read the image list '{source}' ({type(e).__name__}); give a text file "
-                         "with one image path per line") from None
-    images = [source.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not images:
-        raise InputError(f"the image list '{source}' names no image")
-    return images
 
 
 def output_names(images: list[Path], fmt: str) -> dict[Path, str]:
@@ -85,44 +57,6 @@ def output_names(images: list[Path], fmt: str) -> dict[Path, str]:
             raise InputError(f"'{names[name]}' and '{image}' would both write '{name}'; rename one of them")
         names[name] = image
     return {image: name for name, image in names.items()}
-
-
-class Journal:
-    """``OUT/clips.jsonl``: one JSON record per line, each appended whole.
-
-    Call only under the batch's lock (one writer at a time): :meth:`repair` cuts off a partial last
-    line a killed writer left, :meth:`append` writes a line with one ``write`` to an ``O_APPEND``
-    file and fsyncs it.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def repair(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-            log.warning("cut off a partial last line of %s, left by an interrupted run", self.path)
-
-    def append(self, record: dict) -> None:
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            written = os.write(fd, line)
-            if written != len(line):  # a full disk: leave no partial line behind
-                os.ftruncate(fd, os.fstat(fd).st_size - written)
-                raise OSError(28, "No space left on device")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def records(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 class ClipWorker:

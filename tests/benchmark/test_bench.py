@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from svdtrt.benchmark import FILES, bundle_precisions, parse_names, run_benchmark
-from svdtrt.benchmark.measure import PeakMemory, order_stats
+from svdtrt.runtime.measure import PeakMemory, order_stats
 from svdtrt.bundle.store import Bundle
 from svdtrt.errors import InputError
 from svdtrt.runtime.pipeline import SamplingSettings, StageTimer
