@@ -20,12 +20,12 @@ PACKAGE = Path(svdtrt.__file__).parent
 #: foundation is the package root and its modules.
 LAYERS = {
     "foundation": ("svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtrt.hints",
-                   "svdtrt.environment", "svdtrt.publishing"),
+                   "svdtrt.environment", "svdtrt.publishing", "svdtrt.lists"),
     "graphs": ("svdtrt.graphs",),
     "shared": ("svdtrt.bundle", "svdtrt.models", "svdtrt.media"),
     "runtime": ("svdtrt.runtime",),
     "stages": ("svdtrt.export", "svdtrt.calibration", "svdtrt.build", "svdtrt.check", "svdtrt.benchmark",
-               "svdtrt.serving"),
+               "svdtrt.serving", "svdtrt.tune"),
     "entry": ("svdtrt.cli", "svdtrt.__main__"),
 }
 RANK = {layer: i for i, layer in enumerate(LAYERS)}
