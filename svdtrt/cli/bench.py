@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError
-from .args import SAMPLING, WORK_LISTS
+from .args import PROFILE, SAMPLING, WORK_LISTS
 
 
 def bench(args) -> int:
     """``svdtrt bench``: every row asked for measured, the results written to ``--out`` and printed
     as Markdown; exit code 0. The lists, the output directory, the settings of every row and each
-    row's host memory are checked before anything is measured."""
+    row's host memory are checked before anything is measured. ``--profile NAME`` adds the profile's
+    settings as a work row and, unless ``--backends``/``--precisions`` are given, measures its backend
+    and its precision beside fp32."""
     import shlex
 
     import torch
@@ -28,8 +30,14 @@ def bench(args) -> int:
         raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
+    profile = PROFILE.parse(args, bundle)
     # the full-compute base first, then one row per other work-reduction combination
     settings, *work = [SAMPLING.parse(args, bundle, w) for w in WORK_LISTS.parse(args)]
+    if profile:
+        given = {"scheduler": None, "cache_interval": None, "guidance_steps": None}  # the lists' are not the profile's
+        work.append(SAMPLING.parse(args, bundle, given, profile))
+        backends = backends or [profile.settings.backend]
+        precisions = precisions or list(dict.fromkeys(["fp32", profile.settings.precision]))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # rows run one at a time: each must fit on its own
     rows = [(b, p, device) for b in backends or BACKENDS for p in precisions or bundle.precisions()]

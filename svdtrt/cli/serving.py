@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import InputError
-from .args import BACKEND, REPLICAS, SAMPLING, WORK, WORKERS
+from .args import BACKEND, PROFILE, REPLICAS, SAMPLING, WORK, WORKERS
 
 
 def serve(args) -> int:
@@ -17,11 +17,12 @@ def serve(args) -> int:
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
     bundle = Bundle.open(args.bundle)
-    worker = REPLICAS.parse(args, bundle, BACKEND.parse(args))
+    profile = PROFILE.parse(args, bundle)
+    worker = REPLICAS.parse(args, bundle, BACKEND.parse(args, profile))
     from ..serving.app import ServeOptions, serve_forever
 
-    serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
-                  args.request_timeout)
+    serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued, profile=args.profile),
+                  args.host, args.port, args.request_timeout)
     return 0
 
 
@@ -32,8 +33,9 @@ def batch(args) -> int:
     from ..serving.batch import JOURNAL, BatchJob, list_images, output_names
 
     bundle = Bundle.open(args.bundle)
-    choice = BACKEND.parse(args)
-    settings = SAMPLING.parse(args, bundle, WORK.parse(args))
+    profile = PROFILE.parse(args, bundle)
+    choice = BACKEND.parse(args, profile)
+    settings = SAMPLING.parse(args, bundle, WORK.parse(args), profile)
     SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts
