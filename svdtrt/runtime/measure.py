@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 
-
 @dataclass(frozen=True)
 class OrderStats:
     """Median and 90th percentile, min, max and count of repeated measurements (seconds, for

@@ -2,9 +2,10 @@
 result files (docs/architecture.md, "Tuning").
 
 - ``candidates.jsonl`` (:class:`svdtrt.publishing.Journal`): the first line says what the tune
-  measures (:class:`Identity`); then one line per finished candidate evaluation
-  (:class:`CandidateRecord`), appended whole under the folder's lock, so a kill loses at most the
-  candidate in flight and a re-run continues from the records.
+  measures (:class:`Identity`); then one line per finished pass of a candidate (its first pass,
+  the rest of its tuning images, its held-out check: :class:`CandidateRecord`), appended whole
+  under the folder's lock, so a kill loses at most the pass in flight and a re-run continues from
+  the records.
 - ``reference/<image sha256>-seed<seed>.npy``: the full-compute fp32 clip of each image,
   float32 [F, H, W, 3] in [0, 1], published whole (:class:`svdtrt.publishing.OutputFile`).
 - ``results.json``, ``results.md``, ``pareto.png``: written from the journal by every run, each

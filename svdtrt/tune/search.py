@@ -15,13 +15,14 @@
    - else its full pass on the other images, which may make it a floor's answer.
 3. The answers checked on the held-out images (their own reference clips first).
 
-Each finished candidate is one journal record; a re-run takes every record of the bundle's
-current graphs and measures only what is missing. ``--time-budget`` ends the search before a
-candidate whose predicted clips would overrun it.
+Each finished pass of a candidate is one journal record; a re-run takes every record of the
+bundle's current graphs and measures only what is missing. ``--time-budget`` ends the search
+before a candidate whose predicted clips would overrun it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -41,11 +42,11 @@ from ..runtime.backends import create_backend
 from ..runtime.measure import PeakMemory, load_average, machine_info
 from ..runtime.pipeline import SvdPipeline
 from ..runtime.settings import SamplingSettings
-from . import results as R
 from .cost import CallTimer, CostModel, call_name, parse_call_name
 from .folder import CandidateRecord, Identity, ImageResult, TuneFolder, open_folder
 from .report import write_results
-from .results import CandidateResult, Recommendation, RunLoad, TuneImage, TuneResults
+from .results import (COMPLETE, FAILS_EVERY_FLOOR, FIRST_PASS_OVER_BUDGET, OVER_BUDGET, PREDICTED_SLOWER,
+                      SLOWER_THAN_ANSWERS, CandidateResult, ImageKey, Recommendation, RunLoad, TuneImage, TuneResults)
 from .space import Floor, clip_settings, reference_candidate
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,7 @@ class _Search:
         self.reference = reference_candidate(job.backend)
         self.table = {c: CandidateResult(c, unet_flops=self.cost.unet_flops(c)) for c in job.candidates}
         self.order: list[CandidateResult] = []  # as taken up
+        self.taken: set[ProfileSettings] = set()
         self.start = time.perf_counter()
         self.run_id = f"{datetime.datetime.now():%Y%m%dT%H%M%S}-{os.getpid()}"
         self.clips_made = self.clips_reused = 0
@@ -149,7 +151,7 @@ class _Search:
         self.precision: str | None = None
         self.timer: CallTimer | None = None
         self.pipeline: SvdPipeline | None = None
-        self.references: dict[R.ImageKey, np.ndarray] = {}
+        self.references: dict[ImageKey, np.ndarray] = {}
         self.memory = PeakMemory()
         self.runs: dict[str, list[float | None]] = {}
         self._load_records()
@@ -185,7 +187,7 @@ class _Search:
         ref = self.table[self.reference]
         self._take_up(ref)
         self._measure(ref, self.images, "tuning")
-        ref.status = R.COMPLETE
+        ref.status = COMPLETE
         for precision in precisions:
             queue = [r for r in self.table.values() if r.candidate.precision == precision and r is not ref]
             while queue and not self.stopped_by_budget:
@@ -195,21 +197,22 @@ class _Search:
                 if not self.job.exhaustive and self._slower_than_every_answer(predicted):
                     for r in [result, *queue]:
                         self._take_up(r, predicted=self.cost.predict(r.candidate))
-                        self._settle(r, R.PREDICTED_SLOWER)
+                        self._settle(r, PREDICTED_SLOWER)
                     break
                 self._take_up(result, predicted)
                 self._evaluate(result)
         for r in self.table.values():
-            if r not in self.order:  # the budget ended the search before it
+            if r.candidate not in self.taken:  # the budget ended the search before it
                 self._take_up(r)
-                self._settle(r, R.OVER_BUDGET)
+                self._settle(r, OVER_BUDGET)
         self.bar.close()
         if not self.stopped_by_budget:
             self._check_held_out()
 
     def _take_up(self, result: CandidateResult, predicted: float | None = None) -> None:
-        if result not in self.order:
+        if result.candidate not in self.taken:
             result.predicted_seconds = predicted
+            self.taken.add(result.candidate)
             self.order.append(result)
             self.bar.set_postfix_str(result.label)
             self.bar.update()
@@ -218,20 +221,20 @@ class _Search:
         """First pass, then the full pass if the first pass leaves it a chance (module doc)."""
         first = self.images[:1]
         if not self._measure(result, first, "tuning"):
-            result.status = R.OVER_BUDGET
+            result.status = OVER_BUDGET
             return
         psnr, ssim = result.quality(first)
         seconds = result.seconds(first)
         meets = [f for f in self.job.floors if f.met(psnr, ssim)]
         if not self.job.exhaustive:
             if not meets:
-                result.status = R.FAILS_EVERY_FLOOR
+                result.status = FAILS_EVERY_FLOOR
                 return
             if all(seconds > self._answer_seconds(f) * (1 + MARGIN) for f in meets):
-                result.status = R.SLOWER_THAN_ANSWERS
+                result.status = SLOWER_THAN_ANSWERS
                 return
         complete = self._measure(result, self.images, "tuning")
-        result.status = R.COMPLETE if complete else R.FIRST_PASS_OVER_BUDGET
+        result.status = COMPLETE if complete else FIRST_PASS_OVER_BUDGET
 
     def answer(self, floor: Floor) -> CandidateResult:
         """The fastest complete candidate that meets ``floor`` (the reference meets every floor)."""
@@ -250,7 +253,7 @@ class _Search:
         """Mark a candidate the search does not measure (further) with ``status``, unless the
         journal already held more of it."""
         if result.complete(self.images):
-            result.status = R.COMPLETE
+            result.status = COMPLETE
         elif result.tuning:
             result.status = f"first pass, then {status.removeprefix('not measured: ')}"
         else:
@@ -323,8 +326,8 @@ class _Search:
         return self.references.get(image.key)
 
     def _reference_frames(self, image: TuneImage) -> np.ndarray:
-        """The reference clip of ``image``: cached, or made now (the reference goes first on every
-        image set, so this only makes one when its file vanished during the run)."""
+        """The reference clip of ``image`` (the reference is measured first on every image set, and
+        remakes a clip whose file is gone, so a missing one is a bug)."""
         frames = self._cached_reference(image)
         if frames is None:
             raise RuntimeError(f"no reference clip of {image.name}: the reference is measured first")  # a bug
@@ -344,12 +347,12 @@ class _Search:
         # A session's first calls at a new shape are slower (allocation, kernel choice): one short
         # clip per kind of call keeps them out of the first pass's timing.
         caching = any(c.precision == precision and c.cache_interval > 1 for c in self.table)
-        warm_ups = [dict(steps=2, guidance_steps=1)] + ([dict(steps=4, cache_interval=2, guidance_steps=2)]
-                                                        if caching else [])
+        warm_ups = [{"steps": 2, "guidance_steps": 1}]
+        if caching:
+            warm_ups.append({"steps": 4, "cache_interval": 2, "guidance_steps": 2})
         image = self.pixels[self.images[0].key]
         for work in warm_ups:
-            self.pipeline(image, SamplingSettings(**{**vars(job.base), "scheduler": self.reference.scheduler,
-                                                     **work}))
+            self.pipeline(image, dataclasses.replace(job.base, scheduler=self.reference.scheduler, **work))
         self.timer.take()
 
     def close(self) -> None:
@@ -373,14 +376,13 @@ class _Search:
 
     def results(self, created: str, machine) -> TuneResults:
         job = self.job
-        untouched = [r for r in self.table.values() if r not in self.order]
         runs = [RunLoad(run, len(loads), min((x for x in loads if x is not None), default=None),
                         max((x for x in loads if x is not None), default=None)) for run, loads in self.runs.items()]
         return TuneResults(
             created=created, command=job.command, machine=machine, runs=runs,
             bundle={"path": str(job.bundle.path), "source": job.bundle.source}, backend=job.backend, clip=job.clip(),
             images=self.images, held_out_images=self.held_out_images, floors=job.floors,
-            reference=self.table[self.reference], candidates=self.order + untouched,
+            reference=self.table[self.reference], candidates=self.order,
             recommendations=[Recommendation(f, self.answer(f)) for f in job.floors],
             stopped_by_budget=self.stopped_by_budget, clips_made=self.clips_made, clips_reused=self.clips_reused,
             seconds=time.perf_counter() - self.start)
