@@ -133,8 +133,8 @@ class SamplingArgs(ArgGroup):
 
         return SamplingSettings.for_bundle(
             bundle, refuse_outside_range=None if args.allow_outside_range else self.OUTSIDE_RANGE_ADVICE,
-            profile=profile and profile.settings, seed=args.seed, steps=args.steps, frames=args.frames, height=args.height, width=args.width,
-            fps=args.fps, motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+            profile=profile and profile.settings, seed=args.seed, steps=args.steps, frames=args.frames,
+            height=args.height, width=args.width, fps=args.fps, motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
             min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale,
             decode_chunk_size=args.decode_chunk_size, **work)
 
@@ -271,13 +271,20 @@ class BackendArgs(ArgGroup):
 class ProfileArgs(ArgGroup):
     """``--profile NAME``: a bundle's named sampling settings from ``svdtrt tune --apply`` (not
     ``build --profile``, TensorRT's optimization profile). Its backend, precision and work
-    reduction stand where no option gives one (:meth:`BackendArgs.parse`, :meth:`SamplingArgs.parse`)."""
+    reduction stand where no option gives one (:meth:`BackendArgs.parse`, :meth:`SamplingArgs.parse`).
+
+    Args:
+        use: what the command does with the profile, for ``--help``.
+    """
+
+    def __init__(self, use: str = "its backend, precision, scheduler, steps, cache interval and guidance steps, "
+                                  "where no option gives one (default: none, the exact settings)"):
+        self.use = use
 
     def add_options(self, p) -> None:
         p.add_argument("--profile", metavar="NAME",
-                       help="use the bundle's tuned profile NAME (from 'svdtrt tune --apply'; 'svdtrt info BUNDLE' "
-                            "lists them): its backend, precision, scheduler, steps, cache interval and guidance "
-                            "steps, where no option gives one (default: none, the exact settings)")
+                       help=f"the bundle's tuned profile NAME (from 'svdtrt tune --apply'; 'svdtrt info BUNDLE' "
+                            f"lists them): {self.use}")
 
     def parse(self, args, bundle) -> Profile | None:
         """The bundle's profile named ``--profile``, checked against the bundle; None without one.
@@ -339,5 +346,7 @@ WORK_LISTS = WorkListArgs()
 BACKEND = BackendArgs()
 TUNE_BACKEND = BackendArgs(precision=False)
 PROFILE = ProfileArgs()
+BENCH_PROFILE = ProfileArgs("also measured: its settings as a work row, its backend and precision (beside fp32) as the "
+                            "rows unless --backends or --precisions say otherwise")
 REPLICAS = RayArgs("replicas")
 WORKERS = RayArgs("workers")

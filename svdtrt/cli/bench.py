@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError
-from .args import PROFILE, SAMPLING, WORK_LISTS
+from .args import BENCH_PROFILE, SAMPLING, WORK_LISTS
 
 
 def bench(args) -> int:
@@ -30,7 +30,7 @@ def bench(args) -> int:
         raise InputError(f"'{args.out}' already exists; choose another path or pass --force to replace it")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image) if args.image else sample_image()
-    profile = PROFILE.parse(args, bundle)
+    profile = BENCH_PROFILE.parse(args, bundle)
     # the full-compute base first, then one row per other work-reduction combination
     settings, *work = [SAMPLING.parse(args, bundle, w) for w in WORK_LISTS.parse(args)]
     if profile:

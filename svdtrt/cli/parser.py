@@ -11,8 +11,8 @@ from ..precisions import NAMES as PRECISIONS
 from ..precisions import made_by
 from ..runtime.schedulers import SCHEDULERS
 from ..specs import DEFAULT_OPSET
-from .args import (BACKEND, BUILD_SHAPES, EXPORT_SHAPES, PROFILE, REPLICAS, SAMPLING, TUNE_BACKEND, WORK, WORK_LISTS,
-                   WORKERS)
+from .args import (BACKEND, BENCH_PROFILE, BUILD_SHAPES, EXPORT_SHAPES, PROFILE, REPLICAS, SAMPLING, TUNE_BACKEND, WORK,
+                   WORK_LISTS, WORKERS)
 
 #: What ``svdtrt --help`` says svdtrt is (plain text: argparse prints it as it is).
 DESCRIPTION = ("Stable Video Diffusion exported to ONNX and TensorRT, run and checked against diffusers. "
@@ -151,11 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory to create: results.json, results.md, stages.png, tradeoff.png, work.png "
                         "(default svdtrt-bench)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    _compose(p, SAMPLING, WORK_LISTS)
-    p.add_argument("--profile", metavar="NAME",
-                   help="also measure the bundle's tuned profile NAME ('svdtrt tune --apply'): its settings as a "
-                        "work row, its backend and precision (with fp32) as the rows unless --backends or "
-                        "--precisions say otherwise")
+    _compose(p, SAMPLING, WORK_LISTS, BENCH_PROFILE)
 
     p = sub.add_parser("serve", help="serve clips over HTTP on Ray Serve (POST /v1/clips, GET /healthz)")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)

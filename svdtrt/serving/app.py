@@ -84,10 +84,12 @@ def _settings_form_fields() -> dict:
         # service's --profile sets stands where a request gives none
         default = None if f.default is dataclasses.MISSING or f.name in ("steps", *PROFILE_FIELDS) else f.default
         flag = f"--{f.name.replace('_', '-')}"
-        what = {"frames": "the bundle's", "height": "the bundle's", "width": "the bundle's",
-                "steps": "the service's profile, else the scheduler's"}.get(
-            f.name, "the service's profile, else run's" if f.name in PROFILE_FIELDS else "run's") \
-            if default is None else default
+        if default is not None:
+            what = default
+        elif f.name in ("steps", *PROFILE_FIELDS):
+            what = "the service's --profile, else " + ("the scheduler's" if f.name == "steps" else "run's")
+        else:
+            what = {"frames": "the bundle's", "height": "the bundle's", "width": "the bundle's"}.get(f.name, "run's")
         fields[f.name] = (hints[f.name] | None, pydantic.Field(default, description=f"as `svdtrt run {flag}` "
                                                                                     f"(default: {what})"))
     return fields

@@ -46,3 +46,38 @@ def test_the_call_timer_times_every_planned_unet_call_and_prices_them(tiny_bundl
     assert np.isclose(cost.predict(full), fixed + 3 * rate * cost.call_flops(("unet", 2)))
     # another precision is priced like fp32 until it is measured
     assert cost.predict(full.model_copy(update={"precision": "int8"})) == cost.predict(full)
+
+
+class _Ordered:
+    """A stand-in for a GPU backend's queue, over the real ONNX Runtime backend: it records when
+    the device is synchronised and when a component is called."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.device, self.events = backend, backend.name, backend.device, []
+
+    def component(self, name):
+        fn = self.backend.component(name)
+
+        def call(inputs):
+            self.events.append(name)
+            return fn(inputs)
+
+        return call
+
+    def synchronize(self):
+        self.events.append("sync")
+
+    def close(self):
+        self.backend.close()
+
+
+def test_each_timed_call_is_between_two_synchronisations(tiny_bundle, photo):
+    """On a GPU a call returns before its work is done: a call's seconds are true only between
+    synchronisations of the device (as the loop's StageTimer takes them)."""
+    ordered = _Ordered(create_backend("onnxruntime", tiny_bundle))
+    with CallTimer(ordered) as timer:
+        SvdPipeline(timer, tiny_bundle)(photo, SamplingSettings.for_bundle(tiny_bundle, None, steps=2))
+    unet = [i for i, e in enumerate(ordered.events) if e == "unet"]
+    assert len(unet) == 2
+    assert all(ordered.events[i - 1] == "sync" and ordered.events[i + 1] == "sync" for i in unet)
+    assert "sync" not in ordered.events[:ordered.events.index("unet") - 1]  # the encoders are not timed per call
