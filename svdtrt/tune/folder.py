@@ -17,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..bundle.manifest import ProfileSettings
 from ..errors import InputError
@@ -38,8 +38,9 @@ class _Record(BaseModel):
 
 class Identity(_Record):
     """What a tune measures, besides the candidates and images: records of another identity are
-    not comparable (another backend, clip, thread count, model or reference weights)."""
+    not comparable (another machine, backend, clip, thread count, model or reference weights)."""
 
+    machine: str
     backend: str
     device: str
     threads: int | None
@@ -97,9 +98,6 @@ class CandidateRecord(_Record):
     time: str
 
 
-_LINE = TypeAdapter(Annotated[Header | CandidateRecord, Field(discriminator="kind")])
-
-
 class TuneFolder:
     """An opened ``--out`` folder (:func:`open_folder`); use it only while it is open."""
 
@@ -107,23 +105,39 @@ class TuneFolder:
         self.path = Path(path)
         self.journal = Journal(self.path / JOURNAL)
 
-    def _lines(self) -> list[Header | CandidateRecord]:
-        lines = []
-        for i, record in enumerate(self.journal.records(), 1):
+    def header(self) -> Header | None:
+        """The journal's first line; None where there is no whole one (no journal, or a first write
+        a kill cut short).
+
+        Raises:
+            ValueError: a whole first line that is not a tune's header (another version's journal).
+        """
+        try:
+            with open(self.journal.path, "rb") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None
+        if not first.endswith(b"\n"):
+            return None
+        try:
+            return Header.model_validate_json(first)
+        except ValidationError:
+            raise ValueError(first[:200]) from None
+
+    def records(self) -> list[CandidateRecord]:
+        """The finished passes, oldest first (call after :meth:`Journal.repair`, under the lock).
+
+        Raises:
+            InputError: a line that is not a tune record.
+        """
+        records = []
+        for i, text in enumerate(self.journal.path.read_bytes().splitlines()[1:], 2):
             try:
-                lines.append(_LINE.validate_python(record))
+                records.append(CandidateRecord.model_validate_json(text))
             except ValidationError:
                 raise InputError(f"line {i} of '{self.journal.path}' is not a tune record; pass --force to start "
                                  "this tune over") from None
-        return lines
-
-    def header(self) -> Header | None:
-        lines = self._lines() if self.journal.path.exists() else []
-        return lines[0] if lines and isinstance(lines[0], Header) else None
-
-    def records(self) -> list[CandidateRecord]:
-        """The finished candidate evaluations, oldest first."""
-        return [r for r in self._lines() if isinstance(r, CandidateRecord)]
+        return records
 
     def append(self, record: Header | CandidateRecord) -> None:
         try:
@@ -173,14 +187,15 @@ def open_folder(path: str | os.PathLike, identity: Identity, created: str, force
         raise InputError(f"--out '{path}' is a file; give a folder for the tune's journal and results")
     folder = TuneFolder(path)
     if path.is_dir():
-        header = folder.header()
         ours = {JOURNAL, f".{JOURNAL}.lock", REFERENCES, *RESULT_FILES}  # what a run killed before its header leaves
-        if header is None and any(p.name not in ours for p in path.iterdir()):
-            problem = "is not a tune folder (it has no candidates.jsonl)"
+        try:
+            header, problem = folder.header(), None
+        except ValueError:
+            header, problem = None, f"has a {JOURNAL} this svdtrt cannot read (another version's)"
+        if problem is None and header is None and any(p.name not in ours for p in path.iterdir()):
+            problem = f"is not a tune folder (it has no {JOURNAL})"
         elif header is not None and header.identity != identity:
             problem = f"holds a tune of {_difference(header.identity, identity)}"
-        else:
-            problem = None
         if problem and not force:
             raise InputError(f"--out '{path}' {problem}; choose another folder, or pass --force to start over there")
         if problem:
@@ -193,14 +208,15 @@ def open_folder(path: str | os.PathLike, identity: Identity, created: str, force
             raise InputError(os_error_message(path, e)) from None
     with Lock(folder.journal.path, purpose="tune"):
         folder.journal.repair()
-        if folder.header() is None:
+        if folder.header() is None:  # a new folder, or a first write a kill cut short (repair removed it)
             folder.append(Header(identity=identity, created=created))
         yield folder
 
 
 def _difference(old: Identity, new: Identity) -> str:
     """What differs between two identities, in words."""
-    for name, what in (("config_hashes", "another model"), ("reference_weights", "other fp32 weights"),
+    for name, what in (("machine", f"another machine ({old.machine})"), ("config_hashes", "another model"),
+                       ("reference_weights", "other fp32 weights"),
                        ("backend", f"the {old.backend} backend"), ("device", f"device {old.device}"),
                        ("threads", f"{old.threads} threads"), ("clip", "another clip size or conditioning")):
         if getattr(old, name) != getattr(new, name):

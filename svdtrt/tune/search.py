@@ -39,7 +39,7 @@ from ..media.metrics import PSNR_CAP_DB, clip_metrics
 from ..precisions import NAMES as PRECISION_NAMES
 from ..publishing import checkpoint
 from ..runtime.backends import create_backend
-from ..runtime.measure import PeakMemory, load_average, machine_info
+from ..runtime.measure import Machine, PeakMemory, load_average, machine_info
 from ..runtime.pipeline import SvdPipeline
 from ..runtime.settings import SamplingSettings
 from .cost import CallTimer, CostModel, call_name, parse_call_name
@@ -99,8 +99,11 @@ class TuneJob:
         return {k: v for k, v in vars(self.base).items() if k not in ("scheduler", "steps", "cache_interval",
                                                                       "guidance_steps")}
 
-    def identity(self) -> Identity:
-        return Identity(backend=self.backend, device=self.device, threads=self.threads, clip=self.clip(),
+    def identity(self, machine: Machine) -> Identity:
+        """What the journal's records were measured with (:class:`~svdtrt.tune.folder.Identity`)."""
+        gpus = ", ".join(machine.gpus) or "none"
+        return Identity(machine=f"{machine.cpu}, {machine.cpus_usable} usable cores, GPUs: {gpus}",
+                        backend=self.backend, device=self.device, threads=self.threads, clip=self.clip(),
                         config_hashes=dict(self.bundle.manifest.config_hashes),
                         reference_weights=weights_identity(self.bundle, "fp32"))
 
@@ -119,7 +122,7 @@ def run_tune(job: TuneJob, progress: bool = False) -> TuneResults:
     """
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     machine = machine_info()
-    with open_folder(job.out, job.identity(), created, job.force) as folder:
+    with open_folder(job.out, job.identity(machine), created, job.force) as folder:
         search = _Search(job, folder, progress)
         try:
             search.run()

@@ -88,3 +88,14 @@ def test_an_out_that_is_not_a_tune_folder_is_left_alone(tiny_bundle, tune_images
     code, _, err = run_cli(*tune_args(tiny_bundle.path, out, tune_images))
     assert code == 2 and message in err and err.count("\n") == 1
     assert out.is_file() or (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_line_half_written_by_a_killed_tune_is_cut_off(tuned, tune_images, tmp_path, run_cli):
+    out = shutil.copytree(tuned[1], tmp_path / "tune")
+    whole = (out / "candidates.jsonl").read_bytes()
+    with open(out / "candidates.jsonl", "ab") as f:
+        f.write(b'{"kind": "candidate", "candidate": {"backend": "onnx')  # a write the kill cut short
+    code, stdout, err = run_cli(*tune_args(tuned[0], out, tune_images))
+    assert code == 0, err
+    assert (out / "candidates.jsonl").read_bytes() == whole  # cut off; nothing was left to measure
+    assert "0 clips made" in stdout
