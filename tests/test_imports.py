@@ -20,7 +20,7 @@ PACKAGE = Path(svdtrt.__file__).parent
 #: foundation is the package root and its modules.
 LAYERS = {
     "foundation": ("svdtrt", "svdtrt.errors", "svdtrt.specs", "svdtrt.precisions", "svdtrt.hints",
-                   "svdtrt.environment", "svdtrt.publishing", "svdtrt.lists"),
+                   "svdtrt.environment", "svdtrt.publishing"),
     "graphs": ("svdtrt.graphs",),
     "shared": ("svdtrt.bundle", "svdtrt.models", "svdtrt.media"),
     "runtime": ("svdtrt.runtime",),

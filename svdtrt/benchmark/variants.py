@@ -1,12 +1,12 @@
 """What ``svdtrt bench`` measures, from its comma-separated lists: the backends and precisions
-(:func:`svdtrt.lists.parse_names`), and the work-reduction combinations (:func:`work_variants`), each
+(:func:`svdtrt.runtime.lists.parse_names`), and the work-reduction combinations (:func:`work_variants`), each
 checked so that a mistake is one line before minutes of measuring."""
 
 from __future__ import annotations
 
 import itertools
 
-from ..lists import parse_integers, parse_names
+from ..runtime.lists import parse_integers, parse_names
 from ..runtime.schedulers import SCHEDULERS
 
 

@@ -16,10 +16,10 @@ import math
 from ..bundle.manifest import Floor as FloorEntry
 from ..bundle.manifest import ProfileSettings
 from ..errors import InputError
-from ..lists import parse_integers, parse_names
 from ..media.metrics import PSNR_CAP_DB
 from ..precisions import NAMES as PRECISION_NAMES
 from ..precisions import PRECISIONS
+from ..runtime.lists import parse_integers, parse_names
 from ..runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, scheduler_choice
 from ..runtime.settings import SamplingSettings
 from ..specs import CACHING_COMPONENTS

@@ -4,7 +4,7 @@ line that names the option, before minutes of measuring."""
 
 from __future__ import annotations
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str] | None:
