@@ -24,7 +24,15 @@ def tune(args) -> int:
     from ..bundle.store import Bundle
     from ..models.loading import load_model, reference_model
     from ..runtime.settings import SamplingSettings
-    from ..tune import TuneJob, apply_profiles, candidates, floors, profiles_from, refuse_replacing, run_tune
+    from ..tune import (
+        TuneJob,
+        apply_profiles,
+        candidates,
+        floors,
+        profiles_from,
+        refuse_replacing,
+        run_tune,
+    )
 
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
         raise InputError(f"--time-budget must be a number of minutes above 0, got {args.time_budget}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import socket
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
-from ..media.images import list_images
 from ..publishing import Journal
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 

@@ -16,15 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..bundle.manifest import ProfileSettings
 from ..errors import InputError
-from ..publishing import DirectoryTransaction, Journal, Lock, OutputFile, os_error_message
+from ..publishing import (
+    DirectoryTransaction,
+    Journal,
+    Lock,
+    OutputFile,
+    os_error_message,
+)
 
 JOURNAL = "candidates.jsonl"
 REFERENCES = "reference"

@@ -6,7 +6,13 @@ from __future__ import annotations
 import datetime
 import os
 
-from ..bundle.manifest import Profile, ProfileClip, ProfileImage, ProfileQuality, ProfileSpeed
+from ..bundle.manifest import (
+    Profile,
+    ProfileClip,
+    ProfileImage,
+    ProfileQuality,
+    ProfileSpeed,
+)
 from ..bundle.profiles import measured_with
 from ..bundle.store import Bundle, changing
 from ..errors import InputError

@@ -48,24 +48,24 @@ def markdown(results: TuneResults) -> str:
         f"- command: `{results.command}`" if results.command else "- command: (API call)",
         f"- machine: {results.machine.summary()}",
         f"- clips used, by the run that made them: {loads}",
-        f"- backend {results.backend}; clip: {c['frames']} frames, {c['width']}x{c['height']}, seed {c['seed']} "
+        (f"- backend {results.backend}; clip: {c['frames']} frames, {c['width']}x{c['height']}, seed {c['seed']} "
         "(image i: seed + i), guidance "
-        f"{c['min_guidance_scale']}-{c['max_guidance_scale']}",
-        f"- tuning images: {', '.join(i.name for i in images)} (first passes on {images[0].name}); held out: "
-        f"{', '.join(i.name for i in results.held_out_images) or 'none'}",
-        f"- search: {len(results.candidates)} candidates; {len(complete)} measured on every image, "
+        f"{c['min_guidance_scale']}-{c['max_guidance_scale']}"),
+        (f"- tuning images: {', '.join(i.name for i in images)} (first passes on {images[0].name}); held out: "
+        f"{', '.join(i.name for i in results.held_out_images) or 'none'}"),
+        (f"- search: {len(results.candidates)} candidates; {len(complete)} measured on every image, "
         f"{len(first_only)} on the first only, {len(untouched)} not measured; {results.clips_made} clips made by "
-        f"this run, {results.clips_reused} taken from the journal; {results.seconds / 60:.1f} min",
+        f"this run, {results.clips_reused} taken from the journal; {results.seconds / 60:.1f} min"),
         "",
-        "Quality is the worst frame over the images against the reference, the full-compute fp32 clip "
-        "of the same backend and seeds; seconds are the median per clip over a candidate's clips.",
+        ("Quality is the worst frame over the images against the reference, the full-compute fp32 clip "
+        "of the same backend and seeds; seconds are the median per clip over a candidate's clips."),
     ]
     if results.stopped_by_budget:
-        lines += ["", "**The time budget ended the search**: the answers below are the best measured so far; "
-                      "run the same command again to continue."]
+        lines += ["", ("**The time budget ended the search**: the answers below are the best measured so far; "
+                      "run the same command again to continue.")]
     lines += ["", "## Recommendation per floor", "",
-              "| profile | floor | settings | s/clip | x exact | PSNR dB | SSIM | held-out PSNR dB | held-out SSIM "
-              "| UNet GFLOP/clip |",
+              ("| profile | floor | settings | s/clip | x exact | PSNR dB | SSIM | held-out PSNR dB | held-out SSIM "
+              "| UNet GFLOP/clip |"),
               "|---|---|---|---|---|---|---|---|---|---|"]
     for rec in results.recommendations:
         r = rec.result
@@ -81,8 +81,8 @@ def markdown(results: TuneResults) -> str:
         lines.append(f"| {r.label} | {_s(r.seconds(images))} | {_speedup(results, r)} | {q[0]} | {q[1]} "
                      f"| {r.unet_flops / 1e9:.1f} | {results.reference.unet_flops / r.unet_flops:.2f} |")
     lines += ["", "## Every candidate", "",
-              "In the order the search took them up; PSNR and SSIM over the images measured (the first only, "
-              "for a first pass).", "",
+              ("In the order the search took them up; PSNR and SSIM over the images measured (the first only, "
+              "for a first pass)."), "",
               "| settings | status | predicted s | s/clip | PSNR dB | SSIM | images | UNet GFLOP/clip |",
               "|---|---|---|---|---|---|---|---|"]
     for r in results.candidates:

@@ -45,8 +45,20 @@ from ..runtime.settings import SamplingSettings
 from .cost import CallTimer, CostModel, call_name, parse_call_name
 from .folder import CandidateRecord, Identity, ImageResult, TuneFolder, open_folder
 from .report import write_results
-from .results import (COMPLETE, FAILS_EVERY_FLOOR, FIRST_PASS_OVER_BUDGET, OVER_BUDGET, PREDICTED_SLOWER,
-                      SLOWER_THAN_ANSWERS, CandidateResult, ImageKey, Recommendation, RunLoad, TuneImage, TuneResults)
+from .results import (
+    COMPLETE,
+    FAILS_EVERY_FLOOR,
+    FIRST_PASS_OVER_BUDGET,
+    OVER_BUDGET,
+    PREDICTED_SLOWER,
+    SLOWER_THAN_ANSWERS,
+    CandidateResult,
+    ImageKey,
+    Recommendation,
+    RunLoad,
+    TuneImage,
+    TuneResults,
+)
 from .space import Floor, clip_settings, reference_candidate
 
 log = logging.getLogger(__name__)

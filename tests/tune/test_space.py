@@ -9,7 +9,13 @@ from svdtrt.errors import BundleError, InputError
 from svdtrt.media.metrics import PSNR_CAP_DB
 from svdtrt.runtime.schedulers import SCHEDULERS
 from svdtrt.runtime.settings import SamplingSettings
-from svdtrt.tune.space import CACHE_INTERVALS, GUIDANCE_SHARES, candidates, floors, reference_candidate
+from svdtrt.tune.space import (
+    CACHE_INTERVALS,
+    GUIDANCE_SHARES,
+    candidates,
+    floors,
+    reference_candidate,
+)
 
 
 @pytest.fixture(scope="module")
