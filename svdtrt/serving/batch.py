@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
+from ..media.images import list_images  # noqa: F401  (batch's image list; its callers import it from here)
 from ..publishing import Journal
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 
