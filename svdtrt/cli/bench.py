@@ -19,10 +19,11 @@ def bench(args) -> int:
 
     import torch
 
-    from ..benchmark import BACKENDS, PRECISIONS, markdown, parse_names, run_benchmark, write_results
+    from ..benchmark import BACKENDS, PRECISIONS, markdown, run_benchmark, write_results
     from ..bundle.store import Bundle
     from ..media.images import load_image, sample_image
     from ..models.loading import load_model, reference_model
+    from ..runtime.lists import parse_names
 
     backends = parse_names(args.backends, BACKENDS, "backend")
     precisions = parse_names(args.precisions, PRECISIONS, "precision")
