@@ -96,7 +96,7 @@ def _print_summary(results, out: Path) -> None:
     images = results.images
     done = len(results.complete())
     first = sum(1 for r in results.candidates if r.tuning and not r.complete(images))
-    print(f"tune of {results.bundle['path']} on {results.backend}: {len(results.candidates)} candidates, {done} "
+    print(f"tune of {results.bundle_path} on {results.backend}: {len(results.candidates)} candidates, {done} "
           f"measured on every image, {first} on the first only, {len(results.candidates) - done - first} not "
           f"measured; {results.clips_made} clips made, {results.clips_reused} from the journal, in "
           f"{results.seconds / 60:.1f} min (load {results.machine.load_average} at start, "

@@ -33,7 +33,7 @@ def profiles_from(results: TuneResults, bundle: Bundle) -> dict[str, Profile]:
     bundle's config hashes and weights it was measured with."""
     images, held_out = results.images, results.held_out_images
     fast = next(f for f in results.floors if f.name == "fast")
-    reference = results.reference
+    reference, b = results.reference, results.base
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     profiles = {}
     for rec in results.recommendations:
@@ -49,8 +49,7 @@ def profiles_from(results: TuneResults, bundle: Bundle) -> dict[str, Profile]:
             speed=ProfileSpeed(seconds_per_clip=seconds, clips=len(r.clips(images)), exact_seconds_per_clip=exact,
                                speedup_vs_exact=exact / seconds, unet_flops=r.unet_flops,
                                exact_unet_flops=reference.unet_flops),
-            clip=ProfileClip(frames=results.clip["frames"], height=results.clip["height"],
-                             width=results.clip["width"], seed=results.clip["seed"]),
+            clip=ProfileClip(frames=b.frames, height=b.height, width=b.width, seed=b.seed),
             images=[_image(i) for i in images], held_out_images=[_image(i) for i in held_out],
             machine=results.machine.summary(),
             measured_with=measured_with(bundle, ["fp32", r.candidate.precision]), created=created)

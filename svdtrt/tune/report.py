@@ -36,21 +36,21 @@ def _speedup(results: TuneResults, r: CandidateResult) -> str:
 def markdown(results: TuneResults) -> str:
     """The results as Markdown."""
     images = results.images
-    c = results.clip
+    c = results.base
     complete = results.complete()
     first_only = [r for r in results.candidates if r.tuning and not r.complete(images)]
     untouched = [r for r in results.candidates if not r.tuning]
     loads = "; ".join(f"run {run.run}: {run.records} clip(s), 1-minute load {run.load_min}-{run.load_max}"
                       for run in results.runs)
     lines = [
-        f"# svdtrt tune: {results.bundle['source']} ({results.bundle['path']})",
+        f"# svdtrt tune: {results.source} ({results.bundle_path})",
         "",
         f"- command: `{results.command}`" if results.command else "- command: (API call)",
         f"- machine: {results.machine.summary()}",
         f"- clips used, by the run that made them: {loads}",
-        (f"- backend {results.backend}; clip: {c['frames']} frames, {c['width']}x{c['height']}, seed {c['seed']} "
+        (f"- backend {results.backend}; clip: {c.frames} frames, {c.width}x{c.height}, seed {c.seed} "
         "(image i: seed + i), guidance "
-        f"{c['min_guidance_scale']}-{c['max_guidance_scale']}"),
+        f"{c.min_guidance_scale}-{c.max_guidance_scale}"),
         (f"- tuning images: {', '.join(i.name for i in images)} (first passes on {images[0].name}); held out: "
         f"{', '.join(i.name for i in results.held_out_images) or 'none'}"),
         (f"- search: {len(results.candidates)} candidates; {len(complete)} measured on every image, "
@@ -123,7 +123,7 @@ def plot_pareto(results: TuneResults, path: Path) -> None:
                         textcoords="offset points", xytext=(5, 5), fontsize="x-small")
     ax.set_xlabel("seconds per clip (median)")
     ax.set_ylabel("worst-frame PSNR vs full-compute fp32 (dB)")
-    ax.set_title(f"svdtrt tune: {results.bundle['source']}, {results.backend}")
+    ax.set_title(f"svdtrt tune: {results.source}, {results.backend}")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")

@@ -11,8 +11,9 @@ import numpy as np
 
 from ..bundle.manifest import ProfileSettings
 from ..runtime.measure import Machine
+from ..runtime.settings import SamplingSettings
 from .folder import ImageResult
-from .space import Floor
+from .space import Floor, clip_fields
 
 RESULT_SCHEMA = "svdtrt-tune/1"
 
@@ -115,9 +116,10 @@ class TuneResults:
         created, command: when, and the command line (None for an API call).
         machine: this run's machine, with the load at its start and end.
         runs: every run whose records the results use.
-        bundle: the bundle's path and source model name.
+        bundle_path, source: the bundle's path and its source model's name.
         backend: the backend every candidate ran on.
-        clip: the clip's settings (size, seed of the first image, conditioning).
+        base: the clip's settings (size, seed of the first image, conditioning; its work fields
+            are the reference's).
         images, held_out_images: the tuning images (the first is the first pass's) and the check
             images.
         floors: fast, balanced, exact.
@@ -133,9 +135,10 @@ class TuneResults:
     command: str | None
     machine: Machine
     runs: list[RunLoad]
-    bundle: dict[str, str]
+    bundle_path: str
+    source: str
     backend: str
-    clip: dict
+    base: SamplingSettings
     images: list[TuneImage]
     held_out_images: list[TuneImage]
     floors: list[Floor]
@@ -179,7 +182,8 @@ class TuneResults:
 
         return {"schema": RESULT_SCHEMA, "created": self.created, "command": self.command,
                 "machine": dataclasses.asdict(self.machine), "runs": [dataclasses.asdict(r) for r in self.runs],
-                "bundle": self.bundle, "backend": self.backend, "clip": self.clip,
+                "bundle": {"path": self.bundle_path, "source": self.source}, "backend": self.backend,
+                "clip": clip_fields(self.base),
                 "images": [dataclasses.asdict(i) for i in self.images],
                 "held_out_images": [dataclasses.asdict(i) for i in self.held_out_images],
                 "floors": [dataclasses.asdict(f) for f in self.floors],

@@ -59,7 +59,7 @@ from .results import (
     TuneImage,
     TuneResults,
 )
-from .space import Floor, clip_settings, reference_candidate
+from .space import Floor, clip_fields, clip_settings, reference_candidate
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +106,11 @@ class TuneJob:
     force: bool = False
     command: str | None = None
 
-    def clip(self) -> dict:
-        """The clip's settings but the work a candidate sets: size, seed, conditioning."""
-        return {k: v for k, v in vars(self.base).items() if k not in ("scheduler", "steps", "cache_interval",
-                                                                      "guidance_steps")}
-
     def identity(self, machine: Machine) -> Identity:
         """What the journal's records were measured with (:class:`~svdtrt.tune.folder.Identity`)."""
         gpus = ", ".join(machine.gpus) or "none"
         return Identity(machine=f"{machine.cpu}, {machine.cpus_usable} usable cores, GPUs: {gpus}",
-                        backend=self.backend, device=self.device, threads=self.threads, clip=self.clip(),
+                        backend=self.backend, device=self.device, threads=self.threads, clip=clip_fields(self.base),
                         config_hashes=dict(self.bundle.manifest.config_hashes),
                         reference_weights=weights_identity(self.bundle, "fp32"))
 
@@ -395,7 +390,7 @@ class _Search:
                         max((x for x in loads if x is not None), default=None)) for run, loads in self.runs.items()]
         return TuneResults(
             created=created, command=job.command, machine=machine, runs=runs,
-            bundle={"path": str(job.bundle.path), "source": job.bundle.source}, backend=job.backend, clip=job.clip(),
+            bundle_path=str(job.bundle.path), source=job.bundle.source, backend=job.backend, base=job.base,
             images=self.images, held_out_images=self.held_out_images, floors=job.floors,
             reference=self.table[self.reference], candidates=self.order,
             recommendations=[Recommendation(f, self.answer(f)) for f in job.floors],

@@ -94,6 +94,15 @@ def reference_candidate(backend: str) -> ProfileSettings:
                            steps=scheduler_choice(DEFAULT_SCHEDULER).default_steps, cache_interval=1)
 
 
+#: The settings a candidate sets; the rest of :class:`SamplingSettings` is the clip's.
+WORK_FIELDS = ("scheduler", "steps", "cache_interval", "guidance_steps")
+
+
+def clip_fields(base: SamplingSettings) -> dict[str, str | int | float | None]:
+    """The clip's settings but the work a candidate sets: size, seed, conditioning, by name."""
+    return {k: v for k, v in vars(base).items() if k not in WORK_FIELDS}
+
+
 def clip_settings(base: SamplingSettings, c: ProfileSettings) -> SamplingSettings:
     """The settings of candidate ``c``'s clip: ``base`` (size, seed, conditioning) with its work."""
     return dataclasses.replace(base, scheduler=c.scheduler, steps=c.steps, cache_interval=c.cache_interval,
