@@ -174,3 +174,17 @@ def install_extra(extra: str = GPU_EXTRA, replace_onnxruntime: bool = False) -> 
     index = ["--extra-index-url", NVIDIA_INDEX] if extra == GPU_EXTRA else []
     install = shlex.join(["pip", "install", *target, *index])
     return chain("pip uninstall -y onnxruntime" if replace_onnxruntime else "", install)
+
+
+def tune(bundle: str | os.PathLike, min_psnr_db: float | None = 30.0, min_ssim: float | None = None,
+         backend: str | None = None, force: bool = False) -> str:
+    """``svdtrt tune BUNDLE [--backend B] [--min-psnr DB] [--min-ssim S] --apply [--force]``: the
+    command that measures a bundle's profiles (again, with ``force``: replacing those there)."""
+    words = ["tune", bundle]
+    if backend and backend != "onnxruntime":
+        words += ["--backend", backend]
+    if min_psnr_db is not None:
+        words += ["--min-psnr", f"{min_psnr_db:g}"]
+    if min_ssim is not None:
+        words += ["--min-ssim", f"{min_ssim:g}"]
+    return svdtrt(*words, "--apply", *(["--force"] if force else []))

@@ -655,3 +655,57 @@ class OutputFile:
     def __del__(self):
         if getattr(self, "_fd", None) is not None:
             self.discard()
+
+
+class Journal:
+    """A journal of finished work: one JSON record per line, each appended whole (``batch``'s
+    ``clips.jsonl``, ``tune``'s ``candidates.jsonl``).
+
+    Call only under the writer's :class:`Lock` (one writer at a time): :meth:`repair` cuts off a
+    partial last line a killed writer left, :meth:`append` writes a line with one ``write`` to an
+    ``O_APPEND`` file and fsyncs it, so a kill at any instant leaves whole lines only, after repair.
+    """
+
+    def __init__(self, path: Path, owner: str = "svdtrt"):
+        self.path = Path(path)
+        self.owner = owner  # the command that keeps it, for messages
+
+    def check(self) -> None:
+        """Raise :class:`~svdtrt.errors.InputError` unless the journal is a regular file or not there yet."""
+        if os.path.lexists(self.path) and (self.path.is_symlink() or not self.path.is_file()):
+            raise InputError(f"'{self.path}' is {path_kind(self.path)}, where {self.owner} keeps its journal "
+                             f"({self.path.name}); move it away or choose another --out")
+
+    def repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            log.warning("cut off a partial last line of %s, left by an interrupted run", self.path)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):  # a full disk: leave no partial line behind
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(28, "No space left on device")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def records(self) -> list[dict]:
+        """The journal's records, in order (a line that is not a JSON object, from an edit by
+        hand, is left out)."""
+        if not self.path.exists():
+            return []
+        records = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return [r for r in records if isinstance(r, dict)]

@@ -25,7 +25,7 @@ LAYERS = {
     "shared": ("svdtrt.bundle", "svdtrt.models", "svdtrt.media"),
     "runtime": ("svdtrt.runtime",),
     "stages": ("svdtrt.export", "svdtrt.calibration", "svdtrt.build", "svdtrt.check", "svdtrt.benchmark",
-               "svdtrt.serving"),
+               "svdtrt.serving", "svdtrt.tune"),
     "entry": ("svdtrt.cli", "svdtrt.__main__"),
 }
 RANK = {layer: i for i, layer in enumerate(LAYERS)}

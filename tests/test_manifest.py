@@ -157,3 +157,26 @@ def test_dump_refuses_an_inconsistent_manifest(tiny_bundle):
     m.files.pop("unet.fp32.onnx")
     with pytest.raises(ValueError, match="files does not list unet.fp32.onnx"):
         schema.dump(m)
+
+
+def test_profiles_round_trip_and_a_manifest_without_them_is_written_without_the_key(tiny_bundle):
+    """An svdtrt from before profiles refuses unknown keys: a bundle without profiles stays readable by it."""
+    text = schema.dump(tiny_bundle.manifest)
+    assert b'"profiles"' not in text
+    settings = schema.ProfileSettings(backend="onnxruntime", precision="fp32", scheduler="euler", steps=12,
+                                      cache_interval=2)
+    profile = schema.Profile(
+        settings=settings, floor=schema.Floor(min_psnr_db=30.0), tuned_for=schema.Floor(min_psnr_db=30.0),
+        quality=schema.ProfileQuality(min_psnr_db=33.0, min_ssim=0.97),
+        speed=schema.ProfileSpeed(seconds_per_clip=1.0, clips=3, exact_seconds_per_clip=2.0, speedup_vs_exact=2.0,
+                                  unet_flops=10, exact_unet_flops=20),
+        clip=schema.ProfileClip(frames=4, height=64, width=64, seed=0), images=[], machine="a machine",
+        measured_with=schema.MeasuredWith(config_hashes=dict(tiny_bundle.manifest.config_hashes), weights={}),
+        created="now")
+    m = tiny_bundle.manifest.model_copy(update={"profiles": {"fast": profile}})
+    again = schema.parse(schema.dump(m), "b")
+    assert again.profiles == {"fast": profile}
+    raw = json.loads(schema.dump(m))
+    raw["profiles"]["fast"]["settings"]["steps"] = "12"
+    with pytest.raises(BundleError, match="field 'profiles.fast.settings.steps'"):
+        schema.parse(json.dumps(raw), "b")

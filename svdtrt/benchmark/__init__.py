@@ -8,7 +8,7 @@ precision, side by side with diffusers' own pipeline (``svdtrt bench``; ``benchm
 from .report import FILES, markdown, write_results
 from .results import RESULT_SCHEMA, BenchResults, Row
 from .runner import BACKENDS, PRECISIONS, REFERENCE, bundle_precisions, run_benchmark
-from .variants import parse_names, work_variants
+from .variants import work_variants
 
 __all__ = ["BACKENDS", "FILES", "PRECISIONS", "REFERENCE", "RESULT_SCHEMA", "BenchResults", "Row", "bundle_precisions",
-           "markdown", "parse_names", "run_benchmark", "work_variants", "write_results"]
+           "markdown", "run_benchmark", "work_variants", "write_results"]

@@ -47,14 +47,12 @@ def _mib(n: int | None) -> str:
 
 def markdown(results: BenchResults) -> str:
     """The results as Markdown: settings, the measured table, the loop overhead, the skipped rows."""
-    s, m = results.settings, results.machine
+    s = results.settings
     lines = [
         f"# svdtrt bench: {results.bundle['source'].get('name', results.bundle['path'])}",
         "",
         f"- command: `{results.command}`" if results.command else "- command: (API call)",
-        f"- machine: {m['cpu']}, {m['cpus_usable']} usable cores, {_mib(m['memory_bytes'])} MiB RAM, "
-        f"GPUs: {', '.join(m['gpus']) or 'none'}; load average {m['load_average']} at start, "
-        f"{m.get('load_average_end')} at end",
+        f"- machine: {results.machine.summary()}",
         f"- clip: {s['frames']} frames, {s['width']}x{s['height']}, {s['steps']} steps, seed {s['seed']}, "
         f"guidance {s['min_guidance_scale']}-{s['max_guidance_scale']}; {results.warmup} warm-up and "
         f"{results.repeat} measured clips per row",

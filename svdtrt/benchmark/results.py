@@ -6,35 +6,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..runtime.measure import Machine, Memory, OrderStats
+
 RESULT_SCHEMA = "svdtrt-bench/1"
-
-
-@dataclass(frozen=True)
-class OrderStats:
-    """Median and 90th percentile, min, max and count of one stage's seconds over a row's
-    measured clips (:func:`svdtrt.benchmark.measure.order_stats`)."""
-
-    median: float
-    p90: float
-    min: float
-    max: float
-    n: int
-
-
-@dataclass(frozen=True)
-class Memory:
-    """Peak memory over a row (:class:`svdtrt.benchmark.measure.PeakMemory`), bytes.
-
-    Attributes:
-        host_method: ``"VmHWM"`` (peak since the row began) or ``"ru_maxrss"`` (peak since the
-            process started: an upper bound).
-        peak_gpu_bytes: ``torch.cuda.max_memory_allocated``; None without CUDA.
-    """
-
-    peak_rss_bytes: int | None
-    rss_start_bytes: int | None
-    host_method: str
-    peak_gpu_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -148,7 +122,7 @@ class BenchResults:
 
     Attributes:
         created, command: when, and the command line (None for an API call).
-        machine: the machine (:func:`svdtrt.benchmark.measure.machine_info`), with the load
+        machine: the machine (:func:`svdtrt.runtime.measure.machine_info`), with the load
             average at the end (``load_average_end``).
         versions: package versions.
         bundle: ``{"path", "source", "precisions"}``.
@@ -161,7 +135,7 @@ class BenchResults:
 
     created: str
     command: str | None
-    machine: dict
+    machine: Machine
     versions: dict
     bundle: dict
     settings: dict
@@ -181,7 +155,7 @@ class BenchResults:
 
     def to_json(self) -> dict:
         """``results.json``."""
-        return {"schema": RESULT_SCHEMA, "created": self.created, "command": self.command, "machine": self.machine,
+        return {"schema": RESULT_SCHEMA, "created": self.created, "command": self.command, "machine": asdict(self.machine),
                 "versions": self.versions, "bundle": self.bundle, "settings": self.settings, "image": self.image,
                 "warmup": self.warmup, "repeat": self.repeat, "device": self.device, "threads": self.threads,
                 "work": self.work, "rows": [r.to_json() for r in self.rows],

@@ -25,9 +25,9 @@ from ..precisions import NAMES
 from ..progress import ticking
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
+from ..runtime.measure import PeakMemory, load_average, machine_info, order_stats
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
 from ..runtime.schedulers import use_scheduler
-from .measure import PeakMemory, load_average, machine_info, order_stats
 from .results import BenchResults, Overhead, Row, Work
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, d
             results.rows.append(row)
             results.work_rows += work_rows
     _add_ratios(results.rows)
-    results.machine["load_average_end"] = load_average()
+    results.machine.load_average_end = load_average()
     results.seconds = time.perf_counter() - start
     return results
 

@@ -17,7 +17,9 @@ Rules beyond types, checked on every read and write:
   levels) and ``dims`` are what those configs give (:mod:`svdtrt.bundle.configs`).
 
 The format version is :data:`FORMAT_VERSION`; a manifest of another version is refused with a
-message saying to re-export (version 1 had no ``files`` and no schema).
+message saying to re-export (version 1 had no ``files`` and no schema). ``profiles`` (named sampling
+settings from ``svdtrt tune --apply``) came later within version 2: older bundles lack it and read
+as having none, and a manifest without profiles is written without the key.
 """
 
 from __future__ import annotations
@@ -253,6 +255,111 @@ class EngineEntry(Schema):
     sidecar: RelPath
 
 
+class ProfileSettings(Schema):
+    """What a profile sets: the backend and precision, and the work-reduction settings of
+    :class:`~svdtrt.runtime.settings.SamplingSettings` (``guidance_steps`` None: every step).
+    Also ``svdtrt tune``'s candidate (frozen, so it keys the tune's tables)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: str
+    precision: PrecisionName
+    scheduler: str
+    steps: Positive
+    cache_interval: Positive
+    guidance_steps: Annotated[int, Field(ge=0)] | None = None
+
+    def describe(self) -> str:
+        """The settings in words, backend aside: ``fp32 euler 15 steps, cache 2, guidance 12``."""
+        g = "all" if self.guidance_steps is None else self.guidance_steps
+        return f"{self.precision} {self.scheduler} {self.steps} steps, cache {self.cache_interval}, guidance {g}"
+
+
+class Floor(Schema):
+    """A quality floor: the worst frame over every tuning image against the full-compute fp32 clip
+    (PSNR in dB, SSIM); None where the floor sets no bound."""
+
+    min_psnr_db: Finite | None = None
+    min_ssim: Finite | None = None
+
+    def describe(self) -> str:
+        """``PSNR >= 30 dB and SSIM >= 0.95``."""
+        return " and ".join(text for text in (self.min_psnr_db is not None and f"PSNR >= {self.min_psnr_db:g} dB",
+                                              self.min_ssim is not None and f"SSIM >= {self.min_ssim:g}") if text)
+
+
+class ProfileQuality(Schema):
+    """A profile's measured quality: the worst frame over the tuning images (and over the held-out
+    images, when ``tune`` checked them) against the full-compute fp32 clip, PSNR in dB and SSIM."""
+
+    min_psnr_db: Finite
+    min_ssim: Finite
+    held_out_min_psnr_db: Finite | None = None
+    held_out_min_ssim: Finite | None = None
+
+
+class ProfileSpeed(Schema):
+    """A profile's measured speed: median seconds per clip over ``clips`` clips, the exact
+    profile's measured in the same run beside it, and the UNet FLOPs per clip of each (counted,
+    :mod:`svdtrt.models.flops`)."""
+
+    seconds_per_clip: Seconds
+    clips: Positive
+    exact_seconds_per_clip: Seconds
+    speedup_vs_exact: Finite
+    unet_flops: Annotated[int, Field(ge=0)]
+    exact_unet_flops: Annotated[int, Field(ge=0)]
+
+
+class ProfileClip(Schema):
+    """The clip a profile was measured on: size (frames; pixels) and the first image's seed."""
+
+    frames: Positive
+    height: Positive
+    width: Positive
+    seed: Annotated[int, Field(ge=0)]
+
+
+class ProfileImage(Schema):
+    name: str
+    sha256: Sha256
+    seed: Annotated[int, Field(ge=0)]
+
+
+class MeasuredWith(Schema):
+    """What a profile was measured with: the model's config hashes, and the weights identity
+    (:func:`svdtrt.bundle.profiles.weights_identity`) of the graphs of each precision it ran
+    (its own and fp32, the reference's)."""
+
+    config_hashes: dict[str, Sha256]
+    weights: dict[PrecisionName, Sha256]
+
+
+class Profile(Schema):
+    """A named profile: settings found by ``svdtrt tune`` and how they measured
+    (docs/architecture.md, "Tuning").
+
+    Attributes:
+        floor: the floor it was chosen for (None for ``exact``: the reference itself).
+        machine: the machine and its load while the tune ran, in words
+            (:meth:`svdtrt.runtime.measure.Machine.summary`).
+        tuned_for: the floor ``svdtrt tune`` was given (``--min-psnr``, ``--min-ssim``), from
+            which every profile's floor follows: what measuring it again takes.
+    """
+
+    settings: ProfileSettings
+    floor: Floor | None
+    tuned_for: Floor
+    quality: ProfileQuality
+    speed: ProfileSpeed
+    clip: ProfileClip
+    images: list[ProfileImage]
+    held_out_images: list[ProfileImage] = []
+    machine: str
+    measured_with: MeasuredWith
+    created: str
+
+
 class Manifest(Schema):
     """The whole ``manifest.json`` (see the module doc for the rules)."""
 
@@ -269,6 +376,7 @@ class Manifest(Schema):
     components: dict[ComponentName, ComponentEntry]
     calibration: dict[str, CalibrationEntry] = {}
     engines: dict[str, EngineEntry] = {}
+    profiles: dict[str, Profile] = {}
 
     def referenced_files(self) -> set[str]:
         """Every file name the manifest refers to, besides ``files`` itself."""
@@ -375,7 +483,9 @@ def dump(manifest: Manifest) -> bytes:
         pydantic.ValidationError, ValueError: the manifest breaks a rule (a bug in the stage
             that built it).
     """
-    text = manifest.model_dump_json(indent=2) + "\n"
+    # A bundle without profiles is written without the key, so that an svdtrt from before profiles
+    # (which refuses unknown keys) still reads it: adding profiles changes no format version.
+    text = manifest.model_dump_json(indent=2, exclude=None if manifest.profiles else {"profiles"}) + "\n"
     Manifest.model_validate_json(text, strict=True)
     problem = manifest.files_problem() or configs_problem(manifest.configs, manifest.dims.model_dump())
     if problem:

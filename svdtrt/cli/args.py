@@ -19,6 +19,7 @@ from ..runtime.limits import FPS_RANGE, MAX_STEPS, MOTION_BUCKET_RANGE
 from ..runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 
 if TYPE_CHECKING:
+    from ..bundle.manifest import Profile
     from ..runtime.settings import SamplingSettings
     from ..serving.worker import WorkerOptions
 
@@ -119,9 +120,10 @@ class SamplingArgs(ArgGroup):
                        help="guidance at the last frame, >= 0; <= 1 turns guidance off (default 3)")
         g.add_argument("--decode-chunk-size", type=int, help="frames per VAE decode call (default: all)")
 
-    def parse(self, args, bundle, work: dict) -> SamplingSettings:
+    def parse(self, args, bundle, work: dict, profile: Profile | None = None) -> SamplingSettings:
         """The checked settings of a clip from ``bundle`` (its default size and range) with the
-        ``work`` reduction (:meth:`WorkArgs.parse`, or one of :meth:`WorkListArgs.parse`).
+        ``work`` reduction (:meth:`WorkArgs.parse`, or one of :meth:`WorkListArgs.parse`) over the
+        ``profile``'s (:meth:`ProfileArgs.parse`; the options given win).
 
         Raises:
             InputError: a setting outside its limits, or a size outside the bundle's exported
@@ -131,8 +133,8 @@ class SamplingArgs(ArgGroup):
 
         return SamplingSettings.for_bundle(
             bundle, refuse_outside_range=None if args.allow_outside_range else self.OUTSIDE_RANGE_ADVICE,
-            seed=args.seed, steps=args.steps, frames=args.frames, height=args.height, width=args.width,
-            fps=args.fps, motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
+            profile=profile and profile.settings, seed=args.seed, steps=args.steps, frames=args.frames,
+            height=args.height, width=args.width, fps=args.fps, motion_bucket_id=args.motion_bucket_id, noise_aug_strength=args.noise_aug_strength,
             min_guidance_scale=args.min_guidance_scale, max_guidance_scale=args.max_guidance_scale,
             decode_chunk_size=args.decode_chunk_size, **work)
 
@@ -216,9 +218,11 @@ class WorkArgs(ArgGroup):
     def add_options(self, g) -> None:
         lists = self.lists
         choices = ", ".join(f"{n} ({c.summary}, {c.default_steps} steps)" for n, c in SCHEDULERS.items())
-        g.add_argument("--scheduler", default=DEFAULT_SCHEDULER, choices=None if lists else tuple(SCHEDULERS),
+        # Single values default to None, so that a --profile's value stands where none is given.
+        g.add_argument("--scheduler", default=DEFAULT_SCHEDULER if lists else None,
+                       choices=None if lists else tuple(SCHEDULERS),
                        help=f"diffusers scheduler: {choices} (default {DEFAULT_SCHEDULER})")
-        g.add_argument("--cache-interval", default="1" if lists else 1, type=str if lists else int,
+        g.add_argument("--cache-interval", default="1" if lists else None, type=str if lists else int,
                        help="block caching: the full UNet every N-th step, the shallow UNet between (default 1: "
                             "no caching)")
         g.add_argument("--guidance-steps", default=None, type=str if lists else int,
@@ -226,7 +230,8 @@ class WorkArgs(ArgGroup):
                             "(default: every step" + ("; 'all' in a list" if lists else "") + ")")
 
     def parse(self, args) -> dict:
-        """The three values as :class:`~svdtrt.runtime.settings.SamplingSettings` keywords."""
+        """The three values as :class:`~svdtrt.runtime.settings.SamplingSettings` keywords (None:
+        not given)."""
         return {"scheduler": args.scheduler, "cache_interval": args.cache_interval,
                 "guidance_steps": args.guidance_steps}
 
@@ -255,7 +260,7 @@ class BackendChoice:
     layer's ``WorkerOptions``); ``model``: the ``--model`` name, None for the bundle's own."""
 
     backend: str
-    precision: str
+    precision: str | None
     device: str
     model: str | None
     cuda_graph: bool
@@ -268,14 +273,27 @@ class BackendChoice:
 
 
 class BackendArgs(ArgGroup):
-    """The backend, precision and backend options of ``run``, ``check``, ``serve`` and ``batch``."""
+    """The backend, precision and backend options of ``run``, ``check``, ``serve`` and ``batch``
+    (``tune``'s without ``--precision``: it takes a list of them).
+
+    Args:
+        precision: add ``--precision``.
+    """
+
+    #: The defaults where neither an option nor a profile gives a value.
+    BACKEND, PRECISION = "onnxruntime", "fp32"
+
+    def __init__(self, precision: bool = True):
+        self.precision = precision
 
     def add_options(self, p) -> None:
-        p.add_argument("--backend", default="onnxruntime", choices=BACKENDS,
-                       help="what runs the components (default onnxruntime, on CPU; onnxruntime-cuda and "
+        # backend and precision default to None, so that a --profile's value stands where none is given
+        p.add_argument("--backend", choices=BACKENDS,
+                       help=f"what runs the components (default {self.BACKEND}, on CPU; onnxruntime-cuda and "
                             "onnxruntime-trt need onnxruntime-gpu; tensorrt runs engines from 'svdtrt build')")
-        p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                       help="graph or engine precision to run (default fp32)")
+        if self.precision:
+            p.add_argument("--precision", choices=PRECISIONS,
+                           help=f"graph or engine precision to run (default {self.PRECISION})")
         p.add_argument("--cuda-graph", action="store_true",
                        help="tensorrt: replay a static-profile UNet engine from a CUDA graph")
         p.add_argument("--one-engine-at-a-time", action="store_true",
@@ -285,9 +303,45 @@ class BackendArgs(ArgGroup):
         p.add_argument("--model", help="source model for the torch backend and the reference "
                                        "(default: the one recorded in the bundle's manifest)")
 
-    def parse(self, args) -> BackendChoice:
-        return BackendChoice(args.backend, args.precision, args.device, args.model, args.cuda_graph,
-                             args.one_engine_at_a_time)
+    def parse(self, args, profile: Profile | None = None) -> BackendChoice:
+        """The options given, else the ``profile``'s backend and precision, else the defaults
+        (precision None without ``--precision``)."""
+        settings = profile.settings if profile else None
+        backend = args.backend or (settings.backend if settings else self.BACKEND)
+        precision = (args.precision or (settings.precision if settings else self.PRECISION)) if self.precision else None
+        return BackendChoice(backend, precision, args.device, args.model, args.cuda_graph, args.one_engine_at_a_time)
+
+
+class ProfileArgs(ArgGroup):
+    """``--profile NAME``: a bundle's named sampling settings from ``svdtrt tune --apply`` (not
+    ``build --profile``, TensorRT's optimization profile). Its backend, precision and work
+    reduction stand where no option gives one (:meth:`BackendArgs.parse`, :meth:`SamplingArgs.parse`).
+
+    Args:
+        use: what the command does with the profile, for ``--help``.
+    """
+
+    def __init__(self, use: str = "its backend, precision, scheduler, steps, cache interval and guidance steps, "
+                                  "where no option gives one (default: none, the exact settings)"):
+        self.use = use
+
+    def add_options(self, p) -> None:
+        p.add_argument("--profile", metavar="NAME",
+                       help=f"the bundle's tuned profile NAME (from 'svdtrt tune --apply'; 'svdtrt info BUNDLE' "
+                            f"lists them): {self.use}")
+
+    def parse(self, args, bundle) -> Profile | None:
+        """The bundle's profile named ``--profile``, checked against the bundle; None without one.
+
+        Raises:
+            InputError: the bundle has no such profile (the message lists those it has).
+            BundleError: the profile was measured with other weights or another model.
+        """
+        if args.profile is None:
+            return None
+        from ..bundle.profiles import bundle_profile
+
+        return bundle_profile(bundle, args.profile)
 
 
 class RayArgs(ArgGroup):
@@ -340,5 +394,9 @@ WORK = WorkArgs()
 WORK_LISTS = WorkListArgs()
 DEVICE_MEMORY = DeviceMemoryArgs()
 BACKEND = BackendArgs()
+TUNE_BACKEND = BackendArgs(precision=False)
+PROFILE = ProfileArgs()
+BENCH_PROFILE = ProfileArgs("also measured: its settings as a work row, its backend and precision (beside fp32) as the "
+                            "rows unless --backends or --precisions say otherwise")
 REPLICAS = RayArgs("replicas")
 WORKERS = RayArgs("workers")

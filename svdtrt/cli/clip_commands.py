@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..progress import loading
 from ..publishing import FileKind
-from .args import BACKEND, DEVICE_MEMORY, SAMPLING, WORK
+from .args import BACKEND, DEVICE_MEMORY, PROFILE, SAMPLING, WORK
 
 if TYPE_CHECKING:  # the CLI imports the check stage only when a command runs it
     from ..check.report import CheckReport
@@ -45,8 +45,9 @@ def run(args) -> int:
                 raise InputError(f"{other} and {flag} are both '{path}'; give each output its own file name")
     bundle = Bundle.open(args.bundle)
     image = load_image(args.image)
-    choice = BACKEND.parse(args)
-    settings = SAMPLING.parse(args, bundle, WORK.parse(args))
+    profile = PROFILE.parse(args, bundle)
+    choice = BACKEND.parse(args, profile)
+    settings = SAMPLING.parse(args, bundle, WORK.parse(args), profile)
     SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
     DEVICE_MEMORY.check(args, bundle, settings, choice)
     # Reserved before the model, the backend and sampling: an unwritable or taken path fails now,

@@ -22,7 +22,7 @@ from .parser import build_parser
 COMMANDS = {"export": "bundle_commands", "convert": "bundle_commands", "calibrate": "bundle_commands",
             "quantize": "bundle_commands", "build": "bundle_commands", "verify": "bundle_commands",
             "run": "clip_commands", "check": "clip_commands", "bench": "bench", "serve": "serving",
-            "batch": "serving", "demo": "demo", "doctor": "doctor"}
+            "batch": "serving", "tune": "tune", "info": "info", "demo": "demo", "doctor": "doctor"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,14 +9,18 @@ from pathlib import Path
 from .. import __version__
 from ..precisions import NAMES as PRECISIONS
 from ..precisions import made_by
+from ..runtime.schedulers import SCHEDULERS
 from ..specs import DEFAULT_OPSET
 from .args import (
     BACKEND,
+    BENCH_PROFILE,
     BUILD_SHAPES,
     DEVICE_MEMORY,
     EXPORT_SHAPES,
+    PROFILE,
     REPLICAS,
     SAMPLING,
+    TUNE_BACKEND,
     WORK,
     WORK_LISTS,
     WORKERS,
@@ -83,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per-stage seconds as JSON; on a GPU this synchronises the device around each "
                         "stage, which the default run does not")
     p.add_argument("--force", action="store_true", help="replace existing output files")
-    _compose(p, BACKEND, DEVICE_MEMORY, SAMPLING, WORK)
+    _compose(p, PROFILE, BACKEND, DEVICE_MEMORY, SAMPLING, WORK)
 
     p = sub.add_parser("check", help="measure a bundle's accuracy against PyTorch and diffusers")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
@@ -130,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", required=True, choices=PRECISIONS,
                    help="which graphs to build from (engines are strongly typed: precision comes from the graph)")
     p.add_argument("--profile", default="dynamic", choices=("static", "dynamic"),
-                   help="optimization profile: the manifest's min/opt/max (dynamic, default) or the optimal "
-                        "shape only (static, fastest)")
+                   help="TensorRT optimization profile (not a tuned profile of 'svdtrt tune'): the manifest's "
+                        "min/opt/max (dynamic, default) or the optimal shape only (static, fastest)")
     BUILD_SHAPES.add_to_parser(p)
     p.add_argument("--workspace", type=float, metavar="GB", help="TensorRT workspace limit in GiB (default: TensorRT's)")
     p.add_argument("--timing-cache", type=Path, metavar="FILE",
@@ -175,11 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory to create: results.json, results.md, stages.png, tradeoff.png, work.png "
                         "(default svdtrt-bench)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
-    _compose(p, SAMPLING, WORK_LISTS)
+    _compose(p, SAMPLING, WORK_LISTS, BENCH_PROFILE)
 
     p = sub.add_parser("serve", help="serve clips over HTTP on Ray Serve (POST /v1/clips, GET /healthz)")
     p.add_argument("bundle", metavar="BUNDLE", type=Path)
-    _compose(p, BACKEND, REPLICAS)
+    _compose(p, PROFILE, BACKEND, REPLICAS)
     p.add_argument("--max-queued", type=int, default=8,
                    help="requests that may wait for a replica; more answer 503 with Retry-After (default 8)")
     p.add_argument("--request-timeout", type=float, default=600, metavar="SECONDS",
@@ -195,7 +199,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder for the clips (<image stem>.mp4) and clips.jsonl; a re-run skips published clips")
     p.add_argument("--format", default="mp4", choices=("mp4", "npy"),
                    help="mp4, or npy: float32 [F, H, W, 3] in [0, 1] as --save-frames writes (default mp4)")
-    _compose(p, BACKEND, WORKERS, SAMPLING, WORK)
+    _compose(p, PROFILE, BACKEND, WORKERS, SAMPLING, WORK)
+
+    p = sub.add_parser("tune", help="find the fastest settings above a quality floor on your images; --apply stores "
+                                    "them as the bundle's profiles")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
+    p.add_argument("--min-psnr", type=float, metavar="DB",
+                   help="the floor: worst-frame PSNR over the tuning images against the full-compute fp32 clip "
+                        "(e.g. 30); profile 'fast' keeps it, 'balanced' keeps it plus 10 dB")
+    p.add_argument("--min-ssim", type=float, metavar="S",
+                   help="the floor in worst-frame SSIM (e.g. 0.95), with or instead of --min-psnr; 'balanced' "
+                        "keeps a tenth of its deficit")
+    p.add_argument("--images", type=Path, help="folder of images, or a text file with one image path per line, "
+                                               "to tune on (default: the sample photos astronaut, chelsea, coffee)")
+    p.add_argument("--held-out", type=Path, help="images to check the answers on, not tuned on (default: the sample "
+                                                 "photos rocket, camera without --images; none with it)")
+    _compose(p, TUNE_BACKEND)
+    p.add_argument("--precisions", help="comma-separated precisions to try (default: the bundle's that the "
+                                        "backend runs)")
+    searched = "; ".join(f"{n} {','.join(map(str, c.search_steps))}" for n, c in SCHEDULERS.items() if c.search_steps)
+    p.add_argument("--schedulers", help=f"comma-separated NAME or NAME:STEPS (default: each scheduler's search "
+                                        f"steps: {searched})")
+    p.add_argument("--cache-interval", help="comma-separated cache intervals (default 1,2,3,4 where the bundle "
+                                            "has the block-caching graphs)")
+    p.add_argument("--guidance-steps", help="comma-separated guidance steps or 'all' (default: all, 3/4 and 1/2 "
+                                            "of each candidate's steps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image's clips; image i uses seed + i "
+                                                       "(default 0)")
+    p.add_argument("--threads", type=int, help="CPU threads of PyTorch and of each ONNX Runtime session "
+                                               "(default: each library's own)")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="stop before a candidate that would overrun it, with the best answers so far")
+    p.add_argument("--exhaustive", action="store_true",
+                   help="measure every candidate on every image, pruning nothing (to check the search)")
+    p.add_argument("--out", type=Path, default=Path("svdtrt-tune"),
+                   help="folder for the journal, the reference clips and results.json, results.md, pareto.png; "
+                        "a re-run continues it (default svdtrt-tune)")
+    p.add_argument("--apply", action="store_true",
+                   help="store the answers in the bundle as profiles exact, balanced and fast")
+    p.add_argument("--force", action="store_true",
+                   help="replace the bundle's profiles of those names, or an --out that is not this tune's")
+
+    p = sub.add_parser("info", help="show what a bundle holds: its model, graphs, engines, calibration sets and "
+                                    "tuned profiles")
+    p.add_argument("bundle", metavar="BUNDLE", type=Path)
 
     p = sub.add_parser("demo", help="export the tiny preset, run it on a real photo and check it")
     p.add_argument("--out", type=Path, default=Path("svdtrt-demo"), help="directory to create (default svdtrt-demo)")

@@ -8,7 +8,7 @@ import sys
 
 from ..errors import InputError
 from ..progress import loading, status
-from .args import BACKEND, REPLICAS, SAMPLING, WORK, WORKERS
+from .args import BACKEND, PROFILE, REPLICAS, SAMPLING, WORK, WORKERS
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,13 @@ def serve(args) -> int:
     if args.max_queued < 0 or not args.request_timeout > 0:
         raise InputError("--max-queued must be 0 or more and --request-timeout more than 0")
     bundle = Bundle.open(args.bundle)
-    worker = REPLICAS.join(args, REPLICAS.parse(args, bundle, BACKEND.parse(args)))
+    profile = PROFILE.parse(args, bundle)
+    worker = REPLICAS.join(args, REPLICAS.parse(args, bundle, BACKEND.parse(args, profile)))
     with status("svdtrt serve: loading Ray Serve and FastAPI", logger=log):
         from ..serving.app import ServeOptions, serve_forever
 
-    serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued), args.host, args.port,
-                  args.request_timeout)
+    serve_forever(ServeOptions(worker, replicas=args.replicas, max_queued=args.max_queued, profile=args.profile),
+                  args.host, args.port, args.request_timeout)
     return 0
 
 
@@ -41,8 +42,9 @@ def batch(args) -> int:
         from ..serving.batch import JOURNAL, BatchJob, check_out, list_images, output_names, run_batch
 
     bundle = Bundle.open(args.bundle)
-    choice = BACKEND.parse(args)
-    settings = SAMPLING.parse(args, bundle, WORK.parse(args))
+    profile = PROFILE.parse(args, bundle)
+    choice = BACKEND.parse(args, profile)
+    settings = SAMPLING.parse(args, bundle, WORK.parse(args), profile)
     SAMPLING.before_sampling(bundle, settings, [(choice.backend, choice.precision, choice.device)])
     images = list_images(args.images)
     output_names(images, args.format)  # before Ray starts

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 
 from ..errors import InputError, first_line
-from ..publishing import path_kind
+from ..publishing import NotARegularFile, path_kind, read_file
 
 #: Most pixels an input image may have: 2**26 (67.1 million, "64 megapixels"; a 64 MP camera's
 #: 9248x6936 photo fits). The checked header size is refused before any pixel is decoded, because
@@ -93,6 +93,41 @@ def _decode(source, name: str) -> PIL.Image.Image:
         raise InputError(f"image '{name}' cannot be read (permission denied)") from None
     except (PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise InputError(f"'{name}' is not a readable image ({type(e).__name__}); give a PNG or JPEG file") from None
+
+
+#: The largest image list ``batch``/``tune`` read, 16 MiB (about 200,000 paths).
+MAX_LIST_BYTES = 16 * 2**20
+
+
+def list_images(source: Path) -> list[Path]:
+    """The images of ``source`` (``batch --images``, ``tune --images``): a folder's image files (by
+    :data:`IMAGE_SUFFIXES`, sorted by name, hidden files left out), or a text file listing one path
+    per line (relative paths from the list's folder; blank lines and ``#`` comments skipped).
+
+    Raises:
+        InputError: ``source`` is missing, not a folder or regular file (a FIFO, a device), larger
+            than :data:`MAX_LIST_BYTES`, or lists no image.
+    """
+    source = Path(source)
+    if source.is_dir():
+        images = sorted(p for p in source.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
+        if not images:
+            raise InputError(f"folder '{source}' has no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return images
+    if not source.is_file():
+        raise InputError(f"'{source}' is {path_kind(source)}; give a folder of images or a text file listing one "
+                         "image per line")
+    try:
+        lines = read_file(source, MAX_LIST_BYTES).decode().splitlines()
+    except (OSError, UnicodeDecodeError, NotARegularFile) as e:
+        why = e if isinstance(e, NotARegularFile) else type(e).__name__
+        raise InputError(f"cannot read the image list '{source}' ({why}); give a text file with one image path "
+                         "per line") from None
+    images = [source.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not images:
+        raise InputError(f"the image list '{source}' names no image")
+    return images
 
 
 #: Real photographs shipped by scikit-image (``skimage.data``), used by the demo and calibration.

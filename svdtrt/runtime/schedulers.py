@@ -39,6 +39,8 @@ class SchedulerChoice:
         summary: one line for ``--help``.
         stochastic: its step draws fresh noise, which then comes from the clip's generator
             (:func:`step_kwargs`).
+        search_steps: the step counts ``svdtrt tune`` tries by default (docs/tuning.md), its
+            default first; empty leaves the scheduler out of a default tune.
     """
 
     name: str
@@ -47,14 +49,19 @@ class SchedulerChoice:
     config: dict = field(default_factory=dict)
     summary: str = ""
     stochastic: bool = False
+    search_steps: tuple[int, ...] = ()
 
 
+# A default tune tries SVD's Euler from its 25 steps down to 10 and DPM-Solver++ from its 15 down
+# to 8 (DPM-Solver++'s tables use 10-20 steps); it leaves out edm-euler (the same method as euler)
+# and euler-ancestral (discrete timesteps SVD was not trained on).
 SCHEDULERS: dict[str, SchedulerChoice] = {s.name: s for s in (
-    SchedulerChoice("euler", "EulerDiscreteScheduler", 25, {}, "SVD's own EDM Euler"),
+    SchedulerChoice("euler", "EulerDiscreteScheduler", 25, {}, "SVD's own EDM Euler",
+                    search_steps=(25, 20, 15, 12, 10)),
     SchedulerChoice("edm-euler", "EDMEulerScheduler", 25, {"sigma_data": 1.0}, "EDM Euler"),
     SchedulerChoice("edm-dpmsolver", "EDMDPMSolverMultistepScheduler", 15,
                     {"sigma_data": 1.0, "algorithm_type": "dpmsolver++", "solver_order": 2},
-                    "EDM DPM-Solver++ (2M)"),
+                    "EDM DPM-Solver++ (2M)", search_steps=(15, 10, 8)),
     SchedulerChoice("euler-ancestral", "EulerAncestralDiscreteScheduler", 25, {},
                     "Euler ancestral (discrete timesteps)", stochastic=True),
 )}

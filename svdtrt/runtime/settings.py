@@ -100,8 +100,8 @@ class SamplingSettings:
                              f"got {self.guidance_steps}")
 
     @classmethod
-    def for_bundle(cls, bundle, refuse_outside_range: str | None, **given) -> SamplingSettings:
-        """The settings of a clip from ``bundle`` with the values ``given``, checked.
+    def for_bundle(cls, bundle, refuse_outside_range: str | None, profile=None, **given) -> SamplingSettings:
+        """The settings of a clip from ``bundle`` with the values ``given`` over a profile's, checked.
 
         Args:
             bundle: the opened :class:`~svdtrt.bundle.store.Bundle`: its default clip size, model
@@ -110,16 +110,27 @@ class SamplingSettings:
                 size outside the bundle's exported range (``"<the range>; <advice>"``); None lets
                 such a size through (``svdtrt run --allow-outside-range``: ONNX Runtime may take it,
                 TensorRT engines built for the bundle's profiles refuse it).
-            given: values of this class's fields by name; None, or left out, takes the default:
-                the bundle's default clip size (the optimal shape of its ranges) for ``frames``,
-                ``height`` and ``width``, the scheduler's default for ``steps``
-                (:data:`~svdtrt.runtime.schedulers.SCHEDULERS`), and this class's default for the
-                rest.
+            profile: the ``settings`` of a bundle's named profile
+                (:class:`~svdtrt.bundle.manifest.ProfileSettings`, ``svdtrt tune``), or None: its
+                ``scheduler``, ``cache_interval`` and ``guidance_steps`` stand where ``given`` has
+                None, and its ``steps`` too while the scheduler is the profile's (another
+                scheduler takes its own default). None keeps the defaults: the exact clip.
+            given: values of this class's fields by name; None, or left out, takes the profile's
+                value, else the default: the bundle's default clip size (the optimal shape of its
+                ranges) for ``frames``, ``height`` and ``width``, the scheduler's default for
+                ``steps`` (:data:`~svdtrt.runtime.schedulers.SCHEDULERS`), and this class's
+                default for the rest.
         Raises:
             InputError: an unknown scheduler, a setting outside its limits (:meth:`check`), or,
                 with ``refuse_outside_range``, a clip size outside the bundle's exported range.
         """
         values = {name: value for name, value in given.items() if value is not None}
+        if profile is not None:
+            work = {"scheduler": profile.scheduler, "cache_interval": profile.cache_interval,
+                    "guidance_steps": profile.guidance_steps}
+            if values.get("scheduler", profile.scheduler) == profile.scheduler:
+                work["steps"] = profile.steps
+            values = {**{k: v for k, v in work.items() if v is not None}, **values}
         frames, height, width = bundle.default_shape
         steps = scheduler_choice(values.get("scheduler", DEFAULT_SCHEDULER)).default_steps
         settings = cls(**{"frames": frames, "height": height, "width": width, "steps": steps, **values})

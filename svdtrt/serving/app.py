@@ -41,6 +41,9 @@ from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encod
 
 log = logging.getLogger(__name__)
 
+#: The settings a service's ``--profile`` gives a request that gives none (besides ``steps``).
+PROFILE_FIELDS = ("scheduler", "cache_interval", "guidance_steps")
+
 #: Largest upload taken: 32 MiB, above a 4K (3840x2160) 24-bit PNG (about 25 MB); SVD uses at most
 #: 1024x576, so larger photographs are better scaled down by the caller. Refused with 413 from the
 #: request's Content-Length, before the body is read, where the client sends one.
@@ -61,12 +64,16 @@ class ServeOptions:
         max_queued: requests that may wait for a replica, in each caller's queue (Ray Serve's
             ``max_queued_requests``); more answer 503.
         retry_after_s: the ``Retry-After`` of a 503, seconds (about one clip's time).
+        profile: the bundle's tuned profile (``svdtrt tune --apply``) whose scheduler, steps, cache
+            interval and guidance steps a request gets where it gives none; None: the exact settings.
+            The worker's backend and precision are the caller's to take from it (the CLI does).
     """
 
     worker: WorkerOptions
     replicas: int = 1
     max_queued: int = 8
     retry_after_s: float = 10.0
+    profile: str | None = None
 
 
 def _settings_form_fields() -> dict:
@@ -75,11 +82,16 @@ def _settings_form_fields() -> dict:
     hints = typing.get_type_hints(SamplingSettings)
     fields = {}
     for f in dataclasses.fields(SamplingSettings):
-        # steps: the scheduler's default, as 'run' has it (SamplingSettings.for_bundle)
-        default = None if f.default is dataclasses.MISSING or f.name == "steps" else f.default
+        # steps: the scheduler's default, as 'run' has it (SamplingSettings.for_bundle); the work a
+        # service's --profile sets stands where a request gives none
+        default = None if f.default is dataclasses.MISSING or f.name in ("steps", *PROFILE_FIELDS) else f.default
         flag = f"--{f.name.replace('_', '-')}"
-        what = {"frames": "the bundle's", "height": "the bundle's", "width": "the bundle's",
-                "steps": "the scheduler's"}.get(f.name, "run's") if default is None else default
+        if default is not None:
+            what = default
+        elif f.name in ("steps", *PROFILE_FIELDS):
+            what = "the service's --profile, else " + ("the scheduler's" if f.name == "steps" else "run's")
+        else:
+            what = {"frames": "the bundle's", "height": "the bundle's", "width": "the bundle's"}.get(f.name, "run's")
         fields[f.name] = (hints[f.name] | None, pydantic.Field(default, description=f"as `svdtrt run {flag}` "
                                                                                     f"(default: {what})"))
     return fields
@@ -216,12 +228,14 @@ class Ingress:
         retry_after_s: ``Retry-After`` of a 503.
     """
 
-    def __init__(self, model, worker: WorkerOptions, retry_after_s: float = 10.0):
+    def __init__(self, model, worker: WorkerOptions, retry_after_s: float = 10.0, profile: str | None = None):
+        from ..bundle.profiles import bundle_profile
         from ..bundle.store import Bundle
 
         self.model, self.retry_after_s = model, retry_after_s
         self.backend, self.precision = worker.backend, worker.precision
         self.bundle = Bundle.open(worker.bundle)
+        self.profile = bundle_profile(self.bundle, profile).settings if profile else None
 
     def settings(self, form) -> SamplingSettings:
         """The form's settings, with the bundle's clip size where not given, checked as ``run``
@@ -232,7 +246,7 @@ class Ingress:
         """
         settings = SamplingSettings.for_bundle(
             self.bundle, refuse_outside_range="this service makes clips within the bundle's exported range",
-            **{name: getattr(form, name) for name in SETTINGS_FIELDS})
+            profile=self.profile, **{name: getattr(form, name) for name in SETTINGS_FIELDS})
         missing = set(CACHING_COMPONENTS) - set(components_to_load(self.bundle, self.backend, self.precision))
         if settings.cache_interval > 1 and missing:
             raise InputError(f"this service's bundle has no block-caching {self.precision} "
@@ -303,13 +317,14 @@ def build_app(options: ServeOptions) -> serve.Application:
     # The ingress takes no CPU from the replicas; it only parses forms and waits on them.
     ingress = serve.deployment(Ingress, name=INGRESS_DEPLOYMENT).options(
         num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
-    return ingress.bind(model.bind(options.worker), options.worker, options.retry_after_s)
+    return ingress.bind(model.bind(options.worker), options.worker, options.retry_after_s, options.profile)
 
 
 def app_builder(args: dict) -> serve.Application:
     """The application for a Ray Serve config file (``import_path: svdtrt.serving.app:app_builder``),
     from ``args``: ``bundle`` (required), ``backend``, ``precision``, ``device``, ``cpus`` (per
-    replica), ``replicas``, ``max_queued``, ``retry_after_s``.
+    replica), ``replicas``, ``max_queued``, ``retry_after_s``, ``profile`` (whose backend and
+    precision stand where ``args`` gives none).
 
     Raises:
         InputError: an unknown or missing argument.
@@ -323,6 +338,12 @@ def app_builder(args: dict) -> serve.Application:
     if unknown:
         raise InputError(f"unknown application args {', '.join(sorted(unknown))}; the args are "
                          f"{', '.join(sorted(serve_keys | worker_keys))}")
+    if args.get("profile"):
+        from ..bundle.profiles import bundle_profile
+        from ..bundle.store import Bundle
+
+        settings = bundle_profile(Bundle.open(args["bundle"]), args["profile"]).settings
+        args = {"backend": settings.backend, "precision": settings.precision, **args}
     worker = WorkerOptions(**{k: v for k, v in args.items() if k in worker_keys})
     return build_app(ServeOptions(worker, **{k: v for k, v in args.items() if k in serve_keys}))
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import socket
@@ -36,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
-from ..media.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS
-from ..publishing import NotARegularFile, path_kind, read_file
+from ..media.images import MAX_IMAGE_PIXELS, list_images  # noqa: F401  (list_images: batch's image list; its callers import it from here)
+from ..publishing import Journal, NotARegularFile, path_kind, read_file
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 
 log = logging.getLogger(__name__)
@@ -51,40 +50,6 @@ MAX_RESTARTS = 3
 #: The largest image file a batch reads: 4 bytes per pixel (uncompressed RGBA) at the largest
 #: image svdtrt reads (:data:`~svdtrt.media.images.MAX_IMAGE_PIXELS`), 256 MiB.
 MAX_IMAGE_FILE_BYTES = 4 * MAX_IMAGE_PIXELS
-#: The largest image list a batch reads, 16 MiB (about 200,000 paths).
-MAX_LIST_BYTES = 16 * 2**20
-
-
-def list_images(source: Path) -> list[Path]:
-    """The images of ``source``: a folder's image files (by
-    :data:`~svdtrt.media.images.IMAGE_SUFFIXES`, sorted by name, hidden files left out), or a text
-    file listing one path per line (relative paths from the list's folder; blank lines and ``#``
-    comments skipped).
-
-    Raises:
-        InputError: ``source`` is missing, not a folder or regular file (a FIFO, a device), larger
-            than :data:`MAX_LIST_BYTES`, or lists no image.
-    """
-    source = Path(source)
-    if source.is_dir():
-        images = sorted(p for p in source.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file())
-        if not images:
-            raise InputError(f"folder '{source}' has no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return images
-    if not source.is_file():
-        raise InputError(f"'{source}' is {path_kind(source)}; give a folder of images or a text file listing one "
-                         "image per line")
-    try:
-        lines = read_file(source, MAX_LIST_BYTES).decode().splitlines()
-    except (OSError, UnicodeDecodeError, NotARegularFile) as e:
-        why = e if isinstance(e, NotARegularFile) else type(e).__name__
-        raise InputError(f"cannot read the image list '{source}' ({why}); give a text file with one image path "
-                         "per line") from None
-    images = [source.parent / line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not images:
-        raise InputError(f"the image list '{source}' names no image")
-    return images
 
 
 def output_names(images: list[Path], fmt: str) -> dict[Path, str]:
@@ -100,62 +65,6 @@ def output_names(images: list[Path], fmt: str) -> dict[Path, str]:
             raise InputError(f"'{names[name]}' and '{image}' would both write '{name}'; rename one of them")
         names[name] = image
     return {image: name for name, image in names.items()}
-
-
-class Journal:
-    """``OUT/clips.jsonl``: one JSON record per line, each appended whole.
-
-    Call only under the batch's lock (one writer at a time): :meth:`repair` cuts off a partial last
-    line a killed writer left, :meth:`append` writes a line with one ``write`` to an ``O_APPEND``
-    file and fsyncs it.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def check(self) -> None:
-        """Raise :class:`InputError` unless the journal is a regular file or not there yet."""
-        if os.path.lexists(self.path) and (self.path.is_symlink() or not self.path.is_file()):
-            raise InputError(f"'{self.path}' is {path_kind(self.path)}, where batch keeps its journal ({JOURNAL}); "
-                             "move it away or choose another --out")
-
-    def repair(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(self.path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-            log.warning("cut off a partial last line of %s, left by an interrupted run", self.path)
-
-    def append(self, record: dict) -> None:
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        try:
-            written = os.write(fd, line)
-            if written != len(line):  # a full disk: leave no partial line behind
-                os.ftruncate(fd, os.fstat(fd).st_size - written)
-                raise OSError(28, "No space left on device")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def records(self) -> list[dict]:
-        """The journal's records, in order (a line that is not a JSON object, from an edit by
-        hand, is left out)."""
-        if not self.path.exists():
-            return []
-        records = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-        return [r for r in records if isinstance(r, dict)]
-
-    def published(self) -> set[str]:
-        """The outputs an attempt recorded as made (``status`` ok)."""
-        return {r.get("output") for r in self.records() if r.get("status") == "ok"}
 
 
 class ClipWorker:
@@ -231,7 +140,7 @@ def check_out(out: Path) -> None:
     """
     if os.path.lexists(out) and not out.is_dir():
         raise InputError(f"--out '{out}' is {path_kind(out)}; give a folder for the clips")
-    Journal(out / JOURNAL).check()
+    Journal(out / JOURNAL, "batch").check()
 
 
 def run_batch(job: BatchJob, progress: bool = True,
@@ -260,11 +169,11 @@ def run_batch(job: BatchJob, progress: bool = True,
     except OSError as e:
         raise InputError(os_error_message(job.out, e)) from None
     start = time.perf_counter()
-    journal = Journal(job.out / JOURNAL)
+    journal = Journal(job.out / JOURNAL, "batch")
     # One batch at a time per folder: a second waits (and says so), so no clip is made twice.
     with Lock(journal.path, purpose="batch"):
         journal.repair()
-        published = journal.published()
+        published = {r.get("output") for r in journal.records() if r.get("status") == "ok"}  # made
         there = [i for i in job.images if os.path.lexists(job.out / names[i])]
         summary = BatchSummary(skipped=[names[i] for i in there if names[i] in published])
         for image in there:

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from svdtrt.benchmark import FILES, bundle_precisions, parse_names, run_benchmark
-from svdtrt.benchmark.measure import PeakMemory, order_stats
+from svdtrt.benchmark import FILES, bundle_precisions, run_benchmark
+from svdtrt.runtime.measure import PeakMemory, order_stats
 from svdtrt.bundle.store import Bundle
-from svdtrt.errors import InputError
 from svdtrt.runtime.pipeline import SamplingSettings, StageTimer
 
 STAGE_KEYS = {"clip", "vae_encode", "unet", "unet_per_step", "vae_decode", "total", "other"}
@@ -155,13 +154,6 @@ def test_default_precisions_come_from_the_manifest(tiny_bundle):
     manifest.components["unet"].graphs["int8"] = GraphEntry(file="unet.int8.onnx", data=None, bytes=0)
     manifest.components["vae_decoder"].graphs["fp16"] = GraphEntry(file="vae_decoder.fp16.onnx", data=None, bytes=0)
     assert bundle_precisions(Bundle(tiny_bundle.path, manifest)) == ["fp32", "fp16", "int8"]
-
-
-def test_parse_names():
-    assert parse_names(None, ("a", "b"), "backend") is None
-    assert parse_names(" b, a,b ", ("a", "b"), "backend") == ["b", "a"]
-    with pytest.raises(InputError, match="unknown backend 'c'"):
-        parse_names("a,c", ("a", "b"), "backend")
 
 
 def test_order_stats_median_and_p90():

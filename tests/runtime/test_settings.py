@@ -35,3 +35,19 @@ def test_a_size_outside_the_exported_range_is_refused_with_the_callers_advice_or
 def test_settings_outside_their_limits_are_refused(tiny_bundle, given, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         SamplingSettings.for_bundle(tiny_bundle, None, **given)
+
+
+def test_a_profile_stands_where_no_value_is_given(tiny_bundle):
+    from svdtrt.bundle.manifest import ProfileSettings
+
+    profile = ProfileSettings(backend="onnxruntime", precision="fp32", scheduler="euler", steps=12, cache_interval=2,
+                              guidance_steps=6)
+    s = SamplingSettings.for_bundle(tiny_bundle, "advice", profile=profile, steps=None, cache_interval=None, seed=3)
+    assert (s.scheduler, s.steps, s.cache_interval, s.guidance_steps, s.seed) == ("euler", 12, 2, 6, 3)
+    s = SamplingSettings.for_bundle(tiny_bundle, "advice", profile=profile, steps=20, cache_interval=1)
+    assert (s.steps, s.cache_interval, s.guidance_steps) == (20, 1, 6)
+    # the profile's steps belong to its scheduler: another one takes its own default
+    s = SamplingSettings.for_bundle(tiny_bundle, "advice", profile=profile, scheduler="edm-dpmsolver")
+    assert (s.scheduler, s.steps, s.cache_interval) == ("edm-dpmsolver", 15, 2)
+    # no profile: the defaults, the exact clip
+    assert SamplingSettings.for_bundle(tiny_bundle, "advice", profile=None).full_compute

@@ -1,7 +1,9 @@
-"""What a benchmark row measures besides time: peak memory, order statistics, the machine.
+"""What a measurement of the runtime records besides a clip's stage times (:class:`~svdtrt.runtime.pipeline.StageTimer`):
+peak memory, order statistics of repeated timings, and the machine they were taken on. Shared by
+``svdtrt bench`` (:mod:`svdtrt.benchmark`) and ``svdtrt tune`` (:mod:`svdtrt.tune`).
 
 Peak host memory is the process's resident-set high-water mark (``VmHWM`` in
-``/proc/self/status``), reset at the start of each row by writing ``5`` to
+``/proc/self/status``), reset at the start of each measurement (a bench row, a tune candidate) by writing ``5`` to
 ``/proc/self/clear_refs`` (Linux >= 4.0, ``man 5 proc``); where that is not possible the
 figure is ``getrusage``'s ``ru_maxrss``, the peak since the process started, and the
 result says so. Peak GPU memory is ``torch.cuda.max_memory_allocated``: what PyTorch's
@@ -14,12 +16,72 @@ import os
 import platform
 import resource
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .results import Memory, OrderStats
+
+@dataclass(frozen=True)
+class OrderStats:
+    """Median and 90th percentile, min, max and count of repeated measurements (seconds, for
+    stage times; :func:`order_stats`)."""
+
+    median: float
+    p90: float
+    min: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Peak memory over a measurement (:class:`PeakMemory`), bytes.
+
+    Attributes:
+        host_method: ``"VmHWM"`` (peak since the measurement began) or ``"ru_maxrss"`` (peak
+            since the process started: an upper bound).
+        peak_gpu_bytes: ``torch.cuda.max_memory_allocated``; None without CUDA.
+    """
+
+    peak_rss_bytes: int | None
+    rss_start_bytes: int | None
+    host_method: str
+    peak_gpu_bytes: int | None
+
+
+@dataclass
+class Machine:
+    """The machine measurements were taken on (:func:`machine_info`).
+
+    Attributes:
+        cpu: the CPU's model name; cpu_count, cpus_usable: its logical cores, and those this
+            process may run on (its affinity); torch_threads: PyTorch's intra-op threads.
+        memory_bytes: physical memory, or None where unknown.
+        gpus: the CUDA devices' names (empty without CUDA).
+        load_average: 1, 5 and 15-minute load averages when the measurement began (runnable
+            processes: more than the usable cores means others shared the CPU); None where unknown.
+        load_average_end: the same when it ended (set by the caller).
+    """
+
+    platform: str
+    machine: str
+    cpu: str
+    cpu_count: int | None
+    cpus_usable: int | None
+    torch_threads: int
+    memory_bytes: int | None
+    gpus: list[str] = field(default_factory=list)
+    load_average: list[float] | None = None
+    load_average_end: list[float] | None = None
+
+    def summary(self) -> str:
+        """One line: CPU, cores, memory, GPUs and the load averages, for reports."""
+        memory = "?" if self.memory_bytes is None else f"{self.memory_bytes / 2**20:.0f}"
+        return (f"{self.cpu}, {self.cpus_usable} usable cores, {memory} MiB RAM, GPUs: {', '.join(self.gpus) or 'none'}; "
+                f"load average {self.load_average} at start, {self.load_average_end} at end")
+
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -76,19 +138,15 @@ def order_stats(values: list[float]) -> OrderStats:
                       max=float(a.max()), n=int(a.size))
 
 
-def machine_info() -> dict:
-    """The machine a benchmark ran on: OS, CPU, cores usable, memory, GPUs, load average."""
-    info = {
-        "platform": platform.platform(), "machine": platform.machine(), "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_bytes": _total_memory(),
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+def machine_info() -> Machine:
+    """This machine now: OS, CPU, cores usable, memory, GPUs, load average."""
+    return Machine(
+        platform=platform.platform(), machine=platform.machine(), cpu=_cpu_name(), cpu_count=os.cpu_count(),
+        cpus_usable=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        torch_threads=torch.get_num_threads(), memory_bytes=_total_memory(),
+        gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available() else [],
-        "load_average": load_average(),
-    }
-    return info
+        load_average=load_average())
 
 
 def load_average() -> list[float] | None:
