@@ -177,6 +177,14 @@ COMPONENTS: dict[str, ComponentSpec] = {
 #: The block-caching graphs: optional (a bundle may lack them; only ``--cache-interval`` above 1
 #: runs them), and exported with the UNet, whose weights they share.
 CACHING_COMPONENTS: tuple[str, ...] = tuple(n for n, s in COMPONENTS.items() if s.shares_weights_with)
+
+
+def with_caching_graphs(components: list[str]) -> list[str]:
+    """``components`` and, when ``unet`` is among them, the block-caching graphs: they read the
+    UNet's weights file, so export and convert make them with it."""
+    return [*components, *(n for n in CACHING_COMPONENTS if "unet" in components and n not in components)]
+
+
 #: SVD's four components: what every bundle has and every clip runs.
 SVD_COMPONENTS: tuple[str, ...] = tuple(n for n in COMPONENTS if n not in CACHING_COMPONENTS)
 #: The components that are UNet calls of the denoising loop (what ``unet_calls`` counts).

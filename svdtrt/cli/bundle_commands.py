@@ -76,10 +76,11 @@ def convert(args) -> int:
     """``svdtrt convert``: fp16 graphs added from the bundle's fp32 graphs; exit code 0."""
     with loading("convert", "PyTorch, ONNX and ONNX Runtime", log):
         from ..export.convert import convert_bundle
+        from ..specs import with_caching_graphs
 
     bundle = convert_bundle(args.bundle, args.precision, args.force, components=args.components)
     print(f"{args.precision} graphs written to {bundle.path}")
-    _print_graphs(bundle, args.components, precisions=[args.precision])
+    _print_graphs(bundle, args.components and with_caching_graphs(args.components), precisions=[args.precision])
     return 0
 
 

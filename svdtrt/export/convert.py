@@ -26,7 +26,7 @@ from ..models.modules import example_inputs
 from ..precisions import made_by
 from ..precisions import precision as lookup_precision
 from ..progress import step, ticking
-from ..specs import CACHING_COMPONENTS, COMPONENTS, runs_fp32_in_fp16
+from ..specs import COMPONENTS, runs_fp32_in_fp16, with_caching_graphs
 from .validation import validate_graph
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,8 @@ def convert_bundle(path: str | Path, precision: str = "fp16", force: bool = Fals
                          f"'{Bundle.open(path).make_command(p.name)}'")
     with changing(path) as staged:
         bundle, entries = staged.old, staged.manifest.components
-        names = list(entries) if components is None else list(dict.fromkeys(components))
-        if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
-            names += [n for n in CACHING_COMPONENTS if n in entries and n not in names]
+        asked = list(dict.fromkeys(components or entries))
+        names = [n for n in with_caching_graphs(asked) if n in entries or n in asked]  # caching graphs are optional
         lacking = [n for n in names if n not in entries]
         if lacking:
             raise InputError(f"bundle '{path}' has no {', '.join(lacking)} graphs to convert (has: "
