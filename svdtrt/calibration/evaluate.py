@@ -18,6 +18,7 @@ import torch
 from ..graphs.sessions import open_session
 from ..media.metrics import compare_components
 from ..precisions import precision as lookup_precision
+from ..progress import ticking
 from ..runtime.backends.pytorch import TorchBackend
 from ..specs import COMPONENTS
 
@@ -49,9 +50,11 @@ def held_out_accuracy(graph: Path, component: str, precision: str, samples: Iter
     reference = TorchBackend(model, dims=dims).component(component)
     label = progress if isinstance(progress, str) else "held-out"
     recorded = []
-    for sample in tqdm(samples, total=count, desc=f"{label} (PyTorch)", unit="call", disable=not progress):
-        inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
-        recorded.append((inputs, reference(inputs)))
+    bar = tqdm(samples, total=count, desc=f"{label} (PyTorch)", unit="call", disable=not progress)
+    with bar, ticking(bar):  # one UNet call takes seconds on a CPU: the bar's clock runs through it
+        for sample in bar:
+            inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
+            recorded.append((inputs, reference(inputs)))
     # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses.
     session = open_session(graph, "run", precision=precision)
     outputs = COMPONENTS[component].output_names

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 from ..errors import InputError, first_line
 from ..progress import status
 
 log = logging.getLogger(__name__)
-
-#: The environment variable Ray reads for its authentication mode (``token`` or ``disabled``).
-AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
 
 
 def connect(address: str | None = None) -> None:
@@ -22,10 +18,8 @@ def connect(address: str | None = None) -> None:
     process is already connected.
 
     The local Ray runs without its dashboard: it is the slowest part of Ray's start and the heaviest
-    in memory; start a cluster (``ray start --head``) and pass ``--address`` to have it. It runs
-    with token authentication, Ray's default, set in ``RAY_AUTH_MODE`` unless the environment
-    sets another mode (so Ray prints no warning about it). A ticking status line shows while Ray
-    starts (:func:`svdtrt.progress.status`).
+    in memory; start a cluster (``ray start --head``) and pass ``--address`` to have it. A ticking
+    status line shows while Ray starts (:func:`svdtrt.progress.status`).
 
     Raises:
         InputError: the cluster at ``address`` cannot be reached, or the local Ray did not start in
@@ -39,11 +33,6 @@ def connect(address: str | None = None) -> None:
         _check_reachable(address)
     try:
         if address is None:
-            # Ray's own default for a new local cluster, said explicitly: token authentication on
-            # (its token in ~/.ray/auth_token, made once). Ray warns on every start where the mode
-            # is left unset (ray/_private/authentication/authentication_token_setup.py,
-            # enable_token_auth_by_default), and sets this variable itself when it starts one.
-            os.environ.setdefault(AUTH_MODE_VARIABLE, "token")
             with status("starting a local Ray", logger=log):
                 # "local": a new Ray of our own, even where a "ray start" cluster runs on this machine
                 ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
