@@ -69,10 +69,12 @@ def test_corrupt_shard_stops_quantize(calibrated_bundle, tmp_path, run_cli):
     bundle = copy_bundle(calibrated_bundle, tmp_path)
     shard = "calibration/default/unet-001.npz"
     (bundle.path / shard).write_bytes((bundle.path / shard).read_bytes()[:200])
-    # a truncated file is caught when the bundle is opened, naming the shard and what records it again
+    # a truncated file is caught before quantize reads it (Bundle.check_file), naming the shard and
+    # the command that records the set again with its recorded options
     err = _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8",
-                         match=f"{shard} has 200 bytes, the manifest records")
-    assert f"svdtrt calibrate {bundle.path} --force" in err  # 'default' is the default set name
+                         match=f"{shard} does not match its recorded sha256")
+    # 'default' is the default set name
+    assert f"svdtrt calibrate {bundle.path} --count 2 --steps 3 --seed 0 --force" in err
     rerecord(bundle.path, shard)  # and a recorded one by the shard reader
     _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8", match="is corrupt")
 

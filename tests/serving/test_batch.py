@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import logging
 import threading
 import time
@@ -178,8 +179,12 @@ def test_sigterm_stops_a_batch_in_one_line(tiny_bundle, images, tmp_path):
     assert driver.poll() is None, driver.communicate()
     driver.send_signal(signal.SIGTERM)
     out, err = driver.communicate(timeout=120)
+    # Left out: the bar, Ray's token-authentication warning, and a line that a Ray worker's own C++
+    # logger may write as the driver goes ("task_manager.cc: Failed to push error to driver"): a
+    # log line of another process, racing the driver's exit, not a stack dump.
     lines = [line for line in err.replace("\r", "\n").splitlines()
-             if line.strip() and not line.startswith("clips:") and "token" not in line.lower()]
+             if line.strip() and not line.startswith("clips:") and "token" not in line.lower()
+             and not re.match(r"\[\d{4}-\d\d-\d\d [\d:,]+ [A-Z] \d+ \d+\] \w+\.cc:\d+:", line)]
     assert driver.returncode == 130 and lines == ["svdtrt: interrupted; nothing was left half-written"], out + err
     assert "***" not in err and "Traceback" not in err and out == ""
 
