@@ -139,18 +139,28 @@ class SamplingArgs(ArgGroup):
             decode_chunk_size=args.decode_chunk_size, **work)
 
     @staticmethod
-    def before_sampling(bundle, settings, runs, reference: bool = False, clips: int = 1) -> None:
-        """The last checks before any model load or sampling: each run's host memory
-        (``runs``: (backend, precision, device) each; ``reference``: diffusers' clip is made too;
-        ``clips``: clips held at once), then a warning on stderr of a size outside the bundle's
-        range that ``--allow-outside-range`` let through. The warning comes last, so a refused
-        command prints its one line only.
+    def before_sampling(bundle, settings, runs, reference: bool = False, clips: int = 1,
+                        require_graphs: bool = True) -> None:
+        """The last checks before any model load or sampling: that each ONNX Runtime run has
+        the graphs of its precision (the backend opens them lazily, under the clip's bar; unless
+        ``require_graphs`` is False, as for ``bench``, whose rows without graphs are skipped), each
+        run's host memory (``runs``: (backend, precision, device) each; ``reference``: diffusers'
+        clip is made too; ``clips``: clips held at once), then a warning on stderr of a size
+        outside the bundle's range that ``--allow-outside-range`` let through. The warning comes
+        last, so a refused command prints its one line only.
 
         Raises:
+            BundleError: a graph of the run's precision is missing (the message says how to make it).
             InputError: a run whose host memory estimate does not fit.
         """
+        from ..runtime.backends import ORT_PROVIDERS
         from ..runtime.memory import check_host_memory, estimate_host_memory
+        from ..specs import SVD_COMPONENTS
 
+        for backend, precision, _ in runs:
+            if require_graphs and backend in ORT_PROVIDERS:
+                for name in SVD_COMPONENTS:
+                    bundle.graph(name, precision)
         for backend, precision, device in runs:
             check_host_memory(estimate_host_memory(bundle, settings, backend, precision, device, reference, clips),
                               _clip_words(settings, backend, precision))

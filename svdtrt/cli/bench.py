@@ -45,7 +45,7 @@ def bench(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # rows run one at a time: each must fit on its own
     rows = [(b, p, device) for b in backends or BACKENDS for p in precisions or bundle.precisions()]
-    SAMPLING.before_sampling(bundle, settings, rows, reference=True)
+    SAMPLING.before_sampling(bundle, settings, rows, reference=True, require_graphs=False)
     model = reference_model(bundle, load_model(args.model) if args.model else None)
     results = run_benchmark(bundle, image, settings, model, backends, precisions, args.warmup, args.repeat,
                             device, args.threads, command=shlex.join(["svdtrt", *args.argv]), progress=True,

@@ -180,10 +180,12 @@ def _export_components(staged: Staged, model, dims: ModelDims, names: list[str],
         by_owner.setdefault(id(owners[name]), []).append(name)
     with tqdm(total=len(names), desc="export", unit="graph", disable=not progress) as bar, ticking(bar):
         for group in by_owner.values():
-            traced = []
+            # Every graph of the group's components goes first, with their engines: dropping a
+            # caching graph after the UNet's new trace would take the UNet's new weights file with
+            # it (the caching graphs read it, and the UNet's old entry is already gone).
             for name in group:
-                staged.drop_graph(name)  # every graph of the component, its engines with them
-                traced.append(_trace(name, modules[name], dims, staged.path, opset, vshape, bar))
+                staged.drop_graph(name)
+            traced = [_trace(name, modules[name], dims, staged.path, opset, vshape, bar) for name in group]
             if release_weights:  # validation needs only each graph's reference outputs
                 owners[group[0]].to("meta")
                 gc.collect()

@@ -27,6 +27,8 @@ from ..bundle.manifest import ProfileSettings
 from ..errors import InputError
 from ..publishing import (
     DirectoryTransaction,
+    FileKind,
+    FolderKind,
     Journal,
     Lock,
     OutputFile,
@@ -37,6 +39,13 @@ JOURNAL = "candidates.jsonl"
 REFERENCES = "reference"
 #: The result files every run writes (:mod:`svdtrt.tune.report`).
 RESULT_FILES = ("results.json", "results.md", "pareto.png")
+
+#: What a tune may replace in its own folder: the folder is the tune's (its journal's first line
+#: names it, :func:`open_folder`), so its references and result files are the tune's own.
+TUNE_FILE = FileKind("a file of this tune folder", lambda head: True)
+#: A tune's folder: what ``tune --force`` may start over (never a folder svdtrt did not make).
+TUNE_FOLDER = FolderKind("a tune folder", JOURNAL, (JOURNAL, f".{JOURNAL}.lock", REFERENCES, *RESULT_FILES),
+                         suffix=".tune")
 
 
 class _Record(BaseModel):
@@ -168,13 +177,13 @@ class TuneFolder:
     def save_reference(self, sha256: str, seed: int, frames: np.ndarray) -> None:
         path = self._reference_path(sha256, seed)
         path.parent.mkdir(exist_ok=True)
-        out = OutputFile(path, force=True)  # only one of another shape can be there
+        out = OutputFile(path, TUNE_FILE, force=True)  # only one of another shape can be there
         out.write(lambda part: np.save(part, np.asarray(frames, dtype=np.float32)))
         out.publish()
 
     def publish(self, name: str, writer: Callable[[Path], None]) -> Path:
         """Write result file ``name`` whole, replacing the previous run's."""
-        out = OutputFile(self.path / name, force=True)
+        out = OutputFile(self.path / name, TUNE_FILE, force=True)
         out.write(writer)
         return out.publish()
 
@@ -206,7 +215,7 @@ def open_folder(path: str | os.PathLike, identity: Identity, created: str, force
         if problem and not force:
             raise InputError(f"--out '{path}' {problem}; choose another folder, or pass --force to start over there")
         if problem:
-            with DirectoryTransaction(path, force=True) as txn:  # the old folder goes in one step
+            with DirectoryTransaction(path, TUNE_FOLDER, force=True) as txn:  # the old folder goes in one step
                 txn.publish()
     else:
         try:
