@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .. import hints
 from ..environment import cache_dir
-from ..errors import BundleError, InputError
+from ..errors import BundleError, InputError, first_line
 from ..graphs.files import data_filename, graph_bytes, share_external_data
 from ..precisions import precision as lookup_precision
 from ..progress import status
@@ -313,6 +313,13 @@ class Bundle:
     def remedy(self, name: str) -> str:
         """What to run to repair damaged file ``name`` of the bundle, as a sentence ending in a command."""
         return self.repair([name]).sentence()
+
+    def unloadable(self, name: str, error: Exception) -> BundleError:
+        """The one-line error for graph file ``name`` that ONNX Runtime refused to load or run
+        (``error``, one of ORT's own Fail/InvalidGraph/RuntimeException types, e.g. external data
+        pointing outside the bundle): the file, ORT's first line, and the command that repairs it."""
+        return BundleError(f"ONNX Runtime cannot load {name} of bundle '{self.path}' ({first_line(error)[:200]}); "
+                           f"{self.remedy(name)}")
 
 
 def read_manifest(path: str | os.PathLike) -> Manifest:

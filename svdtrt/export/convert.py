@@ -17,7 +17,7 @@ import torch
 
 from ..bundle.manifest import Accuracy, GraphEntry
 from ..bundle.store import Bundle, changing, graph_filename
-from ..errors import BundleError, InputError, first_line
+from ..errors import InputError
 from ..graphs.deployability import check_deployable
 from ..graphs.files import data_filename, graph_bytes
 from ..graphs.fp16 import convert_to_fp16
@@ -151,6 +151,5 @@ def _fp32_outputs(bundle: Bundle, fp32: GraphEntry, spec, inputs: dict[str, torc
         session = open_session(bundle.path / fp32.file, "validate")
         outputs = session.run(spec.output_names, {n: inputs[n].numpy() for n in spec.input_names})
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-        raise BundleError(f"ONNX Runtime cannot load {fp32.file} of bundle '{bundle.path}' ({first_line(e)[:200]}); "
-                          f"{bundle.remedy(fp32.file)}") from None
+        raise bundle.unloadable(fp32.file, e) from None
     return [torch.from_numpy(a) for a in outputs]

@@ -76,7 +76,6 @@ class OnnxRuntimeBackend(Backend):
                 command that rebuilds it).
         """
         if name not in self._sessions:
-            from ...errors import BundleError, first_line
 
             graph = self.bundle.graph(name, self.precision)
             for file in (graph.file, graph.data):
@@ -89,8 +88,7 @@ class OnnxRuntimeBackend(Backend):
             try:
                 session = open_session(self.bundle.path / graph.file, "run", providers, self.precision, self.threads)
             except Exception as e:  # ORT raises its own Fail/InvalidGraph/RuntimeException types
-                raise BundleError(f"ONNX Runtime cannot load {graph.file} of bundle '{self.bundle.path}' "
-                                  f"({first_line(e)[:200]}); {self.bundle.remedy(graph.file)}") from None
+                raise self.bundle.unloadable(graph.file, e) from None
             active = session.get_providers()
             check_provider_loaded(self.providers[0], active, f"the {self.name} backend ({graph.file})")
             self.session_providers[name] = active
