@@ -247,9 +247,21 @@ class _Search:
         result.status = COMPLETE if complete else FIRST_PASS_OVER_BUDGET
 
     def answer(self, floor: Floor) -> CandidateResult:
-        """The fastest complete candidate that meets ``floor`` (the reference meets every floor)."""
+        """The fastest complete candidate that meets ``floor`` (the reference meets every floor),
+        among those no other complete candidate of its precision dominates by counted work: one
+        that makes no more UNet FLOPs and is at least as close to the reference cannot be slower
+        but for timing noise (clips of one candidate may be timed in another run, at another
+        load), so the noise never picks more work for less quality."""
         done = [r for r in self.table.values() if r.complete(self.images) and floor.met(*r.quality(self.images))]
-        return min(done, key=lambda r: (r.seconds(self.images), -r.quality(self.images)[0]))
+
+        def dominated(r: CandidateResult) -> bool:
+            q = r.quality(self.images)
+            return any(o is not r and o.candidate.precision == r.candidate.precision and o.unet_flops <= r.unet_flops
+                       and all(a >= b for a, b in zip(o.quality(self.images), q))
+                       and (o.unet_flops, *o.quality(self.images)) != (r.unet_flops, *q) for o in done)
+
+        return min((r for r in done if not dominated(r)),
+                   key=lambda r: (r.seconds(self.images), -r.quality(self.images)[0]))
 
     def _answer_seconds(self, floor: Floor) -> float:
         return self.answer(floor).seconds(self.images)
