@@ -116,3 +116,35 @@ def test_run_names_what_it_loads_first_on_a_terminal(tiny_bundle, tmp_path):
     assert done.returncode == 2
     assert text.startswith("\rsvdtrt run: loading PyTorch, diffusers and ONNX Runtime (00:0")
     assert text.replace("\r\n", "\n").rsplit("\r", 1)[-1].startswith("svdtrt: error: image ")
+
+
+def test_checks_diffusers_reference_ticks_through_each_step_and_the_decode(tiny_model, photo, monkeypatch):
+    """``check``'s diffusers reference stage: diffusers' own bar froze through the decode (26 s on
+    mid); the bar that replaces it is redrawn while the decode runs, and the frames are diffusers'."""
+    import numpy as np
+    from diffusers import StableVideoDiffusionPipeline
+
+    from svdtrt.check.compare import _diffusers_clip
+    from svdtrt.runtime.pipeline import SamplingSettings
+
+    settings = SamplingSettings(frames=4, height=64, width=64, steps=3, seed=5)
+    plain = _diffusers_clip(tiny_model, photo, settings, False)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    decode, redrawn = StableVideoDiffusionPipeline.decode_latents, threading.Event()
+
+    def slow_decode(self, *args, **kwargs):
+        # the "long decode": it waits until the timer thread has drawn the bar three times more
+        drawn = terminal.getvalue().count("decoding")
+        for _ in range(300):
+            if terminal.getvalue().count("decoding") >= drawn + 3:
+                redrawn.set()
+                break
+            threading.Event().wait(0.1)
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableVideoDiffusionPipeline, "decode_latents", slow_decode)
+    frames = _diffusers_clip(tiny_model, photo, settings, "check 2/4: diffusers reference")
+    assert redrawn.is_set()
+    assert "check 2/4: diffusers reference" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    assert np.array_equal(frames, plain)

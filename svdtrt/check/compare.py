@@ -20,6 +20,7 @@ from ..graphs.qdq import validate_qdq_graph
 from ..media.metrics import clip_metrics, compare_components
 from ..models.loading import reference_model
 from ..precisions import precision as lookup_precision
+from ..progress import ticking
 from ..runtime.backends import Recorder, create_backend
 from ..runtime.backends.pytorch import TorchBackend
 from ..runtime.pipeline import SamplingSettings, SvdPipeline
@@ -79,10 +80,7 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
         torch_clip = SvdPipeline(recorder, bundle)(image, settings, progress=label)
     if settings.full_compute:
         with stages("diffusers reference") as label:
-            pipe, kwargs = model.pipeline(), settings.pipeline_kwargs()
-            pipe.set_progress_bar_config(desc=label, unit="step", disable=not progress)
-            use_scheduler(pipe, settings.scheduler, kwargs["generator"])
-            reference, reference_clip = pipe(image, output_type="np", **kwargs).frames[0], "diffusers"
+            reference, reference_clip = _diffusers_clip(model, image, settings, label), "diffusers"
     else:
         reference, reference_clip = torch_clip.frames, "svdtrt loop over the PyTorch modules, same settings"
     with stages(f"{backend} {precision} clip") as label:
@@ -115,6 +113,29 @@ def check_bundle(bundle, image: PIL.Image.Image, settings: SamplingSettings, bac
                             vs_fp32_graphs=vs_fp32_graphs),
         timings=clip.timings, check_seconds=time.perf_counter() - start, qdq=qdq or None,
         thresholds=dict(limits), failures=failures, tested_frames=clip.frames, reference_frames=reference)
+
+
+def _diffusers_clip(model, image: PIL.Image.Image, settings: SamplingSettings, label: str | bool) -> np.ndarray:
+    """diffusers' ``StableVideoDiffusionPipeline`` at ``settings``: frames (F, H, W, 3) float in
+    [0, 1]. ``label``: a bar over its denoising steps, its clock ticking through the encoders
+    before the first step, each step and the decode after the last (diffusers' own bar is redrawn
+    only between steps, and not at all during the decode: a 26 s silence of ``check`` on ``mid``,
+    benchmarks/silences.py); False shows nothing."""
+    from tqdm import tqdm
+
+    pipe, kwargs = model.pipeline(), settings.pipeline_kwargs()
+    pipe.set_progress_bar_config(disable=True)
+    use_scheduler(pipe, settings.scheduler, kwargs["generator"])
+    with tqdm(desc=label or None, unit="step", disable=not label) as bar, ticking(bar):
+        bar.set_postfix_str("encoding the image")
+
+        def on_step_end(pipe, i, t, tensors: dict) -> dict:
+            bar.total = pipe.num_timesteps  # the scheduler's timesteps: 2 model calls per step for Heun
+            bar.update()
+            bar.set_postfix_str("decoding" if bar.n == bar.total else "")
+            return tensors
+
+        return pipe(image, output_type="np", callback_on_step_end=on_step_end, **kwargs).frames[0]
 
 
 class _Stages:
