@@ -11,6 +11,19 @@ from ..progress import status
 
 log = logging.getLogger(__name__)
 
+#: Where Ray (2.60) logs, on every start of a local cluster, that it turned token authentication on:
+#: its secure default, a notice and not a problem, so svdtrt shows it at INFO (``-v``) instead of as
+#: a warning among its own lines (issue 22). Ray's other warnings stay warnings.
+_RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _TokenNoticeAtInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("Token authentication is enabled"):
+            log.info("Ray: %s", record.getMessage())
+            return False
+        return True
+
 
 def connect(address: str | None = None) -> None:
     """Start an embedded local Ray (``address`` None) or join the cluster at ``address``
@@ -29,6 +42,9 @@ def connect(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    token_log = logging.getLogger(_RAY_TOKEN_LOGGER)
+    if not any(isinstance(f, _TokenNoticeAtInfo) for f in token_log.filters):
+        token_log.addFilter(_TokenNoticeAtInfo())
     if address is not None:
         _check_reachable(address)
     try:

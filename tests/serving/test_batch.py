@@ -179,11 +179,12 @@ def test_sigterm_stops_a_batch_in_one_line(tiny_bundle, images, tmp_path):
     assert driver.poll() is None, driver.communicate()
     driver.send_signal(signal.SIGTERM)
     out, err = driver.communicate(timeout=120)
-    # Left out: the bar, Ray's token-authentication warning, and a line that a Ray worker's own C++
-    # logger may write as the driver goes ("task_manager.cc: Failed to push error to driver"): a
-    # log line of another process, racing the driver's exit, not a stack dump.
+    # Left out: the bar, and a line that a Ray worker's own C++ logger may write as the driver goes
+    # ("task_manager.cc: Failed to push error to driver"): a log line of another process, racing the
+    # driver's exit, not a stack dump. Ray's token-authentication notice is not left out: svdtrt
+    # logs it at INFO (svdtrt/serving/cluster.py).
     lines = [line for line in err.replace("\r", "\n").splitlines()
-             if line.strip() and not line.startswith("clips:") and "token" not in line.lower()
+             if line.strip() and not line.startswith("clips:")
              and not re.match(r"\[\d{4}-\d\d-\d\d [\d:,]+ [A-Z] \d+ \d+\] \w+\.cc:\d+:", line)]
     assert driver.returncode == 130 and lines == ["svdtrt: interrupted; nothing was left half-written"], out + err
     assert "***" not in err and "Traceback" not in err and out == ""
