@@ -78,8 +78,10 @@ def measure(argv: list[str], until: bytes | None = None, timeout: float = 3600) 
     # a terminal's size (a new pseudo-terminal has 0x0, where tqdm draws nothing)
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     start = time.perf_counter()
+    # SIGINT as a terminal's user has it: a shell's background job starts with it ignored, and
+    # Python then installs no KeyboardInterrupt handler, so ``serve`` would never stop
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, close_fds=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(follower)
     stamps, output, interrupted = [], b"", False
     while True:

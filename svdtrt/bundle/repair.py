@@ -54,9 +54,9 @@ class Repair:
     command: str
     note: str | None = None
 
-    def sentence(self) -> str:
-        """``repair it with 'COMMAND'`` and the note, for a message."""
-        return f"repair it with '{self.command}'" + (f" ({self.note})" if self.note else "")
+    def sentence(self, lead: str = "repair it with") -> str:
+        """``repair it with 'COMMAND'`` (or another ``lead``) and the note, for a message."""
+        return f"{lead} '{self.command}'" + (f" ({self.note})" if self.note else "")
 
 
 def repair(path: str | os.PathLike, manifest: Manifest, damaged: Iterable[str]) -> Repair:
@@ -124,16 +124,16 @@ def repair(path: str | os.PathLike, manifest: Manifest, damaged: Iterable[str]) 
         replacing = any(precision in m.components[c].graphs for c in components - exported if c in m.components)
         commands.append(hints.convert(path, precision, components=named(components), force=replacing))
     for name in dict.fromkeys(recorded):
-        command, note = _recalibrate(path, m, name)
-        commands.append(command)
-        notes += [note] if note else []
+        again = recalibrate(path, m, name)
+        commands.append(again.command)
+        notes += [again.note] if again.note else []
     for precision in [p for p in PRECISION_NAMES if p in quantized]:
         commands.append(_requantize(path, m, precision))
     commands += _rebuild_engines(path, m, engines)
     return Repair(hints.chain(*commands), "; ".join(notes) or None)
 
 
-def _recalibrate(path, m: Manifest, name: str) -> tuple[str, str | None]:
+def recalibrate(path, m: Manifest, name: str) -> Repair:
     """``calibrate --force`` recording set ``name`` again as it was recorded: its images, steps and
     seed. Images from the user's own folder are not recorded by path: the note says so."""
     entry = m.calibration[name]
@@ -142,7 +142,7 @@ def _recalibrate(path, m: Manifest, name: str) -> tuple[str, str | None]:
     count = None if samples and len(images) == len(SAMPLE_IMAGES) else len(images)
     command = hints.calibrate(path, name, force=True, count=count, steps=entry.steps, seed=entry.images[0].seed)
     note = None if samples else f"add --images and the folder of {', '.join(images)}, the set's images"
-    return command, note
+    return Repair(command, note)
 
 
 def _requantize(path, m: Manifest, precision: str) -> str:

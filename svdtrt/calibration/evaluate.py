@@ -9,6 +9,7 @@ mean abs error; PSNR for decoded frames), worst over the calls.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable
 
@@ -18,9 +19,11 @@ import torch
 from ..graphs.sessions import open_session
 from ..media.metrics import compare_components
 from ..precisions import precision as lookup_precision
-from ..progress import ticking
+from ..progress import status, ticking
 from ..runtime.backends.pytorch import TorchBackend
 from ..specs import COMPONENTS
+
+log = logging.getLogger(__name__)
 
 
 def held_out_accuracy(graph: Path, component: str, precision: str, samples: Iterable[dict[str, np.ndarray]],
@@ -55,8 +58,10 @@ def held_out_accuracy(graph: Path, component: str, precision: str, samples: Iter
         for sample in bar:
             inputs = {k: torch.from_numpy(v) for k, v in sample.items()}
             recorded.append((inputs, reference(inputs)))
-    # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses.
-    session = open_session(graph, "run", precision=precision)
+    # The graph is not in a bundle yet: run it with the options the onnxruntime backend uses. Its
+    # session takes seconds to make (ONNX Runtime optimises the Q/DQ graph): a status line says so.
+    with status(f"{label}: loading the graph into ONNX Runtime", enabled=bool(progress), logger=log):
+        session = open_session(graph, "run", precision=precision)
     outputs = COMPONENTS[component].output_names
 
     class _Graph:  # the one component compare_components asks for

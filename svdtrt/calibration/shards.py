@@ -18,6 +18,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from .. import hints
+from ..bundle.repair import recalibrate
 from ..errors import InputError, QuantizationError
 from ..specs import DYNAMIC_SYMBOLS, ComponentSpec, ModelDims, component, split_dim
 
@@ -39,7 +40,9 @@ def save_shard(path: Path, inputs: Mapping[str, np.ndarray]) -> None:
 def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims, remedy: str) -> dict[str, np.ndarray]:
     """Read one shard and check it against ``spec`` (see :func:`check_sample`).
 
-    ``remedy`` is the command that records the set again (:func:`svdtrt.hints.calibrate`).
+    ``remedy`` is the clause that says how to record the set again, e.g. ``record the set again
+    with 'svdtrt calibrate B --count 2 --steps 4 --seed 0 --force'``
+    (:func:`svdtrt.bundle.repair.recalibrate`).
 
     Returns:
         ``{input_name: float32 array}`` in spec order.
@@ -51,11 +54,11 @@ def load_shard(path: Path, spec: ComponentSpec, dims: ModelDims, remedy: str) ->
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except FileNotFoundError:
-        raise QuantizationError(f"calibration shard '{path}' is missing; record the set again with '{remedy}'") from None
+        raise QuantizationError(f"calibration shard '{path}' is missing; {remedy}") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise QuantizationError(f"calibration shard '{path}' is corrupt ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); "
-                                f"record the set again with '{remedy}'") from None
+                                f"{remedy}") from None
     check_sample(arrays, spec, dims, where=str(path))
     return {n: arrays[n] for n in spec.input_names}
 
@@ -121,11 +124,13 @@ class CalibrationSet:
             QuantizationError: the set has no such samples, or a shard is corrupt or mismatched.
         """
         files = self.files(component_name, split)
+        # the set recorded again as it was recorded (its images, steps and seed), not with defaults
+        again = recalibrate(self.bundle.path, self.bundle.manifest, self.name)
         if not files:
             raise QuantizationError(
                 f"calibration set '{self.name}' has no {split.replace('_', '-')} samples for {component_name}; "
-                f"record them with '{hints.calibrate(self.bundle.path, self.name, force=True)}'")
+                f"{again.sentence('record them with')}")
         spec, dims = component(component_name), self.bundle.dims
-        remedy = hints.calibrate(self.bundle.path, self.name, force=True)
+        remedy = again.sentence("record the set again with")
         for path in files:
             yield load_shard(path, spec, dims, remedy)

@@ -40,6 +40,7 @@ def batch(args) -> int:
     with loading("batch", "ONNX Runtime and the bundle's manifest", log):
         from ..bundle.store import Bundle
         from ..serving.batch import JOURNAL, BatchJob, check_out, list_images, output_names, run_batch
+        from ..serving.cluster import disconnect
 
     bundle = Bundle.open(args.bundle)
     profile = PROFILE.parse(args, bundle)
@@ -60,6 +61,7 @@ def batch(args) -> int:
         return joined
 
     summary = run_batch(BatchJob(worker, images, args.out, settings, args.workers, args.format), join=join)
+    disconnect()  # before the summary: the last line is not followed by seconds of Ray's shutdown
     print(f"{len(summary.made)} clip(s) made, {len(summary.skipped)} already in {args.out}, "
           f"{len(summary.failed)} failed, in {summary.seconds:.1f} s; records in {args.out / JOURNAL}")
     if summary.failed:

@@ -37,6 +37,7 @@ from ..errors import ClipCancelled, InputError, SvdtrtError, first_line
 from ..progress import status
 from ..runtime.settings import SamplingSettings
 from ..specs import CACHING_COMPONENTS
+from .cluster import disconnect
 from .worker import FORMATS, ClipMaker, WorkerOptions, components_to_load, encode_clip
 
 log = logging.getLogger(__name__)
@@ -375,5 +376,8 @@ def serve_forever(options: ServeOptions, host: str, port: int, request_timeout_s
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        serve.delete("svdtrt")
+        # each step takes seconds with nothing of its own on screen: status lines say what runs
+        with status("stopping the service", logger=log):
+            serve.delete("svdtrt")
+        disconnect()
         print("svdtrt: stopped serving", flush=True)

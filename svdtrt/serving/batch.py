@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
 from ..media.images import MAX_IMAGE_PIXELS, list_images  # noqa: F401  (list_images: batch's image list; its callers import it from here)
+from ..progress import status, ticking
 from ..publishing import Journal, NotARegularFile, path_kind, read_file
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip
 
@@ -202,7 +203,10 @@ def _run(job: BatchJob, todo: deque, names: dict, journal: Journal, summary: Bat
                                            max_task_retries=MAX_RESTARTS)
     workers = [actor.remote(job.worker) for _ in range(min(job.workers, len(todo)))]
     try:
-        for error in ray.get([w.ready.remote() for w in workers]):
+        # each worker's process imports its libraries and loads the bundle: seconds, shown as a status
+        with status(f"starting {len(workers)} Ray worker(s), each loading the bundle", enabled=progress, logger=log):
+            ready = ray.get([w.ready.remote() for w in workers])
+        for error in ready:
             if error:
                 kind, message = error
                 cls = getattr(errors, kind, SvdtrtError)
@@ -241,7 +245,9 @@ def _schedule(job: BatchJob, todo: deque, names: dict, journal: Journal, summary
         running[worker.make.remote(data, str(image), job.settings, job.fmt)] = (image, worker, time.perf_counter())
 
     total = len(job.images)
-    with tqdm(total=total, initial=total - len(todo), desc="clips", unit="clip", disable=not progress) as bar:
+    # a clip takes seconds to minutes: the bar's clock ticks between them
+    with tqdm(total=total, initial=total - len(todo), desc="clips", unit="clip", disable=not progress) as bar, \
+            ticking(bar):
         for w in workers:
             if todo:
                 submit(w)

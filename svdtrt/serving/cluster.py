@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 _RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
+#: How :func:`connect` joined Ray in this process: "local", "cluster", or None (it did not).
+_joined_here: str | None = None
+
+
 class _TokenNoticeAtInfo(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.WARNING and record.getMessage().startswith("Token authentication is enabled"):
@@ -47,14 +51,17 @@ def connect(address: str | None = None) -> None:
         token_log.addFilter(_TokenNoticeAtInfo())
     if address is not None:
         _check_reachable(address)
+    global _joined_here
     try:
         if address is None:
             with status("starting a local Ray", logger=log):
                 # "local": a new Ray of our own, even where a "ray start" cluster runs on this machine
                 ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+            _joined_here = "local"
         else:
             with status(f"joining the Ray cluster at {address}", logger=log):
                 ray.init(address=address, logging_level=logging.WARNING)
+            _joined_here = "cluster"
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot join the Ray cluster at '{address}' ({first_line(e)[:200]}); start one with "
                          "'ray start --head' or leave out --address to run on this machine") from None
@@ -64,6 +71,20 @@ def connect(address: str | None = None) -> None:
         raise InputError("Ray's node did not start within the 30 s Ray waits for it (this machine may be busy); "
                          "run the command again, or start Ray once with 'ray start --head' and pass "
                          "--address auto") from None
+
+
+def disconnect() -> None:
+    """Leave Ray if :func:`connect` joined it in this process (a Ray joined by the caller before,
+    as the tests' shared one, is left alone), under a status line: Ray's own shutdown at the
+    interpreter's exit stops the local Ray's processes with nothing on screen for seconds."""
+    global _joined_here
+    if not _joined_here:
+        return
+    import ray
+
+    with status("stopping the local Ray" if _joined_here == "local" else "leaving the Ray cluster", logger=log):
+        ray.shutdown()
+    _joined_here = None
 
 
 def _check_reachable(address: str) -> None:

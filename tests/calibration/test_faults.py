@@ -75,8 +75,9 @@ def test_corrupt_shard_stops_quantize(calibrated_bundle, tmp_path, run_cli):
                          match=f"{shard} does not match its recorded sha256")
     # 'default' is the default set name
     assert f"svdtrt calibrate {bundle.path} --count 2 --steps 3 --seed 0 --force" in err
-    rerecord(bundle.path, shard)  # and a recorded one by the shard reader
-    _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8", match="is corrupt")
+    rerecord(bundle.path, shard)  # and a recorded one by the shard reader, with the same command
+    err = _fails_cleanly(run_cli, bundle.path, "quantize", bundle.path, "--precision", "int8", match="is corrupt")
+    assert f"record the set again with 'svdtrt calibrate {bundle.path} --count 2 --steps 3 --seed 0 --force'" in err
 
 
 def test_pickled_shard_is_refused(calibrated_bundle, tmp_path, run_cli):
