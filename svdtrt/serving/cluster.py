@@ -16,12 +16,13 @@ log = logging.getLogger(__name__)
 #: a warning among its own lines (issue 22). Ray's other warnings stay warnings.
 _RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 
-
 #: How :func:`connect` joined Ray in this process: "local", "cluster", or None (it did not).
 _joined_here: str | None = None
 
 
 class _TokenNoticeAtInfo(logging.Filter):
+    """Ray's token-authentication notice, logged at INFO on svdtrt's logger instead."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.WARNING and record.getMessage().startswith("Token authentication is enabled"):
             log.info("Ray: %s", record.getMessage())

@@ -4,7 +4,7 @@ once through the CLI with ``--apply``.
 
 On tiny (random weights) 12 steps keep about 36 dB and 6 steps about 25 dB against the 25-step
 reference, so a 30 dB floor has one clear answer; 40 steps costs 1.6 times the reference, so the
-search never measures it. Clip times differ by at least 1.5x between neighbours; that is not
+search never measures it. Clip times differ by 1.4x or more between neighbours; that is not
 always beyond the timing noise of a shared 2-core machine across runs (CI once timed the reference
 slower than 40 steps), so the answers hold by counted work where timing cannot decide
 (svdtrt/tune/search.py: ``answer``)."""
