@@ -39,7 +39,8 @@ def batch(args) -> int:
 
     with loading("batch", "ONNX Runtime and the bundle's manifest", log):
         from ..bundle.store import Bundle
-        from ..serving.batch import JOURNAL, BatchJob, check_out, list_images, output_names, run_batch
+        from ..media.images import list_images
+        from ..serving.batch import JOURNAL, BatchJob, check_out, output_names, run_batch
         from ..serving.cluster import disconnect
 
     bundle = Bundle.open(args.bundle)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, SvdtrtError, first_line
-from ..media.images import MAX_IMAGE_PIXELS, list_images  # noqa: F401  (list_images: batch's image list; its callers import it from here)
+from ..media.images import MAX_IMAGE_PIXELS
 from ..progress import status, ticking
 from ..publishing import Journal, NotARegularFile, path_kind, read_file
 from .worker import FORMATS, ClipMaker, WorkerOptions, encode_clip

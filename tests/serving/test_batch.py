@@ -41,7 +41,8 @@ def images(tmp_path_factory):
 
 def _job(tiny_bundle, images, out, workers=2):
     from svdtrt.runtime.pipeline import SamplingSettings
-    from svdtrt.serving.batch import BatchJob, list_images
+    from svdtrt.media.images import list_images
+    from svdtrt.serving.batch import BatchJob
     from svdtrt.serving.worker import WorkerOptions
 
     return BatchJob(WorkerOptions(str(tiny_bundle.path), cpus=1), list_images(images) if images else [], out,
@@ -144,7 +145,8 @@ def test_images_that_are_not_regular_files_fail_in_one_line_each(local_ray, tiny
     at most MAX_IMAGE_FILE_BYTES are read."""
     import os
 
-    from svdtrt.serving.batch import JOURNAL, list_images, run_batch
+    from svdtrt.media.images import list_images
+    from svdtrt.serving.batch import JOURNAL, run_batch
 
     os.mkfifo(tmp_path / "fifo.png")
     listing = tmp_path / "list.txt"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from svdtrt.errors import InputError
-from svdtrt.serving.batch import Journal, list_images, output_names
+from svdtrt.media.images import list_images
+from svdtrt.publishing import Journal
+from svdtrt.serving.batch import output_names
 
 
 def test_a_folder_lists_its_images_and_a_list_its_lines(tmp_path):
