@@ -35,6 +35,7 @@ from ..specs import (
     component,
     profile_shapes,
     validation_shape,
+    with_caching_graphs,
 )
 from .convert import fp16_graph
 from .exporter import EXPORTER, export_graph
@@ -91,9 +92,8 @@ def export_bundle(model, out: str | Path, frames: Range | None = None, height: R
         ExportError, AccuracyError: a component failed to export, validate or pass the
             deployability check; ``out`` is left as it was.
     """
-    names = list(COMPONENTS) if components is None else [component(c).name for c in dict.fromkeys(components)]
-    if "unet" in names:  # the caching graphs read the UNet's weights file: they go with it
-        names += [n for n in CACHING_COMPONENTS if n not in names]
+    names = with_caching_graphs(list(COMPONENTS) if components is None
+                                else [component(c).name for c in dict.fromkeys(components)])
     unet, vae, image_encoder = model.unet.config, model.vae.config, model.image_encoder.config.to_dict()
     dims = ModelDims.from_configs(unet, vae, image_encoder, DEFAULT_CACHE_DEPTH if cache_depth is None else cache_depth,
                                   cache_layer or 0)
