@@ -25,7 +25,7 @@ from ..precisions import NAMES
 from ..progress import ticking
 from ..runtime import backends as runtime_backends
 from ..runtime.backends import BACKENDS
-from ..runtime.measure import PeakMemory, load_average, machine_info, order_stats
+from ..runtime.measure import PeakMemory, load_average, machine_info, order_stats, torch_threads
 from ..runtime.pipeline import SamplingSettings, StageTimer, SvdPipeline
 from ..runtime.schedulers import use_scheduler
 from .results import BenchResults, Overhead, Row, Work
@@ -79,16 +79,9 @@ def run_benchmark(bundle, image: PIL.Image.Image, settings: SamplingSettings, mo
     Raises:
         InputError: bad counts, an unknown name, or ``cuda`` without a CUDA device.
     """
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be at least 1, got {threads}")
-    torch_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads,
                     command, progress, work or [])
-    finally:
-        torch.set_num_threads(torch_threads)
 
 
 def _run(bundle, image, settings, model, backends, precisions, warmup, repeat, device, threads, command,

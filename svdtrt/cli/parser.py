@@ -39,9 +39,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _component_list(text: str) -> list[str]:
+    from ..runtime.lists import items
     from ..specs import COMPONENTS
 
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = items(text)
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown component(s) '{','.join(unknown) or text}': choose from "

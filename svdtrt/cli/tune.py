@@ -19,10 +19,9 @@ def tune(args) -> int:
     profile names and each precision's host memory are checked before the first clip."""
     import shlex
 
-    import torch
-
     from ..bundle.store import Bundle
     from ..models.loading import load_model, reference_model
+    from ..runtime.measure import torch_threads
     from ..runtime.settings import SamplingSettings
     from ..tune import (
         TuneJob,
@@ -57,13 +56,8 @@ def tune(args) -> int:
                   threads=args.threads, model=model,
                   time_budget_s=None if args.time_budget is None else args.time_budget * 60,
                   exhaustive=args.exhaustive, force=args.force, command=shlex.join(["svdtrt", *args.argv]))
-    torch_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         results = run_tune(job, progress=True)
-    finally:
-        torch.set_num_threads(torch_threads)
     _print_summary(results, args.out)
     if args.apply:
         apply_profiles(bundle.path, profiles_from(results, bundle), args.force)

@@ -7,6 +7,12 @@ from __future__ import annotations
 from ..errors import InputError
 
 
+def items(text: str) -> list[str]:
+    """The items of a comma-separated list, stripped, empty ones left out: ``"a, b,"`` ->
+    ``["a", "b"]``."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str] | None:
     """``"a,b"`` -> ``["a", "b"]``, each checked against ``known``, each once; None for None.
 
@@ -15,7 +21,7 @@ def parse_names(text: str | None, known: tuple[str, ...], what: str) -> list[str
     """
     if text is None:
         return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = items(text)
     if not names:
         raise InputError(f"no {what} given; choose from {', '.join(known)}")
     unknown = [n for n in names if n not in known]
@@ -31,7 +37,7 @@ def parse_integers(text: str, option: str, words: tuple[str, ...] = ()) -> list[
         InputError: an empty list, or an item that is neither an integer nor one of ``words``.
     """
     values = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
+    for item in items(text):
         if item in words:
             values.append(None)
             continue

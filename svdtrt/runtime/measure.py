@@ -12,15 +12,19 @@ allocator handed out, not memory other libraries (ONNX Runtime, TensorRT) take d
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,25 @@ def machine_info() -> Machine:
         gpus=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         if torch.cuda.is_available() else [],
         load_average=load_average())
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """PyTorch's CPU threads (``torch.set_num_threads``, process-wide) set to ``threads`` for the
+    block and restored after; None leaves them as they are.
+
+    Raises:
+        InputError: ``threads`` below 1 (``--threads``).
+    """
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_average() -> list[float] | None:

@@ -203,7 +203,7 @@ def open_folder(path: str | os.PathLike, identity: Identity, created: str, force
         raise InputError(f"--out '{path}' is a file; give a folder for the tune's journal and results")
     folder = TuneFolder(path)
     if path.is_dir():
-        ours = {JOURNAL, f".{JOURNAL}.lock", REFERENCES, *RESULT_FILES}  # what a run killed before its header leaves
+        ours = set(TUNE_FOLDER.names)  # what a run killed before its header leaves
         try:
             header, problem = folder.header(), None
         except ValueError:

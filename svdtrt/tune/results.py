@@ -88,6 +88,16 @@ class CandidateResult:
         clips = self.clips(images, held_out)
         return (min(c.min_psnr_db for c in clips), min(c.min_ssim for c in clips)) if clips else None
 
+    def dominates(self, other: CandidateResult, images: list[TuneImage]) -> bool:
+        """Whether, by counted work, this candidate is better than ``other`` of its precision: no
+        more UNet FLOPs per clip and at least as close to the reference on ``images`` (PSNR and
+        SSIM), better in one of them. Both must have clips on ``images``."""
+        if self.candidate.precision != other.candidate.precision:
+            return False
+        (psnr, ssim), (other_psnr, other_ssim) = self.quality(images), other.quality(images)
+        no_worse = self.unet_flops <= other.unet_flops and psnr >= other_psnr and ssim >= other_ssim
+        return no_worse and (self.unet_flops, psnr, ssim) != (other.unet_flops, other_psnr, other_ssim)
+
 
 @dataclass(frozen=True)
 class Recommendation:

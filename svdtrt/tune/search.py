@@ -253,15 +253,8 @@ class _Search:
         but for timing noise (clips of one candidate may be timed in another run, at another
         load), so the noise never picks more work for less quality."""
         done = [r for r in self.table.values() if r.complete(self.images) and floor.met(*r.quality(self.images))]
-
-        def dominated(r: CandidateResult) -> bool:
-            q = r.quality(self.images)
-            return any(o is not r and o.candidate.precision == r.candidate.precision and o.unet_flops <= r.unet_flops
-                       and all(a >= b for a, b in zip(o.quality(self.images), q))
-                       and (o.unet_flops, *o.quality(self.images)) != (r.unet_flops, *q) for o in done)
-
-        return min((r for r in done if not dominated(r)),
-                   key=lambda r: (r.seconds(self.images), -r.quality(self.images)[0]))
+        undominated = [r for r in done if not any(o.dominates(r, self.images) for o in done)]
+        return min(undominated, key=lambda r: (r.seconds(self.images), -r.quality(self.images)[0]))
 
     def _answer_seconds(self, floor: Floor) -> float:
         return self.answer(floor).seconds(self.images)

@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..media.metrics import PSNR_CAP_DB
 from ..precisions import NAMES as PRECISION_NAMES
 from ..precisions import PRECISIONS
-from ..runtime.lists import parse_integers, parse_names
+from ..runtime.lists import items, parse_integers, parse_names
 from ..runtime.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, scheduler_choice
 from ..runtime.settings import SamplingSettings
 from ..specs import CACHING_COMPONENTS
@@ -169,7 +169,7 @@ def _scheduler_steps(text: str | None) -> list[tuple[str, int]]:
     if text is None:
         return [(name, steps) for name, choice in SCHEDULERS.items() for steps in choice.search_steps]
     pairs = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
+    for item in items(text):
         name, _, steps = item.partition(":")
         choice = scheduler_choice(name.strip())
         if not steps:
